@@ -1,0 +1,429 @@
+// Package eventstore is the event store every infergate service appends to
+// and reads from: one JetStream stream, one subject per aggregate, optimistic
+// concurrency on the aggregate's subject and idempotent appends.
+//
+// Subjects are <prefix>.<project>.<type>.<name>, e.g.
+// infergate.events.team-a.key.ci-runner. One stream message carries one
+// eventv1.Batch: the events of one command, applied together.
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+)
+
+var (
+	// ErrConflict means the aggregate changed since the caller loaded it:
+	// another command won the race. Reload and decide again.
+	ErrConflict = errors.New("eventstore: conflict: aggregate changed since it was loaded")
+	// ErrInvalid means the caller's arguments cannot be appended or read.
+	ErrInvalid = errors.New("eventstore: invalid argument")
+	// ErrCorrupt means a stream message is not a valid event batch.
+	ErrCorrupt = errors.New("eventstore: corrupt message")
+)
+
+// Aggregate types, the third subject token.
+const (
+	TypeKey        = "key"
+	TypeDeployment = "deployment"
+)
+
+// Aggregate addresses one aggregate: one subject of the stream.
+type Aggregate struct {
+	Project string
+	Type    string
+	Name    string
+}
+
+func (a Aggregate) String() string { return a.Project + "/" + a.Type + "/" + a.Name }
+
+// Validate reports whether every part is a usable subject token.
+func (a Aggregate) Validate() error {
+	var errs []error
+	for _, p := range []struct{ field, v string }{
+		{"project", a.Project}, {"type", a.Type}, {"name", a.Name},
+	} {
+		if err := validToken(p.v); err != nil {
+			errs = append(errs, fmt.Errorf("%w: aggregate %s: %w", ErrInvalid, p.field, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func validToken(s string) error {
+	if s == "" {
+		return errors.New("empty")
+	}
+	if i := strings.IndexAny(s, ".*> \t\r\n"); i >= 0 {
+		return fmt.Errorf("%q contains %q", s, s[i])
+	}
+	return nil
+}
+
+// Record is one stream message: the events of one command.
+type Record struct {
+	// Sequence is the message's stream sequence; every event of the record
+	// shares it.
+	Sequence uint64
+	// Time is when the stream stored the message.
+	Time      time.Time
+	Subject   string
+	MsgID     string
+	Aggregate Aggregate
+	Events    []*eventv1.Event
+}
+
+// Config names the stream and its subjects.
+type Config struct {
+	// Stream is the JetStream stream name; default INFERGATE_EVENTS.
+	Stream string
+	// SubjectPrefix is the first subject tokens; default infergate.events.
+	SubjectPrefix string
+	// Replicas of the stream; default 1. Use 3 on a production cluster.
+	Replicas int
+	// DuplicateWindow is how long JetStream remembers message ids for
+	// idempotent appends; default 2 minutes.
+	DuplicateWindow time.Duration
+	// Memory keeps the stream in memory instead of files (tests only).
+	Memory bool
+}
+
+func (c *Config) setDefaults() {
+	if c.Stream == "" {
+		c.Stream = "INFERGATE_EVENTS"
+	}
+	if c.SubjectPrefix == "" {
+		c.SubjectPrefix = "infergate.events"
+	}
+	if c.Replicas == 0 {
+		c.Replicas = 1
+	}
+	if c.DuplicateWindow == 0 {
+		c.DuplicateWindow = 2 * time.Minute
+	}
+}
+
+// Validate reports every problem with the config at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if strings.ContainsAny(c.Stream, ".*> \t") || c.Stream == "" {
+		errs = append(errs, fmt.Errorf("%w: stream name %q", ErrInvalid, c.Stream))
+	}
+	for _, tok := range strings.Split(c.SubjectPrefix, ".") {
+		if validToken(tok) != nil {
+			errs = append(errs, fmt.Errorf("%w: subject prefix %q", ErrInvalid, c.SubjectPrefix))
+			break
+		}
+	}
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("%w: replicas %d not in 1..5", ErrInvalid, c.Replicas))
+	}
+	if c.DuplicateWindow < 2*time.Minute {
+		errs = append(errs, fmt.Errorf("%w: duplicate window %s is below 2m", ErrInvalid, c.DuplicateWindow))
+	}
+	return errors.Join(errs...)
+}
+
+// Store appends events to and reads them from the stream.
+type Store struct {
+	js     jetstream.JetStream
+	stream jetstream.Stream
+	cfg    Config
+}
+
+// Open creates the stream, or updates it to cfg, and returns a Store. It is
+// safe to call from many processes at once.
+func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	storage := jetstream.FileStorage
+	if cfg.Memory {
+		storage = jetstream.MemoryStorage
+	}
+	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        cfg.Stream,
+		Description: "infergate events: the source of truth",
+		Subjects:    []string{cfg.SubjectPrefix + ".>"},
+		Storage:     storage,
+		Replicas:    cfg.Replicas,
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		Duplicates:  cfg.DuplicateWindow,
+		AllowDirect: true,
+		DenyDelete:  true,
+		DenyPurge:   true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: create stream %s: %w", cfg.Stream, err)
+	}
+	return &Store{js: js, stream: stream, cfg: cfg}, nil
+}
+
+// Subject is the subject an aggregate's events are stored on.
+func (s *Store) Subject(a Aggregate) string {
+	return s.cfg.SubjectPrefix + "." + a.Project + "." + a.Type + "." + a.Name
+}
+
+// ProjectSubject matches every event of one project.
+func (s *Store) ProjectSubject(project string) string {
+	return s.cfg.SubjectPrefix + "." + project + ".>"
+}
+
+func (s *Store) aggregateOf(subject string) Aggregate {
+	rest := strings.TrimPrefix(subject, s.cfg.SubjectPrefix+".")
+	parts := strings.SplitN(rest, ".", 3)
+	if len(parts) != 3 {
+		return Aggregate{}
+	}
+	return Aggregate{Project: parts[0], Type: parts[1], Name: parts[2]}
+}
+
+type appendOptions struct {
+	msgID string
+}
+
+// AppendOption changes how Append publishes.
+type AppendOption func(*appendOptions)
+
+// WithMsgID sets the idempotency id (Nats-Msg-Id). Within the stream's
+// duplicate window a second append with the same id stores nothing and
+// reports the first one's sequence. The default is the first event's id.
+func WithMsgID(id string) AppendOption {
+	return func(o *appendOptions) { o.msgID = id }
+}
+
+// AppendResult says where the events went.
+type AppendResult struct {
+	// Sequence is the stream sequence of the stored message; it is the
+	// aggregate's new version.
+	Sequence uint64
+	// Duplicate is true when the message id had been appended before and
+	// nothing new was stored; Sequence is then the earlier message's.
+	Duplicate bool
+}
+
+// Append stores events on the aggregate's subject as one message, if and
+// only if the aggregate's version is still expectedVersion (0 for an
+// aggregate with no events). A lost race returns ErrConflict. A retry of an
+// append that already succeeded (same message id) stores nothing and
+// returns the stored message's sequence with Duplicate set.
+func (s *Store) Append(ctx context.Context, agg Aggregate, expectedVersion uint64, events []*eventv1.Event, opts ...AppendOption) (AppendResult, error) {
+	if err := agg.Validate(); err != nil {
+		return AppendResult{}, err
+	}
+	if len(events) == 0 {
+		return AppendResult{}, fmt.Errorf("%w: no events to append", ErrInvalid)
+	}
+	for i, e := range events {
+		if e == nil || e.GetPayload() == nil {
+			return AppendResult{}, fmt.Errorf("%w: event %d has no payload", ErrInvalid, i)
+		}
+	}
+	o := appendOptions{msgID: events[0].GetId()}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.msgID == "" {
+		return AppendResult{}, fmt.Errorf("%w: no message id (set the first event's id or WithMsgID)", ErrInvalid)
+	}
+	data, err := proto.Marshal(&eventv1.Batch{Events: events})
+	if err != nil {
+		return AppendResult{}, fmt.Errorf("eventstore: marshal: %w", err)
+	}
+	ack, err := s.js.Publish(ctx, s.Subject(agg), data,
+		jetstream.WithMsgID(o.msgID),
+		jetstream.WithExpectStream(s.cfg.Stream),
+		jetstream.WithExpectLastSequencePerSubject(expectedVersion),
+	)
+	if err != nil {
+		if isWrongLastSequence(err) {
+			// JetStream checks the expected sequence before the duplicate
+			// window, so a retry of an append that already succeeded
+			// lands here: look for its message id among what came after.
+			if seq, found, ferr := s.findMsgID(ctx, agg, expectedVersion, o.msgID); ferr == nil && found {
+				return AppendResult{Sequence: seq, Duplicate: true}, nil
+			}
+			return AppendResult{}, fmt.Errorf("%w: %s at version %d", ErrConflict, agg, expectedVersion)
+		}
+		return AppendResult{}, fmt.Errorf("eventstore: append to %s: %w", agg, err)
+	}
+	return AppendResult{Sequence: ack.Sequence, Duplicate: ack.Duplicate}, nil
+}
+
+// findMsgID looks for a message with the id among the aggregate's records
+// after the given sequence.
+func (s *Store) findMsgID(ctx context.Context, agg Aggregate, after uint64, msgID string) (uint64, bool, error) {
+	recs, _, err := s.LoadAfter(ctx, agg, after)
+	if err != nil {
+		return 0, false, err
+	}
+	for _, r := range recs {
+		if r.MsgID == msgID {
+			return r.Sequence, true, nil
+		}
+	}
+	return 0, false, nil
+}
+
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) {
+		return false
+	}
+	return apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant
+}
+
+// Load returns every record of the aggregate, oldest first, and its version
+// (the sequence of its last record; 0 when it has none).
+func (s *Store) Load(ctx context.Context, agg Aggregate) ([]Record, uint64, error) {
+	return s.LoadAfter(ctx, agg, 0)
+}
+
+// LoadAfter returns the aggregate's records with a sequence above after, and
+// its version. A caller that caches an aggregate's state uses it to read
+// only what is new.
+func (s *Store) LoadAfter(ctx context.Context, agg Aggregate, after uint64) ([]Record, uint64, error) {
+	if err := agg.Validate(); err != nil {
+		return nil, 0, err
+	}
+	subject := s.Subject(agg)
+	last, err := s.stream.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("eventstore: load %s: %w", agg, err)
+	}
+	version := last.Sequence
+	var records []Record
+	for seq := after + 1; seq <= version; {
+		var raw *jetstream.RawStreamMsg
+		if seq == version {
+			raw = last
+		} else if raw, err = s.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject)); err != nil {
+			return nil, 0, fmt.Errorf("eventstore: load %s at %d: %w", agg, seq, err)
+		}
+		rec, err := s.decode(raw.Sequence, raw.Time, raw.Subject, raw.Header.Get(jetstream.MsgIDHeader), raw.Data)
+		if err != nil {
+			return nil, 0, err
+		}
+		records = append(records, rec)
+		seq = raw.Sequence + 1
+	}
+	return records, version, nil
+}
+
+func (s *Store) decode(seq uint64, t time.Time, subject, msgID string, data []byte) (Record, error) {
+	var b eventv1.Batch
+	if err := proto.Unmarshal(data, &b); err != nil {
+		return Record{}, fmt.Errorf("%w: sequence %d on %s: %w", ErrCorrupt, seq, subject, err)
+	}
+	return Record{
+		Sequence:  seq,
+		Time:      t,
+		Subject:   subject,
+		MsgID:     msgID,
+		Aggregate: s.aggregateOf(subject),
+		Events:    b.Events,
+	}, nil
+}
+
+// LastSequence is the stream's last sequence now. A reader that has applied
+// it has caught up with everything appended before the call.
+func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("eventstore: stream info: %w", err)
+	}
+	return info.State.LastSeq, nil
+}
+
+type followOptions struct {
+	subjects []string
+}
+
+// FollowOption narrows what Follow delivers.
+type FollowOption func(*Store, *followOptions)
+
+// WithProject delivers only the events of one project.
+func WithProject(project string) FollowOption {
+	return func(s *Store, o *followOptions) {
+		o.subjects = append(o.subjects, s.ProjectSubject(project))
+	}
+}
+
+// WithAggregates delivers only the events of the given aggregates.
+func WithAggregates(aggs ...Aggregate) FollowOption {
+	return func(s *Store, o *followOptions) {
+		for _, a := range aggs {
+			o.subjects = append(o.subjects, s.Subject(a))
+		}
+	}
+}
+
+// Follow calls fn for every record from sequence from on (0 or 1: from the
+// start), in stream order, each exactly once, then keeps following new
+// appends live. It returns when ctx ends (with ctx's error) or when fn
+// returns an error (with that error). To resume after a restart, call it
+// again with the last applied sequence + 1.
+func (s *Store) Follow(ctx context.Context, from uint64, fn func(Record) error, opts ...FollowOption) error {
+	var o followOptions
+	for _, opt := range opts {
+		opt(s, &o)
+	}
+	for _, subj := range o.subjects {
+		if strings.Count(subj, ".") < strings.Count(s.cfg.SubjectPrefix, ".")+1 {
+			return fmt.Errorf("%w: follow subject %q", ErrInvalid, subj)
+		}
+	}
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: o.subjects,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+	if from > 1 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = from
+	}
+	cons, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, cfg)
+	if err != nil {
+		return fmt.Errorf("eventstore: follow: %w", err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	if err != nil {
+		return fmt.Errorf("eventstore: follow: %w", err)
+	}
+	stop := context.AfterFunc(ctx, it.Stop)
+	defer stop()
+	defer it.Stop()
+	for {
+		msg, err := it.Next()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("eventstore: follow: %w", err)
+		}
+		meta, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("eventstore: follow: metadata: %w", err)
+		}
+		rec, err := s.decode(meta.Sequence.Stream, meta.Timestamp, msg.Subject(), msg.Headers().Get(jetstream.MsgIDHeader), msg.Data())
+		if err != nil {
+			return err
+		}
+		if err := fn(rec); err != nil {
+			return err
+		}
+	}
+}
