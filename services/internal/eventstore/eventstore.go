@@ -427,3 +427,12 @@ func (s *Store) Follow(ctx context.Context, from uint64, fn func(Record) error, 
 		}
 	}
 }
+
+// Events flattens records into their events, in order.
+func Events(records []Record) []*eventv1.Event {
+	var out []*eventv1.Event
+	for _, r := range records {
+		out = append(out, r.Events...)
+	}
+	return out
+}

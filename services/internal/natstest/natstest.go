@@ -45,3 +45,13 @@ func JetStream(t testing.TB) (*natsembed.Server, jetstream.JetStream) {
 	}
 	return s, js
 }
+
+// JetStreamOn returns a JetStream context on a fresh connection to s.
+func JetStreamOn(t testing.TB, s *natsembed.Server) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(Connect(t, s))
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	return js
+}

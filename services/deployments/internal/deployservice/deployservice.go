@@ -1,0 +1,378 @@
+// Package deployservice serves infergate.deployment.v1.DeploymentService:
+// commands are decided against the deployment aggregate's own events (and
+// the linked keys' own events) and appended to the stream; queries are
+// answered from the read model.
+package deployservice
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	deploymentv1 "github.com/infergate/infergate/gen/infergate/deployment/v1"
+	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
+	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	propagationv1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
+	"github.com/infergate/infergate/services/internal/aggregate"
+	"github.com/infergate/infergate/services/internal/command"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/paging"
+	"github.com/infergate/infergate/services/internal/propagation"
+	"github.com/infergate/infergate/services/internal/readmodel"
+	"github.com/infergate/infergate/services/internal/rpcerr"
+)
+
+var _ deploymentv1connect.DeploymentServiceHandler = (*Server)(nil)
+
+// Config is what the service needs.
+type Config struct {
+	// Events is the event store. Required.
+	Events *eventstore.Store
+	// Reads is the read model the Projector fills. Required.
+	Reads readmodel.Store
+	// Projector keeps Reads up to date; writes wait for it. Required.
+	Projector *readmodel.Projector
+	// GatewayURL is the public URL of the edge gateways, from which each
+	// deployment's endpoint_url is made: http://localhost:8000 gives
+	// http://model-<name>.<project>.localhost:8000. Required.
+	GatewayURL string
+	// Propagation reports how far a change has reached the gateways;
+	// default propagation.Unconfirmed.
+	Propagation propagation.Waiter
+	// PropagationTimeout bounds that wait by default; default 2 s.
+	PropagationTimeout time.Duration
+	// ReadYourWritesTimeout bounds the wait for the read model after a
+	// write; default 5 s.
+	ReadYourWritesTimeout time.Duration
+	// Log receives errors and events. Default slog.Default().
+	Log *slog.Logger
+	// Now is the clock; default time.Now.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.Propagation == nil {
+		c.Propagation = propagation.Unconfirmed{}
+	}
+	if c.PropagationTimeout == 0 {
+		c.PropagationTimeout = propagation.DefaultTimeout
+	}
+	if c.ReadYourWritesTimeout == 0 {
+		c.ReadYourWritesTimeout = 5 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Events == nil {
+		errs = append(errs, errors.New("deployservice: Events is required"))
+	}
+	if c.Reads == nil {
+		errs = append(errs, errors.New("deployservice: Reads is required"))
+	}
+	if c.Projector == nil {
+		errs = append(errs, errors.New("deployservice: Projector is required"))
+	}
+	if u, err := url.Parse(c.GatewayURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+		errs = append(errs, fmt.Errorf("deployservice: GatewayURL %q is not an absolute http(s) URL", c.GatewayURL))
+	}
+	return errors.Join(errs...)
+}
+
+// Server implements deploymentv1connect.DeploymentServiceHandler.
+type Server struct {
+	cfg     Config
+	gateway *url.URL
+}
+
+// New returns a Server.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	u, _ := url.Parse(cfg.GatewayURL)
+	return &Server{cfg: cfg, gateway: u}, nil
+}
+
+// DeploymentAggregate addresses a deployment's subject.
+func DeploymentAggregate(project, name string) eventstore.Aggregate {
+	return eventstore.Aggregate{Project: project, Type: eventstore.TypeDeployment, Name: name}
+}
+
+// liveKeys loads the named keys' own events and returns the ids of those
+// that are live now.
+func (s *Server) liveKeys(ctx context.Context, project string, names ...[]string) (aggregate.LiveKeys, error) {
+	live := aggregate.LiveKeys{}
+	seen := map[string]bool{}
+	for _, list := range names {
+		for _, name := range list {
+			if seen[name] || aggregate.ValidateKeyName("key", name) != nil {
+				continue
+			}
+			seen[name] = true
+			records, _, err := s.cfg.Events.Load(ctx, eventstore.Aggregate{Project: project, Type: eventstore.TypeKey, Name: name})
+			if err != nil {
+				return nil, err
+			}
+			if k := aggregate.KeyFrom(name, eventstore.Events(records)); k.Live {
+				live[name] = k.ID
+			}
+		}
+	}
+	return live, nil
+}
+
+func (s *Server) fail(ctx context.Context, err error) error { return rpcerr.From(ctx, s.cfg.Log, err) }
+
+// change runs one command on a deployment and waits for the read model and
+// the gateways. decide gets the folded deployment and the live keys among
+// keys and the deployment's current links.
+func (s *Server) change(ctx context.Context, header http.Header, procedure, project, name string, keys []string, timeout *durationpb.Duration,
+	decide func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error),
+) (*deploymentv1.Deployment, *propagationv1.Propagation, error) {
+	wait, err := s.propagationTimeout(timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	meta := command.Meta(ctx, project, s.cfg.Now())
+	agg := DeploymentAggregate(project, name)
+	var regions []string
+	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(header, meta, procedure, agg), 0,
+		func(records []eventstore.Record) ([]*eventv1.Event, error) {
+			d := aggregate.DeploymentFrom(name, eventstore.Events(records))
+			regions = d.Regions
+			live, err := s.liveKeys(ctx, project, keys, slices.Collect(maps.Keys(d.Links)))
+			if err != nil {
+				return nil, err
+			}
+			return decide(meta, d, live)
+		})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := s.waitRead(ctx, res.Sequence); err != nil {
+		return nil, nil, err
+	}
+	prop := s.cfg.Propagation.Wait(ctx, res.Sequence, regions, wait)
+	d, err := s.cfg.Reads.GetDeployment(ctx, project, name)
+	if errors.Is(err, readmodel.ErrNotFound) {
+		return nil, prop, nil // deleted
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.toProto(d), prop, nil
+}
+
+// CreateDeployment creates a deployment in status DEPLOYING.
+func (s *Server) CreateDeployment(ctx context.Context, req *connect.Request[deploymentv1.CreateDeploymentRequest]) (*connect.Response[deploymentv1.CreateDeploymentResponse], error) {
+	m := req.Msg
+	nd := aggregate.NewDeployment{
+		Name:        m.GetName(),
+		Model:       m.GetModel(),
+		UpstreamURL: m.GetUpstreamUrl(),
+		Regions:     m.GetRegions(),
+		AuthEnabled: m.GetAuthEnabled(),
+		Keys:        m.GetApiKeys(),
+	}
+	if err := aggregate.ValidateNewDeployment(m.GetProject(), nd); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), m.GetPropagationTimeout(),
+		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
+			return d.Create(meta, nd, live)
+		})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return connect.NewResponse(&deploymentv1.CreateDeploymentResponse{Deployment: d, Propagation: prop}), nil
+}
+
+// GetDeployment returns one deployment.
+func (s *Server) GetDeployment(ctx context.Context, req *connect.Request[deploymentv1.GetDeploymentRequest]) (*connect.Response[deploymentv1.GetDeploymentResponse], error) {
+	m := req.Msg
+	if err := errors.Join(aggregate.ValidateProject("project", m.GetProject()), aggregate.ValidateDeploymentName("name", m.GetName())); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	d, err := s.cfg.Reads.GetDeployment(ctx, m.GetProject(), m.GetName())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return connect.NewResponse(&deploymentv1.GetDeploymentResponse{Deployment: s.toProto(d)}), nil
+}
+
+// ListDeployments returns a page of the project's deployments.
+func (s *Server) ListDeployments(ctx context.Context, req *connect.Request[deploymentv1.ListDeploymentsRequest]) (*connect.Response[deploymentv1.ListDeploymentsResponse], error) {
+	m := req.Msg
+	if err := aggregate.ValidateProject("project", m.GetProject()); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	page, err := paging.Parse(m.GetPageSize(), m.GetPageToken())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	list, err := s.cfg.Reads.ListDeployments(ctx, m.GetProject(), page)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	list, next := paging.Trim(list, page, func(d readmodel.Deployment) string { return d.Name })
+	out := &deploymentv1.ListDeploymentsResponse{NextPageToken: next}
+	for _, d := range list {
+		out.Deployments = append(out.Deployments, s.toProto(d))
+	}
+	return connect.NewResponse(out), nil
+}
+
+// UpdateDeploymentAuth sets the toggle and the whole set of linked keys.
+func (s *Server) UpdateDeploymentAuth(ctx context.Context, req *connect.Request[deploymentv1.UpdateDeploymentAuthRequest]) (*connect.Response[deploymentv1.UpdateDeploymentAuthResponse], error) {
+	m := req.Msg
+	if err := errors.Join(
+		aggregate.ValidateProject("project", m.GetProject()),
+		aggregate.ValidateDeploymentName("name", m.GetName()),
+		aggregate.ValidateNames("api_keys", m.GetApiKeys(), aggregate.ValidateKeyName),
+	); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), m.GetPropagationTimeout(),
+		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
+			return d.UpdateAuth(meta, m.GetAuthEnabled(), m.GetApiKeys(), live)
+		})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return connect.NewResponse(&deploymentv1.UpdateDeploymentAuthResponse{Deployment: d, Propagation: prop}), nil
+}
+
+// LinkKey links one key.
+func (s *Server) LinkKey(ctx context.Context, req *connect.Request[deploymentv1.LinkKeyRequest]) (*connect.Response[deploymentv1.LinkKeyResponse], error) {
+	m := req.Msg
+	if err := s.validateLink(m.GetProject(), m.GetDeployment(), m.GetKey()); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, m.GetPropagationTimeout(),
+		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
+			return d.Link(meta, m.GetKey(), live)
+		})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return connect.NewResponse(&deploymentv1.LinkKeyResponse{Deployment: d, Propagation: prop}), nil
+}
+
+// UnlinkKey unlinks one key.
+func (s *Server) UnlinkKey(ctx context.Context, req *connect.Request[deploymentv1.UnlinkKeyRequest]) (*connect.Response[deploymentv1.UnlinkKeyResponse], error) {
+	m := req.Msg
+	if err := s.validateLink(m.GetProject(), m.GetDeployment(), m.GetKey()); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, m.GetPropagationTimeout(),
+		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
+			return d.Unlink(meta, m.GetKey(), live)
+		})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return connect.NewResponse(&deploymentv1.UnlinkKeyResponse{Deployment: d, Propagation: prop}), nil
+}
+
+// DeleteDeployment deletes a deployment.
+func (s *Server) DeleteDeployment(ctx context.Context, req *connect.Request[deploymentv1.DeleteDeploymentRequest]) (*connect.Response[deploymentv1.DeleteDeploymentResponse], error) {
+	m := req.Msg
+	if err := errors.Join(aggregate.ValidateProject("project", m.GetProject()), aggregate.ValidateDeploymentName("name", m.GetName())); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	_, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), nil, m.GetPropagationTimeout(),
+		func(meta aggregate.Meta, d aggregate.Deployment, _ aggregate.LiveKeys) ([]*eventv1.Event, error) {
+			return d.Delete(meta)
+		})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return connect.NewResponse(&deploymentv1.DeleteDeploymentResponse{Propagation: prop}), nil
+}
+
+func (s *Server) validateLink(project, deployment, key string) error {
+	return errors.Join(
+		aggregate.ValidateProject("project", project),
+		aggregate.ValidateDeploymentName("deployment", deployment),
+		aggregate.ValidateKeyName("key", key),
+	)
+}
+
+func (s *Server) propagationTimeout(d *durationpb.Duration) (time.Duration, error) {
+	if d == nil {
+		return s.cfg.PropagationTimeout, nil
+	}
+	if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > time.Minute {
+		return 0, &aggregate.FieldError{Field: "propagation_timeout", Problem: "must be between 0 and 60s"}
+	}
+	return d.AsDuration(), nil
+}
+
+func (s *Server) waitRead(ctx context.Context, seq uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadYourWritesTimeout)
+	defer cancel()
+	if err := s.cfg.Projector.WaitFor(ctx, seq); err != nil {
+		return fmt.Errorf("deployservice: read model did not reach sequence %d: %w", seq, err)
+	}
+	return nil
+}
+
+// EndpointURL is where clients reach a deployment through the gateways.
+func EndpointURL(gateway *url.URL, project, name string) string {
+	u := *gateway
+	host := "model-" + name + "." + project + "." + gateway.Hostname()
+	if p := gateway.Port(); p != "" {
+		host += ":" + p
+	}
+	u.Host = host
+	u.Path = ""
+	return u.String()
+}
+
+func (s *Server) toProto(d readmodel.Deployment) *deploymentv1.Deployment {
+	return &deploymentv1.Deployment{
+		Project:      d.Project,
+		Name:         d.Name,
+		Id:           d.ID,
+		Model:        d.Model,
+		UpstreamUrl:  d.UpstreamURL,
+		Regions:      d.Regions,
+		Status:       statusToProto(d.Status),
+		StatusReason: d.StatusReason,
+		EndpointUrl:  EndpointURL(s.gateway, d.Project, d.Name),
+		AuthEnabled:  d.AuthEnabled,
+		ApiKeys:      d.APIKeys,
+		CreatedAt:    timestamppb.New(d.CreatedAt),
+	}
+}
+
+func statusToProto(s string) deploymentv1.DeploymentStatus {
+	switch s {
+	case readmodel.StatusDeploying:
+		return deploymentv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYING
+	case readmodel.StatusDeployed:
+		return deploymentv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYED
+	case readmodel.StatusFailed:
+		return deploymentv1.DeploymentStatus_DEPLOYMENT_STATUS_FAILED
+	}
+	return deploymentv1.DeploymentStatus_DEPLOYMENT_STATUS_UNSPECIFIED
+}

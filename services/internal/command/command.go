@@ -1,0 +1,47 @@
+// Package command is what every write RPC of the control plane does
+// before deciding: who is acting (the admin token's name), when, with which
+// ids, and the idempotency id that makes a retried request append once.
+package command
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/infergate/infergate/services/internal/adminauth"
+	"github.com/infergate/infergate/services/internal/aggregate"
+	"github.com/infergate/infergate/services/internal/eventstore"
+)
+
+// IdempotencyHeader is the request header a client sets to make a write
+// safe to retry: two requests with the same value, from the same token, to
+// the same RPC and aggregate, append at most once.
+const IdempotencyHeader = "Idempotency-Key"
+
+// SystemActor is the actor of events the services cause on their own.
+const SystemActor = "system"
+
+// Meta builds the domain's command metadata for a call.
+func Meta(ctx context.Context, project string, now time.Time) aggregate.Meta {
+	actor := SystemActor
+	if p, ok := adminauth.FromContext(ctx); ok {
+		actor = p.Name
+	}
+	return aggregate.Meta{Actor: actor, Project: project, Now: now.UTC(), NewID: uuid.NewString}
+}
+
+// MsgID is the Nats-Msg-Id of a call's append: derived from the
+// Idempotency-Key header when the client sent one, else empty (each
+// attempt then gets its own id).
+func MsgID(header http.Header, meta aggregate.Meta, procedure string, agg eventstore.Aggregate) string {
+	key := header.Get(IdempotencyHeader)
+	if key == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(meta.Actor + "\x00" + procedure + "\x00" + agg.String() + "\x00" + key))
+	return "idem-" + hex.EncodeToString(sum[:16])
+}

@@ -1,0 +1,213 @@
+// Package controlplane is the process plumbing every control-plane service
+// shares: the NATS connection and event store, the read model (PostgreSQL
+// or memory) with its projector, the admin tokens, and an HTTP server with
+// Connect, gRPC and gRPC-Web on one port plus gRPC health and reflection.
+package controlplane
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"time"
+
+	"connectrpc.com/connect"
+	"connectrpc.com/grpchealth"
+	"connectrpc.com/grpcreflect"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infergate/infergate/services/internal/adminauth"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/readmodel"
+	"github.com/infergate/infergate/services/internal/readmodel/postgres"
+)
+
+// Config is a control-plane process's configuration. Every field has a
+// flag and an environment variable (the flag wins).
+type Config struct {
+	// Addr is where the API listens.
+	Addr string
+	// NATSURL is the NATS server or cluster (comma-separated URLs).
+	NATSURL string
+	// NATSCreds is an optional NATS credentials file.
+	NATSCreds string
+	// StreamReplicas of the event stream (3 on a production cluster).
+	StreamReplicas int
+	// AdminTokensFile is the JSON file of admin tokens. Required.
+	AdminTokensFile string
+	// DatabaseURL selects the PostgreSQL read model; empty means memory.
+	DatabaseURL string
+	// DatabaseSchema is the PostgreSQL schema of this service's read model.
+	DatabaseSchema string
+	// ShutdownGrace bounds the wait for open requests at shutdown.
+	ShutdownGrace time.Duration
+}
+
+// Env returns the environment variable name, or def when it is unset.
+func Env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// RegisterFlags defines the shared flags on fs with defaults from the
+// environment; addr and schema are the service's own defaults.
+func (c *Config) RegisterFlags(fs *flag.FlagSet, addr, schema string) {
+	replicas, _ := strconv.Atoi(Env("INFERGATE_STREAM_REPLICAS", "1"))
+	grace, _ := time.ParseDuration(Env("INFERGATE_SHUTDOWN_GRACE", "15s"))
+	fs.StringVar(&c.Addr, "addr", Env("INFERGATE_ADDR", addr), "listen address of the API (env INFERGATE_ADDR)")
+	fs.StringVar(&c.NATSURL, "nats-url", Env("INFERGATE_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env INFERGATE_NATS_URL)")
+	fs.StringVar(&c.NATSCreds, "nats-creds", Env("INFERGATE_NATS_CREDS", ""), "NATS credentials file (env INFERGATE_NATS_CREDS)")
+	fs.IntVar(&c.StreamReplicas, "stream-replicas", replicas, "replicas of the event stream (env INFERGATE_STREAM_REPLICAS)")
+	fs.StringVar(&c.AdminTokensFile, "admin-tokens-file", Env("INFERGATE_ADMIN_TOKENS_FILE", ""), "JSON file of admin tokens (env INFERGATE_ADMIN_TOKENS_FILE)")
+	fs.StringVar(&c.DatabaseURL, "database-url", Env("INFERGATE_DATABASE_URL", ""), "PostgreSQL URL for the read model; empty keeps it in memory (env INFERGATE_DATABASE_URL)")
+	fs.StringVar(&c.DatabaseSchema, "database-schema", Env("INFERGATE_DATABASE_SCHEMA", schema), "PostgreSQL schema of the read model (env INFERGATE_DATABASE_SCHEMA)")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", grace, "how long open requests may take at shutdown (env INFERGATE_SHUTDOWN_GRACE)")
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Addr == "" {
+		errs = append(errs, errors.New("--addr is required"))
+	}
+	if c.NATSURL == "" {
+		errs = append(errs, errors.New("--nats-url is required"))
+	}
+	if c.AdminTokensFile == "" {
+		errs = append(errs, errors.New("--admin-tokens-file is required"))
+	}
+	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
+		errs = append(errs, fmt.Errorf("--stream-replicas %d is not in 1..5", c.StreamReplicas))
+	}
+	return errors.Join(errs...)
+}
+
+// Plane is an opened control-plane process: connected, projected and
+// ready to serve.
+type Plane struct {
+	Events    *eventstore.Store
+	Reads     readmodel.Store
+	Projector *readmodel.Projector
+	Tokens    *adminauth.Tokens
+	Log       *slog.Logger
+
+	closers []func()
+}
+
+// Open connects to NATS, opens the event store and the read model, and
+// loads the admin tokens. Start the projector with RunProjector.
+func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Plane, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	tokens, err := adminauth.LoadFile(cfg.AdminTokensFile)
+	if err != nil {
+		return nil, err
+	}
+	opts := []nats.Option{nats.Name("infergate"), nats.MaxReconnects(-1)}
+	if cfg.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
+	}
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
+	}
+	p := &Plane{Tokens: tokens, Log: log, closers: []func(){nc.Close}}
+	if err := p.openStores(ctx, nc, cfg); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// OpenWith opens a plane on an existing NATS connection and token set (the
+// one-process stack). The caller keeps ownership of nc.
+func OpenWith(ctx context.Context, nc *nats.Conn, tokens *adminauth.Tokens, cfg Config, log *slog.Logger) (*Plane, error) {
+	p := &Plane{Tokens: tokens, Log: log}
+	if err := p.openStores(ctx, nc, cfg); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if p.Events, err = eventstore.Open(ctx, js, eventstore.Config{Replicas: cfg.StreamReplicas}); err != nil {
+		return err
+	}
+	if cfg.DatabaseURL == "" {
+		p.Reads = readmodel.NewMemory()
+	} else {
+		pg, err := postgres.Open(ctx, postgres.Config{URL: cfg.DatabaseURL, Schema: cfg.DatabaseSchema})
+		if err != nil {
+			return err
+		}
+		p.Reads = pg
+		p.closers = append(p.closers, pg.Close)
+	}
+	p.Projector = readmodel.NewProjector(p.Events, p.Reads, p.Log)
+	return nil
+}
+
+// Close releases what Open acquired.
+func (p *Plane) Close() {
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		p.closers[i]()
+	}
+}
+
+// HandlerOptions are the options every control-plane handler is built
+// with: the admin-token interceptor.
+func (p *Plane) HandlerOptions() []connect.HandlerOption {
+	return []connect.HandlerOption{connect.WithInterceptors(adminauth.NewInterceptor(p.Tokens))}
+}
+
+// Mux serves the handlers plus gRPC health and reflection for the named
+// services.
+func Mux(handlers map[string]http.Handler, services ...string) *http.ServeMux {
+	mux := http.NewServeMux()
+	for path, h := range handlers {
+		mux.Handle(path, h)
+	}
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(services...)))
+	reflector := grpcreflect.NewStaticReflector(services...)
+	mux.Handle(grpcreflect.NewHandlerV1(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	return mux
+}
+
+// Serve runs the projector and serves handler on addr until ctx ends; it
+// waits for the read model to catch up before it accepts calls.
+func (p *Plane) Serve(ctx context.Context, addr string, handler http.Handler, grace time.Duration) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	projErr := make(chan error, 1)
+	go func() { projErr <- p.Projector.Run(ctx) }()
+	if err := p.Projector.WaitCaughtUp(ctx); err != nil {
+		return fmt.Errorf("read model did not catch up: %w", err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	p.Log.Info("serving", "addr", ln.Addr().String(), "read_model_sequence", p.Projector.Applied())
+	serveErr := httpserver.Serve(ctx, httpserver.New(addr, handler), ln, grace)
+	cancel()
+	if err := <-projErr; err != nil && !errors.Is(err, context.Canceled) {
+		return errors.Join(serveErr, err)
+	}
+	return serveErr
+}

@@ -1,0 +1,13 @@
+package readmodel_test
+
+import (
+	"testing"
+
+	"github.com/infergate/infergate/services/internal/readmodel"
+	"github.com/infergate/infergate/services/internal/readmodel/readmodeltest"
+)
+
+func TestMemoryConformance(t *testing.T) {
+	t.Parallel()
+	readmodeltest.Run(t, func(t *testing.T) readmodel.Store { return readmodel.NewMemory() })
+}
