@@ -705,7 +705,7 @@ func testReapply(t *testing.T, s readmodel.Store) {
 
 func testPaging(t *testing.T, s readmodel.Store) {
 	ctx := t.Context()
-	names := []string{"echo", "alpha", "delta", "charlie", "bravo", "alpha-2", "b"}
+	names := []string{"echo", "alpha", "delta", "charlie", "bravo", "alpha-2", "b", "ab", "a-c"}
 	var batches [][]*eventv1.Event
 	for i, n := range names {
 		batches = append(batches,
