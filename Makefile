@@ -15,8 +15,6 @@ export PATH := $(TOOLS):$(PATH)
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null | sed 's|^$(CURDIR)|.|')
 PKGS    := $(addsuffix /...,$(MODULES))
 
-BINARIES := infergate infergate-keys infergate-deployments infergate-gateway infergate-audit
-
 .PHONY: help tools gen check-gen build test lint fmt run clean
 
 help: ## list the targets
@@ -45,11 +43,7 @@ check-gen: gen ## fail if gen/ is not what proto/ generates
 
 build: ## build every binary into bin/
 	@mkdir -p bin
-	go build -o bin/infergate ./services/infergate/cmd/infergate
-	go build -o bin/infergate-keys ./services/keys/cmd/infergate-keys
-	go build -o bin/infergate-deployments ./services/deployments/cmd/infergate-deployments
-	go build -o bin/infergate-gateway ./services/gateway/cmd/infergate-gateway
-	go build -o bin/infergate-audit ./services/audit/cmd/infergate-audit
+	go build -o bin/ $(addprefix ./,$(wildcard services/*/cmd/*))
 
 test: ## run every test of every module, with the race detector
 	go test -race -count=1 -timeout 20m $(PKGS)
