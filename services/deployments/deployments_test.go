@@ -331,6 +331,7 @@ func TestLinkAndUnlink(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.create(t, &deploymentv1.CreateDeploymentRequest{Name: "llama", AuthEnabled: true})
+		e.waitStatus(t, "llama", deployed) // the status checker's append
 
 		link := func(key string) (*deploymentv1.LinkKeyResponse, error) {
 			res, err := e.deps.LinkKey(ctx, connect.NewRequest(&deploymentv1.LinkKeyRequest{Project: "team-a", Deployment: "llama", Key: key}))
@@ -378,6 +379,7 @@ func TestDeploymentValidation(t *testing.T) {
 	forEachKind(t, func(t *testing.T, e *env) {
 		ctx := t.Context()
 		e.create(t, &deploymentv1.CreateDeploymentRequest{Name: "taken"})
+		e.waitStatus(t, "taken", deployed) // the status checker's append
 		before := e.lastSeq(t)
 		good := func() *deploymentv1.CreateDeploymentRequest {
 			return &deploymentv1.CreateDeploymentRequest{Project: "team-a", Name: "fresh", Model: "m", UpstreamUrl: "http://up:8000"}

@@ -193,3 +193,23 @@ func (l *LogBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.buf.String()
 }
+
+func newOps() (string, adminauth.Entry, error) { return adminauth.New("ops", []string{adminauth.AllProjects}) }
+
+// WaitFor retries call until it succeeds or 20 s pass.
+func WaitFor(t *testing.T, what string, call func(ctx context.Context) error) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		err := call(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
