@@ -194,7 +194,9 @@ func (l *LogBuffer) String() string {
 	return l.buf.String()
 }
 
-func newOps() (string, adminauth.Entry, error) { return adminauth.New("ops", []string{adminauth.AllProjects}) }
+func newOps() (string, adminauth.Entry, error) {
+	return adminauth.New("ops", []string{adminauth.AllProjects})
+}
 
 // WaitFor retries call until it succeeds or 20 s pass.
 func WaitFor(t *testing.T, what string, call func(ctx context.Context) error) {
