@@ -152,3 +152,10 @@ func FromContext(ctx context.Context) (Principal, bool) {
 	p, ok := ctx.Value(principalKey{}).(Principal)
 	return p, ok
 }
+
+// FromToken builds a set holding one token, for a process that made the
+// token itself (the one-process stack).
+func FromToken(name, token string, projects []string) (*Tokens, error) {
+	sum := sha256.Sum256([]byte(token))
+	return FromEntries([]Entry{{Name: name, SHA256: hex.EncodeToString(sum[:]), Projects: projects}})
+}

@@ -189,22 +189,19 @@ func Mux(handlers map[string]http.Handler, services ...string) *http.ServeMux {
 	return mux
 }
 
-// Serve runs the projector and serves handler on addr until ctx ends; it
+// Serve runs the projector and serves handler on ln until ctx ends; it
 // waits for the read model to catch up before it accepts calls.
-func (p *Plane) Serve(ctx context.Context, addr string, handler http.Handler, grace time.Duration) error {
+func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler, grace time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	projErr := make(chan error, 1)
 	go func() { projErr <- p.Projector.Run(ctx) }()
 	if err := p.Projector.WaitCaughtUp(ctx); err != nil {
+		_ = ln.Close()
 		return fmt.Errorf("read model did not catch up: %w", err)
 	}
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
 	p.Log.Info("serving", "addr", ln.Addr().String(), "read_model_sequence", p.Projector.Applied())
-	serveErr := httpserver.Serve(ctx, httpserver.New(addr, handler), ln, grace)
+	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), handler), ln, grace)
 	cancel()
 	if err := <-projErr; err != nil && !errors.Is(err, context.Canceled) {
 		return errors.Join(serveErr, err)

@@ -11,6 +11,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -48,6 +49,10 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return err
+	}
 	plane, err := controlplane.Open(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -72,7 +77,7 @@ func run() error {
 	checkErr := make(chan error, 1)
 	go func() { checkErr <- checker.Run(ctx) }()
 	mux := controlplane.Mux(map[string]http.Handler{path: h}, deploymentv1connect.DeploymentServiceName)
-	serveErr := plane.Serve(ctx, cfg.Addr, mux, cfg.ShutdownGrace)
+	serveErr := plane.Serve(ctx, ln, mux, cfg.ShutdownGrace)
 	stop()
 	return errors.Join(serveErr, <-checkErr)
 }

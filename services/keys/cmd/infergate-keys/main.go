@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -36,6 +37,10 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return err
+	}
 	plane, err := controlplane.Open(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -51,5 +56,5 @@ func run() error {
 		return err
 	}
 	mux := controlplane.Mux(map[string]http.Handler{path: h}, keyv1connect.KeyServiceName)
-	return plane.Serve(ctx, cfg.Addr, mux, cfg.ShutdownGrace)
+	return plane.Serve(ctx, ln, mux, cfg.ShutdownGrace)
 }

@@ -1,0 +1,163 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	keyv1 "github.com/infergate/infergate/gen/infergate/key/v1"
+)
+
+func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "usage: infergate keys create|list|get|update|delete …")
+		return errUsage
+	}
+	sub, args := args[0], args[1:]
+	var c common
+	fs := flag.NewFlagSet("infergate keys "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	c.register(fs)
+	var (
+		description string
+		expiresIn   time.Duration
+		expiresAt   string
+		pos         []string
+		err         error
+	)
+	switch sub {
+	case "create":
+		fs.StringVar(&description, "description", "", "what the key is for (at most 300 characters)")
+		fs.DurationVar(&expiresIn, "expires-in", 0, "expire after this long, e.g. 720h (default: never)")
+		fs.StringVar(&expiresAt, "expires-at", "", "expire at this RFC 3339 time (default: never)")
+		pos, err = parse(fs, args, "NAME")
+	case "update":
+		fs.StringVar(&description, "description", "", "the new description")
+		pos, err = parse(fs, args, "NAME")
+	case "get", "delete":
+		pos, err = parse(fs, args, "NAME")
+	case "list":
+		pos, err = parse(fs, args)
+	default:
+		fmt.Fprintf(stderr, "unknown keys command %q\n", sub)
+		return errUsage
+	}
+	if err != nil {
+		return err
+	}
+	if err := c.validate(); err != nil {
+		return err
+	}
+	client, err := c.keysClient()
+	if err != nil {
+		return err
+	}
+	switch sub {
+	case "create":
+		req := &keyv1.CreateKeyRequest{Project: c.project, Name: pos[0], Description: description}
+		switch {
+		case expiresIn != 0 && expiresAt != "":
+			return fmt.Errorf("use --expires-in or --expires-at, not both")
+		case expiresIn != 0:
+			req.ExpiresAt = timestamppb.New(time.Now().Add(expiresIn))
+		case expiresAt != "":
+			t, err := time.Parse(time.RFC3339, expiresAt)
+			if err != nil {
+				return fmt.Errorf("--expires-at: %w", err)
+			}
+			req.ExpiresAt = timestamppb.New(t)
+		}
+		res, err := client.CreateKey(ctx, connect.NewRequest(req))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(stderr, "WARNING: the secret is shown only now. It cannot be shown again: store it safely.")
+		if c.output == "json" {
+			return printJSON(stdout, res.Msg)
+		}
+		printKeys(stdout, res.Msg.GetKey())
+		fmt.Fprintf(stdout, "\nSecret (send it as the X-API-Key header):\n  %s\n", res.Msg.GetSecret())
+		return nil
+	case "list":
+		all := &keyv1.ListKeysResponse{}
+		for token := ""; ; {
+			res, err := client.ListKeys(ctx, connect.NewRequest(&keyv1.ListKeysRequest{Project: c.project, PageSize: 1000, PageToken: token}))
+			if err != nil {
+				return err
+			}
+			all.Keys = append(all.Keys, res.Msg.GetKeys()...)
+			if token = res.Msg.GetNextPageToken(); token == "" {
+				break
+			}
+		}
+		if c.output == "json" {
+			return printJSON(stdout, all)
+		}
+		printKeys(stdout, all.GetKeys()...)
+		return nil
+	case "get":
+		res, err := client.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: c.project, Name: pos[0]}))
+		if err != nil {
+			return err
+		}
+		if c.output == "json" {
+			return printJSON(stdout, res.Msg)
+		}
+		printKeys(stdout, res.Msg.GetKey())
+		return nil
+	case "update":
+		res, err := client.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: c.project, Name: pos[0], Description: description}))
+		if err != nil {
+			return err
+		}
+		if c.output == "json" {
+			return printJSON(stdout, res.Msg)
+		}
+		printKeys(stdout, res.Msg.GetKey())
+		return nil
+	default: // delete
+		res, err := client.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: c.project, Name: pos[0]}))
+		if err != nil {
+			return err
+		}
+		if c.output == "json" {
+			return printJSON(stdout, res.Msg)
+		}
+		fmt.Fprintf(stdout, "Deleted key %s; %s\n", pos[0], describePropagation(res.Msg.GetPropagation()))
+		return nil
+	}
+}
+
+func printKeys(w io.Writer, keys ...*keyv1.Key) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tHINT\tEXPIRES\tDEPLOYMENTS\tCREATED\tDESCRIPTION")
+	for _, k := range keys {
+		expires := "never"
+		if k.GetExpiresAt() != nil {
+			expires = k.GetExpiresAt().AsTime().UTC().Format(time.RFC3339)
+			if k.GetExpiresAt().AsTime().Before(time.Now()) {
+				expires += " (expired)"
+			}
+		}
+		deps := strings.Join(k.GetDeploymentNames(), ",")
+		if deps == "" {
+			deps = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.GetName(), k.GetHint(), expires, deps,
+			k.GetCreatedAt().AsTime().UTC().Format(time.RFC3339), k.GetDescription())
+	}
+	tw.Flush()
+}
+
+func jsonLine(v any) (string, error) {
+	b, err := json.Marshal(v)
+	return string(b), err
+}

@@ -1,0 +1,140 @@
+package devstack
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"connectrpc.com/connect"
+
+	deploymentv1 "github.com/infergate/infergate/gen/infergate/deployment/v1"
+	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
+	keyv1 "github.com/infergate/infergate/gen/infergate/key/v1"
+	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
+	"github.com/infergate/infergate/services/internal/adminauth"
+	"github.com/infergate/infergate/services/internal/demomodel"
+)
+
+// The demo's names.
+const (
+	DemoProject    = "default"
+	DemoDeployment = "demo"
+	DemoKey        = "demo-key"
+)
+
+// Demo is the demo deployment and a fresh key for it.
+type Demo struct {
+	EndpointURL string
+	PathURL     string
+	Secret      string
+}
+
+// ensureDemo makes sure the demo deployment exists with auth enabled, and
+// gives it a fresh demo key (a secret cannot be shown twice, so a restart
+// replaces the key). It goes through the public API like any client.
+func ensureDemo(ctx context.Context, st *Stack, token, apiAddr string) (*Demo, error) {
+	if token == "" {
+		return nil, fmt.Errorf("--demo needs the generated admin token; it cannot be used with --admin-tokens-file")
+	}
+	opts := connect.WithInterceptors(adminauth.NewClientInterceptor(token))
+	keysClient := keyv1connect.NewKeyServiceClient(http.DefaultClient, st.APIURL, opts)
+	depsClient := deploymentv1connect.NewDeploymentServiceClient(http.DefaultClient, st.APIURL, opts)
+
+	_, err := keysClient.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: DemoProject, Name: DemoKey}))
+	if err != nil && connect.CodeOf(err) != connect.CodeNotFound {
+		return nil, err
+	}
+	created, err := keysClient.CreateKey(ctx, connect.NewRequest(&keyv1.CreateKeyRequest{
+		Project: DemoProject, Name: DemoKey, Description: "made by infergate dev --demo; replaced at every start",
+	}))
+	if err != nil {
+		return nil, err
+	}
+	got, err := depsClient.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: DemoProject, Name: DemoDeployment}))
+	var seq uint64
+	switch {
+	case connect.CodeOf(err) == connect.CodeNotFound:
+		res, err := depsClient.CreateDeployment(ctx, connect.NewRequest(&deploymentv1.CreateDeploymentRequest{
+			Project: DemoProject, Name: DemoDeployment, Model: demomodel.ModelID,
+			UpstreamUrl: "http://" + apiAddr + DemoPath, AuthEnabled: true, ApiKeys: []string{DemoKey},
+		}))
+		if err != nil {
+			return nil, err
+		}
+		seq = res.Msg.GetPropagation().GetSequence()
+	case err != nil:
+		return nil, err
+	default:
+		keys := append(got.Msg.GetDeployment().GetApiKeys(), DemoKey)
+		res, err := depsClient.UpdateDeploymentAuth(ctx, connect.NewRequest(&deploymentv1.UpdateDeploymentAuthRequest{
+			Project: DemoProject, Name: DemoDeployment, AuthEnabled: true, ApiKeys: keys,
+		}))
+		if err != nil {
+			return nil, err
+		}
+		seq = res.Msg.GetPropagation().GetSequence()
+	}
+	// Wait until the deployment answers and this gateway knows it all.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		d, err := depsClient.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: DemoProject, Name: DemoDeployment}))
+		if err != nil {
+			return nil, err
+		}
+		status := d.Msg.GetDeployment().GetStatus()
+		if status == deploymentv1.DeploymentStatus_DEPLOYMENT_STATUS_FAILED {
+			return nil, fmt.Errorf("demo deployment failed: %s", d.Msg.GetDeployment().GetStatusReason())
+		}
+		if status == deploymentv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYED && st.Gateway.Applied() >= seq {
+			return &Demo{
+				EndpointURL: d.Msg.GetDeployment().GetEndpointUrl(),
+				PathURL:     "http://127.0.0.1:" + portOf(st.GatewayURL) + "/d/" + DemoProject + "/" + DemoDeployment,
+				Secret:      created.Msg.GetSecret(),
+			}, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("demo deployment still %s after 30s", status)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func portOf(u string) string {
+	for i := len(u) - 1; i >= 0; i-- {
+		if u[i] == ':' {
+			return u[i+1:]
+		}
+	}
+	return ""
+}
+
+func printBanner(cfg Config, st *Stack) {
+	w := cfg.Out
+	fmt.Fprintf(w, "infergate dev — everything in one process (data in %s)\n\n", cfg.DataDir)
+	fmt.Fprintf(w, "  control plane  %s   (Connect, gRPC, gRPC-Web)\n", st.APIURL)
+	fmt.Fprintf(w, "  gateway        %s   (region %s; http://model-<deployment>.<project>.%s:%s or /d/<project>/<deployment>/…)\n",
+		st.GatewayURL, cfg.Region, cfg.BaseDomain, portOf(st.GatewayURL))
+	fmt.Fprintf(w, "  NATS           %s\n", st.NATSURL)
+	if cfg.DatabaseURL != "" {
+		fmt.Fprintf(w, "  read models    PostgreSQL\n")
+	} else {
+		fmt.Fprintf(w, "  read models    memory (rebuilt from the stream at start)\n")
+	}
+	if st.Token != "" {
+		fmt.Fprintf(w, "  admin token    %s\n                 (saved in %s/%s for the infergate CLI)\n", st.Token, cfg.DataDir, TokenFile)
+	}
+	if d := st.Demo; d != nil {
+		fmt.Fprintf(w, "\nDemo: deployment %q in project %q (the built-in demo model — not a real model), key %q:\n\n",
+			DemoDeployment, DemoProject, DemoKey)
+		fmt.Fprintf(w, "  curl %s/v1/chat/completions \\\n    -H \"X-API-Key: %s\" \\\n    -H \"Content-Type: application/json\" \\\n    -d '{\"model\": %q, \"messages\": [{\"role\": \"user\", \"content\": \"Hello!\"}]}'\n\n",
+			d.EndpointURL, d.Secret, demomodel.ModelID)
+		fmt.Fprintf(w, "  Without *.localhost name resolution (most SDKs): %s/v1/chat/completions\n", d.PathURL)
+		fmt.Fprintf(w, "  The key's secret is shown only now; a restart with --demo replaces the key.\n")
+	}
+	fmt.Fprintf(w, "\nCtrl-C stops it; the data stays in %s.\n", cfg.DataDir)
+}

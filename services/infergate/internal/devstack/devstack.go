@@ -1,0 +1,288 @@
+// Package devstack runs the whole of infergate in one process — what
+// `infergate dev` (and `make run`) starts: an embedded NATS server with
+// JetStream keeping its files under the data dir, the key, deployment and
+// audit services on one control-plane address, one edge gateway, and the
+// demo model upstream.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
+	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
+	"github.com/infergate/infergate/services/deployments"
+	"github.com/infergate/infergate/services/gateway"
+	"github.com/infergate/infergate/services/internal/adminauth"
+	"github.com/infergate/infergate/services/internal/controlplane"
+	"github.com/infergate/infergate/services/internal/demomodel"
+	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/keys"
+)
+
+// Files in the data dir.
+const (
+	// TokenFile holds the generated admin token (mode 0600) for the CLI.
+	TokenFile = "admin-token"
+	// APIURLFile holds the control-plane URL for the CLI.
+	APIURLFile = "api-url"
+	// DemoPath is where the control-plane port serves the demo model.
+	DemoPath = "/demo-model"
+)
+
+// Config is the one-process stack's configuration (SPEC §6).
+type Config struct {
+	DataDir         string // default ./.infergate
+	APIAddr         string // default 127.0.0.1:8080
+	GatewayAddr     string // default 127.0.0.1:8000
+	NATSAddr        string // default 127.0.0.1:0 (a free port)
+	BaseDomain      string // default localhost
+	Region          string // default local
+	AdminTokensFile string // else one generated token for every project
+	DatabaseURL     string // else memory read models
+	Demo            bool   // create a demo key and deployment
+	// StatusInterval and StatusTimeout tune the deployment status checker.
+	StatusInterval, StatusTimeout time.Duration
+	// Out receives the banner; default os.Stdout.
+	Out io.Writer
+	// Log receives the services' logs; default discards below warnings.
+	Log *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	def := func(s *string, v string) {
+		if *s == "" {
+			*s = v
+		}
+	}
+	def(&c.DataDir, ".infergate")
+	def(&c.APIAddr, "127.0.0.1:8080")
+	def(&c.GatewayAddr, "127.0.0.1:8000")
+	def(&c.NATSAddr, "127.0.0.1:0")
+	def(&c.BaseDomain, "localhost")
+	def(&c.Region, "local")
+	if c.StatusInterval == 0 {
+		c.StatusInterval = 250 * time.Millisecond
+	}
+	if c.StatusTimeout == 0 {
+		c.StatusTimeout = 2 * time.Minute
+	}
+	if c.Out == nil {
+		c.Out = os.Stdout
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+}
+
+// Stack describes a running stack.
+type Stack struct {
+	APIURL     string
+	GatewayURL string
+	NATSURL    string
+	// Token is the admin token for every project, when the stack made it
+	// (empty with AdminTokensFile).
+	Token   string
+	Gateway *gateway.Gateway
+	// Demo is set when Config.Demo asked for a demo.
+	Demo *Demo
+}
+
+// Run starts the stack, calls ready once every part serves, and runs
+// until ctx ends.
+func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
+	cfg.setDefaults()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	tokens, token, err := adminTokens(cfg)
+	if err != nil {
+		return err
+	}
+	natsHost, natsPort, err := splitAddr(cfg.NATSAddr)
+	if err != nil {
+		return fmt.Errorf("--nats-addr: %w", err)
+	}
+	ns, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Host: natsHost, Port: natsPort})
+	if err != nil {
+		return err
+	}
+	defer ns.Shutdown()
+	nc, err := ns.Connect(nats.Name("infergate-dev"), nats.MaxReconnects(-1))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+
+	plane, err := controlplane.OpenWith(ctx, nc, tokens, controlplane.Config{
+		DatabaseURL: cfg.DatabaseURL, DatabaseSchema: "infergate_dev", StreamReplicas: 1,
+	}, cfg.Log)
+	if err != nil {
+		return err
+	}
+	defer plane.Close()
+
+	apiLn, err := net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("control plane: %w", err)
+	}
+	gwLn, err := net.Listen("tcp", cfg.GatewayAddr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("gateway: %w", err)
+	}
+	st := &Stack{
+		APIURL:     "http://" + apiLn.Addr().String(),
+		GatewayURL: "http://" + cfg.BaseDomain + ":" + port(gwLn.Addr()),
+		NATSURL:    ns.ClientURL(),
+		Token:      token,
+	}
+
+	kpath, kh, err := keys.NewHandler(keys.Config{Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log}, plane.HandlerOptions()...)
+	if err != nil {
+		return err
+	}
+	dpath, dh, err := deployments.NewHandler(deployments.Config{
+		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, GatewayURL: st.GatewayURL,
+	}, plane.HandlerOptions()...)
+	if err != nil {
+		return err
+	}
+	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
+		Events: plane.Events, Interval: cfg.StatusInterval, Timeout: cfg.StatusTimeout, Log: cfg.Log,
+	})
+	if err != nil {
+		return err
+	}
+	gw, err := gateway.New(gateway.Config{Events: plane.Events, NATS: nc, Region: cfg.Region, BaseDomain: cfg.BaseDomain, Log: cfg.Log})
+	if err != nil {
+		return err
+	}
+	st.Gateway = gw
+	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh},
+		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName)
+	mux.Handle(DemoPath+"/", (&demomodel.Server{ChunkDelay: 20 * time.Millisecond}).Handler(DemoPath))
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex // mu protects errs
+		errs []error
+	)
+	run := func(name string, f func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(); err != nil && !errors.Is(err, context.Canceled) {
+				mu.Lock()
+				errs = append(errs, fmt.Errorf("%s: %w", name, err))
+				mu.Unlock()
+				cancel()
+			}
+		}()
+	}
+	run("control plane", func() error { return plane.Serve(ctx, apiLn, mux, 5*time.Second) })
+	run("status checker", func() error { return checker.Run(ctx) })
+	run("gateway", func() error { return gw.Run(ctx) })
+	run("gateway server", func() error {
+		return httpserver.Serve(ctx, httpserver.New(gwLn.Addr().String(), gw.Handler()), gwLn, 5*time.Second)
+	})
+
+	if err := st.waitReady(ctx, plane); err == nil {
+		if err := os.WriteFile(filepath.Join(cfg.DataDir, APIURLFile), []byte(st.APIURL+"\n"), 0o600); err != nil {
+			cancel()
+			errs = append(errs, err)
+		} else if cfg.Demo {
+			if st.Demo, err = ensureDemo(ctx, st, token, apiLn.Addr().String()); err != nil {
+				errs = append(errs, fmt.Errorf("demo: %w", err))
+				cancel()
+			}
+		}
+		if ctx.Err() == nil {
+			printBanner(cfg, st)
+			if ready != nil {
+				ready(st)
+			}
+		}
+	}
+	<-ctx.Done()
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	return errors.Join(errs...)
+}
+
+// waitReady returns once the read model and the gateway have caught up.
+func (st *Stack) waitReady(ctx context.Context, plane *controlplane.Plane) error {
+	if err := plane.Projector.WaitCaughtUp(ctx); err != nil {
+		return err
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !st.Gateway.Ready() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	return nil
+}
+
+// adminTokens loads the operator's tokens file, or loads (or makes) the
+// stack's own token in the data dir.
+func adminTokens(cfg Config) (*adminauth.Tokens, string, error) {
+	if cfg.AdminTokensFile != "" {
+		t, err := adminauth.LoadFile(cfg.AdminTokensFile)
+		return t, "", err
+	}
+	path := filepath.Join(cfg.DataDir, TokenFile)
+	data, err := os.ReadFile(path)
+	token := strings.TrimSpace(string(data))
+	if errors.Is(err, os.ErrNotExist) || token == "" {
+		if token, _, err = adminauth.New("dev", []string{adminauth.AllProjects}); err != nil {
+			return nil, "", err
+		}
+		if err := os.WriteFile(path, []byte(token+"\n"), 0o600); err != nil {
+			return nil, "", err
+		}
+	} else if err != nil {
+		return nil, "", err
+	}
+	t, err := adminauth.FromToken("dev", token, []string{adminauth.AllProjects})
+	return t, token, err
+}
+
+func splitAddr(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, err
+	}
+	var n int
+	if _, err := fmt.Sscanf(p, "%d", &n); err != nil {
+		return "", 0, fmt.Errorf("port %q: %w", p, err)
+	}
+	if n == 0 {
+		n = -1
+	}
+	return host, n, nil
+}
+
+func port(a net.Addr) string {
+	_, p, _ := net.SplitHostPort(a.String())
+	return p
+}
