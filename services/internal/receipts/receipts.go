@@ -1,0 +1,51 @@
+// Package receipts carries the gateways' propagation receipts (SPEC §5).
+// Every gateway reports the last stream sequence it has applied — at once
+// when it changes and as a heartbeat — on a NATS subject; the control plane
+// tracks the reports and, after an append, waits until every live gateway
+// of the change's regions has applied it.
+//
+// Reports are core NATS messages on infergate.gateways.<region>.<id>, JSON:
+// {"id","region","sequence","ready","interval_ms"}. A gateway whose reports
+// stop for more than a few heartbeat intervals is no longer live. A gateway
+// that is not ready (still replaying the stream at start-up) is not
+// counted: it serves no traffic yet.
+package receipts
+
+import (
+	"encoding/json"
+	"errors"
+	"time"
+)
+
+// SubjectPrefix starts every report subject.
+const SubjectPrefix = "infergate.gateways"
+
+// DefaultHeartbeat is how often a gateway reports when nothing changes.
+const DefaultHeartbeat = time.Second
+
+// missedHeartbeats is how many heartbeat intervals may pass without a
+// report before a gateway stops counting as live.
+const missedHeartbeats = 3
+
+// Report is one gateway's receipt.
+type Report struct {
+	ID       string `json:"id"`
+	Region   string `json:"region"`
+	Sequence uint64 `json:"sequence"`
+	Ready    bool   `json:"ready"`
+	// IntervalMS is the gateway's heartbeat interval, so the tracker knows
+	// when it has gone quiet.
+	IntervalMS int64 `json:"interval_ms"`
+}
+
+func (r Report) validate() error {
+	if r.ID == "" || r.Region == "" || r.IntervalMS <= 0 {
+		return errors.New("receipts: report needs id, region and interval")
+	}
+	return nil
+}
+
+func (r Report) marshal() []byte {
+	b, _ := json.Marshal(r)
+	return b
+}

@@ -1,0 +1,133 @@
+package receipts_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/infergate/infergate/services/internal/natstest"
+	"github.com/infergate/infergate/services/internal/receipts"
+)
+
+// gw is a pretend gateway's state, driven by the test, reported by a real
+// Reporter over a real NATS connection.
+type gw struct {
+	seq   atomic.Uint64
+	ready atomic.Bool
+	rep   *receipts.Reporter
+	stop  context.CancelFunc
+}
+
+func startGateway(t *testing.T, nc *nats.Conn, id, region string) *gw {
+	t.Helper()
+	g := &gw{}
+	g.ready.Store(true)
+	rep, err := receipts.NewReporter(nc, id, region, 50*time.Millisecond, func() (uint64, bool) {
+		return g.seq.Load(), g.ready.Load()
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.rep = rep
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = rep.Run(ctx); close(done) }()
+	g.stop = func() { cancel(); <-done }
+	t.Cleanup(g.stop)
+	return g
+}
+
+func (g *gw) apply(seq uint64) {
+	g.seq.Store(seq)
+	g.rep.Changed()
+}
+
+func setup(t *testing.T) (*nats.Conn, *receipts.Tracker) {
+	t.Helper()
+	s := natstest.Start(t)
+	tr, err := receipts.NewTracker(natstest.Connect(t, s))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tr.Close)
+	return natstest.Connect(t, s), tr
+}
+
+func waitGateways(t *testing.T, tr *receipts.Tracker, n int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(tr.Gateways()) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("tracker sees %d gateways, want %d", len(tr.Gateways()), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestWaitConfirmsWhenEveryGatewayApplied(t *testing.T) {
+	t.Parallel()
+	nc, tr := setup(t)
+	a := startGateway(t, nc, "gw-a", "eu")
+	b := startGateway(t, nc, "gw-b", "eu")
+	c := startGateway(t, nc, "gw-c", "us")
+	waitGateways(t, tr, 3)
+
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		a.apply(10)
+		b.apply(12)
+		c.apply(10)
+	}()
+	p := tr.Wait(t.Context(), 10, nil, 5*time.Second)
+	if !p.GetConfirmed() || p.GetGateways() != 3 || p.GetGatewaysApplied() != 3 || p.GetSequence() != 10 {
+		t.Errorf("propagation = %v; want 3/3 confirmed", p)
+	}
+	// Only the regions asked for count.
+	a.apply(11)
+	p = tr.Wait(t.Context(), 11, []string{"eu"}, 2*time.Second)
+	if !p.GetConfirmed() || p.GetGateways() != 2 {
+		t.Errorf("eu-only propagation = %v; want 2/2", p)
+	}
+}
+
+func TestWaitTimesOutOnAStraggler(t *testing.T) {
+	t.Parallel()
+	nc, tr := setup(t)
+	a := startGateway(t, nc, "gw-a", "eu")
+	startGateway(t, nc, "gw-frozen", "eu") // heartbeats, never applies
+	waitGateways(t, tr, 2)
+	a.apply(5)
+	start := time.Now()
+	p := tr.Wait(t.Context(), 5, nil, 300*time.Millisecond)
+	if p.GetConfirmed() || p.GetGateways() != 2 || p.GetGatewaysApplied() != 1 {
+		t.Errorf("propagation = %v; want 1/2, not confirmed", p)
+	}
+	if waited := time.Since(start); waited > 3*time.Second {
+		t.Errorf("Wait took %s with a 300ms bound", waited)
+	}
+}
+
+func TestNoLiveGatewayIsNotConfirmed(t *testing.T) {
+	t.Parallel()
+	nc, tr := setup(t)
+	p := tr.Wait(t.Context(), 1, nil, 100*time.Millisecond)
+	if p.GetConfirmed() || p.GetGateways() != 0 {
+		t.Errorf("with no gateways: %v; want not confirmed", p)
+	}
+	// A gateway that stops reporting drops out; one not ready is not counted.
+	g := startGateway(t, nc, "gw-a", "eu")
+	waitGateways(t, tr, 1)
+	g.stop()
+	waitGateways(t, tr, 0)
+	h := startGateway(t, nc, "gw-b", "eu")
+	h.ready.Store(false)
+	h.apply(3)
+	waitGateways(t, tr, 1)
+	p = tr.Wait(t.Context(), 1, nil, 100*time.Millisecond)
+	if p.GetConfirmed() || p.GetGateways() != 0 {
+		t.Errorf("with only a gateway that is not ready: %v; want not confirmed, 0 gateways", p)
+	}
+}
