@@ -27,6 +27,7 @@ import (
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/readmodel/postgres"
+	"github.com/infergate/infergate/services/internal/receipts"
 )
 
 // Config is a control-plane process's configuration. Every field has a
@@ -48,6 +49,9 @@ type Config struct {
 	DatabaseSchema string
 	// ShutdownGrace bounds the wait for open requests at shutdown.
 	ShutdownGrace time.Duration
+	// PropagationTimeout bounds how long a write waits for the gateways'
+	// receipts when the call does not say.
+	PropagationTimeout time.Duration
 }
 
 // Env returns the environment variable name, or def when it is unset.
@@ -71,6 +75,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, addr, schema string) {
 	fs.StringVar(&c.DatabaseURL, "database-url", Env("INFERGATE_DATABASE_URL", ""), "PostgreSQL URL for the read model; empty keeps it in memory (env INFERGATE_DATABASE_URL)")
 	fs.StringVar(&c.DatabaseSchema, "database-schema", Env("INFERGATE_DATABASE_SCHEMA", schema), "PostgreSQL schema of the read model (env INFERGATE_DATABASE_SCHEMA)")
 	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", grace, "how long open requests may take at shutdown (env INFERGATE_SHUTDOWN_GRACE)")
+	prop, _ := time.ParseDuration(Env("INFERGATE_PROPAGATION_TIMEOUT", "2s"))
+	fs.DurationVar(&c.PropagationTimeout, "propagation-timeout", prop, "how long writes wait for every live gateway to apply them (env INFERGATE_PROPAGATION_TIMEOUT)")
 }
 
 // Validate reports every problem at once.
@@ -97,8 +103,11 @@ type Plane struct {
 	Events    *eventstore.Store
 	Reads     readmodel.Store
 	Projector *readmodel.Projector
-	Tokens    *adminauth.Tokens
-	Log       *slog.Logger
+	// Tracker follows the gateways' receipts; it is the services'
+	// propagation.Waiter.
+	Tracker *receipts.Tracker
+	Tokens  *adminauth.Tokens
+	Log     *slog.Logger
 
 	closers []func()
 }
@@ -159,6 +168,10 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 		p.closers = append(p.closers, pg.Close)
 	}
 	p.Projector = readmodel.NewProjector(p.Events, p.Reads, p.Log)
+	if p.Tracker, err = receipts.NewTracker(nc); err != nil {
+		return err
+	}
+	p.closers = append(p.closers, p.Tracker.Close)
 	return nil
 }
 

@@ -64,6 +64,9 @@ func run() error {
 		Projector:  plane.Projector,
 		GatewayURL: gatewayURL,
 		Log:        log,
+		// Writes wait for the gateways' receipts.
+		Propagation:        plane.Tracker,
+		PropagationTimeout: cfg.PropagationTimeout,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err

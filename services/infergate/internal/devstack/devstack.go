@@ -151,12 +151,15 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		Token:      token,
 	}
 
-	kpath, kh, err := keys.NewHandler(keys.Config{Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log}, plane.HandlerOptions()...)
+	kpath, kh, err := keys.NewHandler(keys.Config{
+		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, Propagation: plane.Tracker,
+	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
 	}
 	dpath, dh, err := deployments.NewHandler(deployments.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, GatewayURL: st.GatewayURL,
+		Propagation: plane.Tracker,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err

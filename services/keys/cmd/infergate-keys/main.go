@@ -51,6 +51,9 @@ func run() error {
 		Reads:     plane.Reads,
 		Projector: plane.Projector,
 		Log:       log,
+		// Writes wait for the gateways' receipts.
+		Propagation:        plane.Tracker,
+		PropagationTimeout: cfg.PropagationTimeout,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
