@@ -11,22 +11,49 @@ import (
 // change costs O(log n), not O(n), even for a deployment with a million
 // keys.
 //
-// A small set is a sorted slice (one cache line or two, copied whole on
-// change). A large one is a 64-ary bitmap trie over the number's bits: the
+// A small set is a sorted array, inline up to inlineMax and then a slice,
+// copied whole on change. A large one is a 64-ary bitmap trie over the number's bits: the
 // lowest level holds one uint64 bitmap per 64 consecutive numbers, and
 // every level above holds a bitmap of which children exist plus only those
 // children. Key numbers are dense (given out in creation order), so leaves
 // fill up and a million links cost about a byte each.
 type linkSet struct {
-	small  []uint32 // sorted; the whole set while root is nil
+	// inl is the whole set, sorted, while n ≤ inlineMax: most deployments
+	// have a few keys, and keeping them inside the deployment's own state
+	// saves the decision a cache miss.
+	inl    [inlineMax]uint32
+	small  []uint32 // sorted; the whole set while inlineMax < n and root is nil
 	root   *lnode
 	height uint8 // levels of inner nodes above the leaf bitmaps; root's level
 	n      int32
 }
 
-// smallMax is the largest set kept as a sorted slice; a set that shrinks to
-// smallMax/2 goes back to a slice.
-const smallMax = 32
+const (
+	// inlineMax is the largest set kept inline.
+	inlineMax = 8
+	// smallMax is the largest set kept as a sorted slice; a trie that
+	// shrinks to smallMax/2 goes back to a slice.
+	smallMax = 32
+)
+
+// members returns the set's sorted slice when it is not a trie.
+func (s *linkSet) members() []uint32 {
+	if s.n <= inlineMax {
+		return s.inl[:s.n]
+	}
+	return s.small
+}
+
+// fromSorted returns the set of the sorted, distinct values.
+func fromSorted(vals []uint32) linkSet {
+	s := linkSet{n: int32(len(vals))}
+	if len(vals) <= inlineMax {
+		copy(s.inl[:], vals)
+	} else {
+		s.small = vals
+	}
+	return s
+}
 
 // lnode is a trie node at some level l ≥ 1; it indexes bits 6l..6l+5 of a
 // number. Level-1 nodes hold leaf bitmaps (bits 0..5), higher levels hold
@@ -43,7 +70,7 @@ func (s *linkSet) contains(v uint32) bool {
 	if s.root == nil {
 		// Linear scan: the slice is at most smallMax entries and usually a
 		// handful, where a scan beats a binary search's branches.
-		for _, x := range s.small {
+		for _, x := range s.members() {
 			if x >= v {
 				return x == v
 			}
@@ -71,19 +98,20 @@ func (s *linkSet) contains(v uint32) bool {
 // with returns the set plus v.
 func (s linkSet) with(v uint32) linkSet {
 	if s.root == nil {
-		i, found := slices.BinarySearch(s.small, v)
+		cur := s.members()
+		i, found := slices.BinarySearch(cur, v)
 		if found {
 			return s
 		}
-		if len(s.small) < smallMax {
-			small := make([]uint32, len(s.small)+1)
-			copy(small, s.small[:i])
-			small[i] = v
-			copy(small[i+1:], s.small[i:])
-			return linkSet{small: small, n: s.n + 1}
+		if len(cur) < smallMax {
+			vals := make([]uint32, len(cur)+1)
+			copy(vals, cur[:i])
+			vals[i] = v
+			copy(vals[i+1:], cur[i:])
+			return fromSorted(vals)
 		}
 		t := linkSet{}
-		for _, x := range s.small {
+		for _, x := range cur {
 			t = t.trieWith(x)
 		}
 		return t.trieWith(v)
@@ -93,7 +121,7 @@ func (s linkSet) with(v uint32) linkSet {
 
 func (s linkSet) trieWith(v uint32) linkSet {
 	if s.root == nil {
-		s.height = 1
+		s = linkSet{n: s.n, height: 1}
 		s.root = &lnode{}
 	}
 	for uint64(v)>>(6*(uint(s.height)+1)) != 0 {
@@ -143,17 +171,15 @@ func (n *lnode) with(v uint32, level uint) (*lnode, bool) {
 // without returns the set minus v.
 func (s linkSet) without(v uint32) linkSet {
 	if s.root == nil {
-		i, found := slices.BinarySearch(s.small, v)
+		cur := s.members()
+		i, found := slices.BinarySearch(cur, v)
 		if !found {
 			return s
 		}
-		if len(s.small) == 1 {
-			return linkSet{}
-		}
-		small := make([]uint32, 0, len(s.small)-1)
-		small = append(small, s.small[:i]...)
-		small = append(small, s.small[i+1:]...)
-		return linkSet{small: small, n: s.n - 1}
+		vals := make([]uint32, 0, len(cur)-1)
+		vals = append(vals, cur[:i]...)
+		vals = append(vals, cur[i+1:]...)
+		return fromSorted(vals)
 	}
 	if uint64(v)>>(6*(uint(s.height)+1)) != 0 {
 		return s
@@ -164,9 +190,9 @@ func (s linkSet) without(v uint32) linkSet {
 	}
 	t := linkSet{root: root, height: s.height, n: s.n - 1}
 	if t.n <= smallMax/2 {
-		small := make([]uint32, 0, t.n)
-		t.each(func(x uint32) { small = append(small, x) })
-		return linkSet{small: small, n: t.n}
+		vals := make([]uint32, 0, t.n)
+		t.each(func(x uint32) { vals = append(vals, x) })
+		return fromSorted(vals)
 	}
 	return t
 }
@@ -211,7 +237,7 @@ func (n *lnode) without(v uint32, level uint) (*lnode, bool) {
 // each calls fn for every number in the set, in increasing order.
 func (s *linkSet) each(fn func(uint32)) {
 	if s.root == nil {
-		for _, x := range s.small {
+		for _, x := range s.members() {
 			fn(x)
 		}
 		return

@@ -350,7 +350,8 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 }
 
 type followOptions struct {
-	subjects []string
+	subjects  []string
+	startTime *time.Time
 }
 
 // FollowOption narrows what Follow delivers.
@@ -369,6 +370,14 @@ func WithAggregates(aggs ...Aggregate) FollowOption {
 		for _, a := range aggs {
 			o.subjects = append(o.subjects, s.Subject(a))
 		}
+	}
+}
+
+// WithAggregateType delivers only the events of one kind of aggregate of
+// one project (e.g. every deployment of team-a).
+func WithAggregateType(project, typ string) FollowOption {
+	return func(s *Store, o *followOptions) {
+		o.subjects = append(o.subjects, s.cfg.SubjectPrefix+"."+project+"."+typ+".*")
 	}
 }
 

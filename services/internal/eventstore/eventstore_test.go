@@ -369,3 +369,52 @@ func TestFollowOneProject(t *testing.T) {
 		t.Errorf("Follow(team-a) = %v, %v; want [team-a:a]", got, err)
 	}
 }
+
+func TestScanIsAStableSnapshot(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	ctx := t.Context()
+	versions := map[string]uint64{}
+	for i := range 2500 {
+		name := fmt.Sprintf("key-%d", i%3)
+		r, err := s.Append(ctx, keyAgg(name), versions[name], []*eventv1.Event{updated(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		versions[name] = r.Sequence
+	}
+	var got []string
+	last, err := s.Scan(ctx, 0, func(r eventstore.Record) error {
+		got = append(got, r.Events[0].GetKeyUpdated().GetDescription())
+		if len(got) == 10 {
+			// Appends during the scan are not part of it.
+			if _, err := s.Append(ctx, keyAgg("late"), 0, []*eventv1.Event{updated("late")}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2500 || got[2499] != "2499" || last != 2500 {
+		t.Fatalf("scanned %d records, last %d", len(got), last)
+	}
+	// From a sequence, one aggregate only, stopping early.
+	var seqs []uint64
+	last, err = s.Scan(ctx, 100, func(r eventstore.Record) error {
+		seqs = append(seqs, r.Sequence)
+		if len(seqs) == 3 {
+			return eventstore.ErrStopScan
+		}
+		return nil
+	}, eventstore.WithAggregates(keyAgg("key-1")))
+	if err != nil || fmt.Sprint(seqs) != "[101 104 107]" || last != 107 {
+		t.Errorf("filtered scan = %v, last %d, %v", seqs, last, err)
+	}
+	// Nothing matches: returns at once.
+	last, err = s.Scan(ctx, 0, func(eventstore.Record) error { return nil }, eventstore.WithProject("nobody"))
+	if err != nil || last != 0 {
+		t.Errorf("empty scan = %d, %v", last, err)
+	}
+}

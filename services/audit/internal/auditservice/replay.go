@@ -1,0 +1,114 @@
+package auditservice
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	auditv1 "github.com/infergate/infergate/gen/infergate/audit/v1"
+	"github.com/infergate/infergate/services/internal/aggregate"
+	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/eventstore"
+)
+
+// replay folds the project's events stored at or before at into a fresh
+// auth map — the gateway's own code, so the audit cannot disagree with
+// what a gateway decided.
+func (s *Server) replay(ctx context.Context, project string, at time.Time) (*authmap.Map, uint64, error) {
+	m := authmap.New()
+	var last uint64
+	_, err := s.cfg.Events.Scan(ctx, 0, func(rec eventstore.Record) error {
+		if rec.Time.After(at) {
+			return eventstore.ErrStopScan
+		}
+		m.Apply(rec.Sequence, rec.Events)
+		last = rec.Sequence
+		return nil
+	}, eventstore.WithProject(project))
+	return m, last, err
+}
+
+func (s *Server) at(ts *timestamppb.Timestamp) (time.Time, error) {
+	if ts == nil {
+		return s.cfg.Now(), nil
+	}
+	if err := ts.CheckValid(); err != nil {
+		return time.Time{}, invalid("at", "is not a valid time")
+	}
+	return ts.AsTime(), nil
+}
+
+// CheckAccess answers whether a key would have been let in to a deployment
+// at a moment, and why.
+func (s *Server) CheckAccess(ctx context.Context, req *connect.Request[auditv1.CheckAccessRequest]) (*connect.Response[auditv1.CheckAccessResponse], error) {
+	m := req.Msg
+	at, err := s.at(m.GetAt())
+	if err = errors.Join(err,
+		aggregate.ValidateProject("project", m.GetProject()),
+		aggregate.ValidateDeploymentName("deployment", m.GetDeployment()),
+		aggregate.ValidateKeyName("key", m.GetKey()),
+	); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	state, seq, err := s.replay(ctx, m.GetProject(), at)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	reason := state.CheckKey(m.GetProject(), m.GetDeployment(), m.GetKey(), at)
+	return connect.NewResponse(&auditv1.CheckAccessResponse{
+		Allowed:  reason.Allowed(),
+		Reason:   reason.String(),
+		Sequence: seq,
+	}), nil
+}
+
+// GetStateAt returns the project's keys and deployments, with their links,
+// as they stood at a moment.
+func (s *Server) GetStateAt(ctx context.Context, req *connect.Request[auditv1.GetStateAtRequest]) (*connect.Response[auditv1.GetStateAtResponse], error) {
+	m := req.Msg
+	at, err := s.at(m.GetAt())
+	if err = errors.Join(err, aggregate.ValidateProject("project", m.GetProject())); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	state, seq, err := s.replay(ctx, m.GetProject(), at)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	snap := state.Snapshot()
+	out := &auditv1.GetStateAtResponse{Sequence: seq}
+	linkedTo := map[string][]string{} // key id → deployment names
+	for _, d := range snap.Deployments {
+		if d.Project != m.GetProject() {
+			continue
+		}
+		ds := &auditv1.DeploymentState{
+			Name:        d.Name,
+			Id:          d.ID,
+			AuthEnabled: d.AuthEnabled,
+			Status:      strings.TrimPrefix(d.Status.String(), "DEPLOYMENT_STATUS_"),
+		}
+		for _, k := range d.Keys {
+			ds.ApiKeys = append(ds.ApiKeys, k.Name)
+			linkedTo[k.ID] = append(linkedTo[k.ID], d.Name)
+		}
+		out.Deployments = append(out.Deployments, ds)
+	}
+	for _, k := range snap.Keys {
+		if k.Project != m.GetProject() || k.Deleted {
+			continue
+		}
+		ks := &auditv1.KeyState{Name: k.Name, Id: k.ID, DeploymentNames: linkedTo[k.ID]}
+		slices.Sort(ks.DeploymentNames)
+		if !k.ExpiresAt.IsZero() {
+			ks.ExpiresAt = timestamppb.New(k.ExpiresAt)
+			ks.Expired = !k.ExpiresAt.After(at)
+		}
+		out.Keys = append(out.Keys, ks)
+	}
+	return connect.NewResponse(out), nil
+}

@@ -1,0 +1,124 @@
+// Package metrics is the gateway's Prometheus instrumentation, on a
+// registry of its own (no globals), so several gateways can live in one
+// process.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/infergate/infergate/services/internal/authmap"
+)
+
+// GatewayNotReady is the decision label of a request refused because the
+// gateway has not caught up with the stream yet.
+const GatewayNotReady = "gateway_not_ready"
+
+// Stream is what the gateway knows about the event stream, read at scrape
+// time.
+type Stream struct {
+	Applied          uint64
+	StreamLast       uint64
+	Lag              uint64
+	Connected        bool
+	Ready            bool
+	Stale            bool
+	SinceLastEvent   time.Duration // -1 when none yet
+	SinceLastContact time.Duration // -1 when none yet
+}
+
+// Metrics holds the gateway's collectors.
+type Metrics struct {
+	// Registry is what /metrics serves.
+	Registry *prometheus.Registry
+
+	decisions      [authmap.NumResults]prometheus.Counter
+	notReady       prometheus.Counter
+	upstream       prometheus.Histogram
+	upstreamErrors *prometheus.CounterVec
+}
+
+// New registers the collectors; stream is called at every scrape.
+func New(stream func() Stream) *Metrics {
+	reg := prometheus.NewRegistry()
+	m := &Metrics{Registry: reg}
+	decisions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "infergate_gateway_decisions_total",
+		Help: "Requests to deployments by the gateway's decision: allowed, auth_disabled, missing_api_key, invalid_api_key, deployment_not_found, deployment_not_ready, gateway_not_ready.",
+	}, []string{"result"})
+	// Resolve every label once, so counting a decision is one atomic add.
+	for r := authmap.Result(1); r < authmap.NumResults; r++ {
+		m.decisions[r] = decisions.WithLabelValues(r.String())
+	}
+	m.notReady = decisions.WithLabelValues(GatewayNotReady)
+	m.upstream = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "infergate_gateway_upstream_response_seconds",
+		Help:    "Time from sending a request upstream to the upstream's response headers (or its failure).",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2.5, 14), // 0.5 ms .. ~75 s
+	})
+	m.upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "infergate_gateway_upstream_errors_total",
+		Help: "Proxied requests that got no response from the upstream (502), by cause: unreachable, or canceled by the client.",
+	}, []string{"cause"})
+	gauge := func(name, help string, f func(Stream) float64) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stream()) })
+	}
+	b := func(v bool) float64 {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	secs := func(d time.Duration) float64 {
+		if d < 0 {
+			return -1
+		}
+		return d.Seconds()
+	}
+	reg.MustRegister(
+		decisions, m.upstream, m.upstreamErrors,
+		gauge("infergate_gateway_applied_sequence", "Stream sequence of the last event record applied to the auth map.",
+			func(s Stream) float64 { return float64(s.Applied) }),
+		gauge("infergate_gateway_stream_last_sequence", "The stream's last sequence, as last read from NATS.",
+			func(s Stream) float64 { return float64(s.StreamLast) }),
+		gauge("infergate_gateway_lag_events", "Stream last sequence minus applied sequence.",
+			func(s Stream) float64 { return float64(s.Lag) }),
+		gauge("infergate_gateway_nats_connected", "1 while the gateway's NATS connection is up.",
+			func(s Stream) float64 { return b(s.Connected) }),
+		gauge("infergate_gateway_ready", "1 once the gateway has caught up with the stream as of its start.",
+			func(s Stream) float64 { return b(s.Ready) }),
+		gauge("infergate_gateway_stale", "1 while the gateway cannot confirm it is up to date with the stream (NATS down or unanswered); it keeps serving from its map.",
+			func(s Stream) float64 { return b(s.Stale) }),
+		gauge("infergate_gateway_seconds_since_last_event", "Seconds since the last event record was applied; -1 before the first.",
+			func(s Stream) float64 { return secs(s.SinceLastEvent) }),
+		gauge("infergate_gateway_seconds_since_stream_contact", "Seconds since the stream's last sequence was last read; the staleness bound of the auth map. -1 before the first read.",
+			func(s Stream) float64 { return secs(s.SinceLastContact) }),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return m
+}
+
+// Decided counts one decision.
+func (m *Metrics) Decided(r authmap.Result) {
+	if r > 0 && r < authmap.NumResults {
+		m.decisions[r].Inc()
+	}
+}
+
+// RefusedNotReady counts a request refused before the gateway was ready.
+func (m *Metrics) RefusedNotReady() { m.notReady.Inc() }
+
+// Upstream records how long the upstream took to answer.
+func (m *Metrics) Upstream(d time.Duration) { m.upstream.Observe(d.Seconds()) }
+
+// UpstreamError counts a proxied request that got no response.
+func (m *Metrics) UpstreamError(canceled bool) {
+	cause := "unreachable"
+	if canceled {
+		cause = "client_canceled"
+	}
+	m.upstreamErrors.WithLabelValues(cause).Inc()
+}

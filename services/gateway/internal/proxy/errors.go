@@ -1,0 +1,72 @@
+package proxy
+
+import (
+	"encoding/json"
+	"net/http"
+	"strconv"
+)
+
+// Code is the machine-readable code of an error answer.
+type Code int
+
+// The gateway's error codes.
+const (
+	CodeMissingAPIKey Code = iota
+	CodeInvalidAPIKey
+	CodeDeploymentNotFound
+	CodeDeploymentNotReady
+	CodeGatewayNotReady
+	CodeUpstreamUnavailable
+	numCodes
+)
+
+var errorTexts = [numCodes]struct{ code, typ, message string }{
+	CodeMissingAPIKey: {"missing_api_key", "invalid_request_error",
+		"No API key provided. Send your infergate API key in the X-API-Key header (or as Authorization: Bearer <key>)."},
+	CodeInvalidAPIKey: {"invalid_api_key", "invalid_request_error",
+		"Invalid API key for this deployment."},
+	CodeDeploymentNotFound: {"deployment_not_found", "invalid_request_error",
+		"No such deployment at this gateway."},
+	CodeDeploymentNotReady: {"deployment_not_ready", "server_error",
+		"The deployment is not ready yet. Retry later."},
+	CodeGatewayNotReady: {"gateway_not_ready", "server_error",
+		"The gateway is starting and has not caught up with its configuration yet. Retry shortly."},
+	CodeUpstreamUnavailable: {"upstream_unavailable", "server_error",
+		"The deployment's upstream did not answer."},
+}
+
+// errorBodies are the answers' JSON, made once: writing an error allocates
+// nothing.
+var errorBodies = func() (b [numCodes][]byte) {
+	for c, t := range errorTexts {
+		var body struct {
+			Error struct {
+				Message string `json:"message"`
+				Type    string `json:"type"`
+				Param   any    `json:"param"`
+				Code    string `json:"code"`
+			} `json:"error"`
+		}
+		body.Error.Message, body.Error.Type, body.Error.Code = t.message, t.typ, t.code
+		j, err := json.Marshal(body)
+		if err != nil {
+			panic(err)
+		}
+		b[c] = append(j, '\n')
+	}
+	return b
+}()
+
+// String is the code as the body says it, e.g. "invalid_api_key".
+func (c Code) String() string { return errorTexts[c].code }
+
+// WriteError answers with an OpenAI-style error body:
+// {"error": {"message", "type", "param", "code"}}.
+func WriteError(w http.ResponseWriter, status int, c Code) {
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(errorBodies[c])))
+	h.Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = w.Write(errorBodies[c])
+}

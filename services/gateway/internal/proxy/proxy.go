@@ -1,0 +1,189 @@
+// Package proxy is the gateway's data plane: it takes a request routed to
+// a deployment, asks the auth map whether to let it in, and either answers
+// with an OpenAI-style error or streams it to the deployment's upstream
+// without the key.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/infergate/infergate/services/gateway/internal/metrics"
+	"github.com/infergate/infergate/services/gateway/internal/route"
+	"github.com/infergate/infergate/services/internal/apikey"
+	"github.com/infergate/infergate/services/internal/authmap"
+)
+
+// Config is what the handler needs.
+type Config struct {
+	Map     *authmap.Map
+	Region  string
+	Ready   func() bool
+	Now     func() time.Time
+	Metrics *metrics.Metrics
+	Log     *slog.Logger
+	// Transport carries requests upstream; default NewTransport().
+	Transport http.RoundTripper
+}
+
+// Handler serves requests routed to deployments.
+type Handler struct {
+	cfg Config
+	rp  *httputil.ReverseProxy
+}
+
+// NewTransport is the default upstream transport: keep-alive connections
+// kept in numbers (the standard library keeps 2 idle per host, which
+// starves a busy gateway into dialing), bigger buffers, no proxy from the
+// environment (upstreams are the platform's own).
+func NewTransport() *http.Transport {
+	return &http.Transport{
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          4096,
+		MaxIdleConnsPerHost:   1024,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ReadBufferSize:        32 << 10,
+		WriteBufferSize:       32 << 10,
+	}
+}
+
+// New returns a handler.
+func New(cfg Config) *Handler {
+	if cfg.Transport == nil {
+		cfg.Transport = NewTransport()
+	}
+	h := &Handler{cfg: cfg}
+	h.rp = &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      cfg.Transport,
+		FlushInterval:  -1, // stream: every write upstream is flushed to the client
+		BufferPool:     bufferPool{},
+		ModifyResponse: h.modifyResponse,
+		ErrorHandler:   h.upstreamError,
+		ErrorLog:       slog.NewLogLogger(cfg.Log.Handler(), slog.LevelWarn),
+	}
+	return h
+}
+
+// call is what Rewrite and the hooks need to know about one request.
+type call struct {
+	t         route.Target
+	upstream  *url.URL
+	stripAuth bool
+	start     time.Time
+}
+
+type callKey struct{}
+
+// Serve decides and proxies a request routed to t.
+func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) {
+	if !h.cfg.Ready() {
+		// A map still replaying could let in a key revoked later in the
+		// stream: refuse rather than guess.
+		h.cfg.Metrics.RefusedNotReady()
+		WriteError(w, http.StatusServiceUnavailable, CodeGatewayNotReady)
+		return
+	}
+	key, authKey := credentials(r.Header)
+	d := h.cfg.Map.Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
+	h.cfg.Metrics.Decided(d.Result)
+	switch d.Result {
+	case authmap.ResultAllowed, authmap.ResultAuthDisabled:
+	case authmap.ResultMissingAPIKey:
+		WriteError(w, http.StatusUnauthorized, CodeMissingAPIKey)
+		return
+	case authmap.ResultInvalidAPIKey:
+		h.cfg.Log.Debug("refused", "project", t.Project, "deployment", t.Deployment, "reason", d.Reason.String())
+		WriteError(w, http.StatusUnauthorized, CodeInvalidAPIKey)
+		return
+	case authmap.ResultDeploymentNotReady:
+		WriteError(w, http.StatusServiceUnavailable, CodeDeploymentNotReady)
+		return
+	default:
+		WriteError(w, http.StatusNotFound, CodeDeploymentNotFound)
+		return
+	}
+	if d.Upstream == nil {
+		h.cfg.Log.Warn("deployment has an unusable upstream URL", "project", t.Project, "deployment", t.Deployment)
+		WriteError(w, http.StatusBadGateway, CodeUpstreamUnavailable)
+		return
+	}
+	c := &call{t: t, upstream: d.Upstream, stripAuth: authKey != "", start: time.Now()}
+	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
+}
+
+// credentials returns the key a request presents — X-API-Key, else a
+// well-formed infergate key in Authorization: Bearer — and the key found in
+// Authorization, if any (which must not go upstream either). Any other
+// Authorization (an upstream's own token, an SDK's dummy key) is left
+// alone.
+func credentials(h http.Header) (key, authKey string) {
+	if v := h["Authorization"]; len(v) > 0 {
+		if scheme, tok, ok := strings.Cut(v[0], " "); ok && strings.EqualFold(scheme, "Bearer") {
+			if tok = strings.TrimSpace(tok); apikey.WellFormed(tok) {
+				authKey = tok
+			}
+		}
+	}
+	if v := h["X-Api-Key"]; len(v) > 0 && v[0] != "" {
+		return v[0], authKey
+	}
+	return authKey, authKey
+}
+
+// rewrite sends the request to the upstream URL (keeping the upstream's
+// base path) without the key.
+func rewrite(pr *httputil.ProxyRequest) {
+	c := pr.In.Context().Value(callKey{}).(*call)
+	pr.Out.URL.Path = c.t.Path
+	pr.Out.URL.RawPath = c.t.RawPath
+	pr.SetURL(c.upstream)
+	pr.SetXForwarded()
+	pr.Out.Header.Del("X-Api-Key")
+	if c.stripAuth {
+		pr.Out.Header.Del("Authorization")
+	}
+}
+
+func (h *Handler) modifyResponse(resp *http.Response) error {
+	if c, ok := resp.Request.Context().Value(callKey{}).(*call); ok {
+		h.cfg.Metrics.Upstream(time.Since(c.start))
+	}
+	return nil
+}
+
+func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
+	c, _ := r.Context().Value(callKey{}).(*call)
+	canceled := errors.Is(err, context.Canceled) && r.Context().Err() != nil
+	h.cfg.Metrics.UpstreamError(canceled)
+	if c != nil {
+		h.cfg.Metrics.Upstream(time.Since(c.start))
+	}
+	if canceled {
+		// The client went away; nobody reads an answer.
+		h.cfg.Log.Debug("client canceled a proxied request", "project", c.t.Project, "deployment", c.t.Deployment)
+		return
+	}
+	h.cfg.Log.Warn("upstream failed", "project", c.t.Project, "deployment", c.t.Deployment, "upstream", c.upstream.Host, "err", err)
+	WriteError(w, http.StatusBadGateway, CodeUpstreamUnavailable)
+}
+
+// bufferPool lends the reverse proxy its copy buffers, so proxying does not
+// allocate 32 KiB per request.
+type bufferPool struct{}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+func (bufferPool) Get() []byte  { return *buffers.Get().(*[]byte) }
+func (bufferPool) Put(b []byte) { buffers.Put(&b) }
