@@ -282,9 +282,18 @@ func TestScope(t *testing.T) {
 	e.createKey(t, "k-one", 0)
 	other := auditv1connect.NewAuditServiceClient(http.DefaultClient, e.url, servicetest.ClientOptions(e.b.OtherToken)...)
 	for name, call := range map[string]func() error{
-		"list":  func() error { _, err := other.ListEvents(t.Context(), connect.NewRequest(&auditv1.ListEventsRequest{Project: "team-a"})); return err },
-		"check": func() error { _, err := other.CheckAccess(t.Context(), connect.NewRequest(&auditv1.CheckAccessRequest{Project: "team-a", Deployment: "d", Key: "k-one"})); return err },
-		"state": func() error { _, err := other.GetStateAt(t.Context(), connect.NewRequest(&auditv1.GetStateAtRequest{Project: "team-a"})); return err },
+		"list": func() error {
+			_, err := other.ListEvents(t.Context(), connect.NewRequest(&auditv1.ListEventsRequest{Project: "team-a"}))
+			return err
+		},
+		"check": func() error {
+			_, err := other.CheckAccess(t.Context(), connect.NewRequest(&auditv1.CheckAccessRequest{Project: "team-a", Deployment: "d", Key: "k-one"}))
+			return err
+		},
+		"state": func() error {
+			_, err := other.GetStateAt(t.Context(), connect.NewRequest(&auditv1.GetStateAtRequest{Project: "team-a"}))
+			return err
+		},
 	} {
 		if err := call(); connect.CodeOf(err) != connect.CodePermissionDenied {
 			t.Errorf("%s in another project: %v", name, err)

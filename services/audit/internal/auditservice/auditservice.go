@@ -58,7 +58,9 @@ func New(cfg Config) (*Server, error) {
 
 func (s *Server) fail(ctx context.Context, err error) error { return rpcerr.From(ctx, s.cfg.Log, err) }
 
-func invalid(field, problem string) error { return &aggregate.FieldError{Field: field, Problem: problem} }
+func invalid(field, problem string) error {
+	return &aggregate.FieldError{Field: field, Problem: problem}
+}
 
 // ListEvents returns the project's events in stream order, filtered, a
 // page at a time. The page token is the stream sequence to go on from, so
