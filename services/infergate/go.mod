@@ -4,6 +4,7 @@ go 1.26
 
 require (
 	github.com/infergate/infergate/gen v0.0.0
+	github.com/infergate/infergate/services/audit v0.0.0
 	github.com/infergate/infergate/services/deployments v0.0.0
 	github.com/infergate/infergate/services/gateway v0.0.0
 	github.com/infergate/infergate/services/internal v0.0.0
@@ -19,3 +20,5 @@ replace github.com/infergate/infergate/services/keys => ../keys
 replace github.com/infergate/infergate/services/deployments => ../deployments
 
 replace github.com/infergate/infergate/services/gateway => ../gateway
+
+replace github.com/infergate/infergate/services/audit => ../audit

@@ -6,7 +6,6 @@ package follower
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"math/rand/v2"
 	"sync"
@@ -249,7 +248,3 @@ func (b *backoff) next(progressed bool) time.Duration {
 	}
 	return b.d/2 + rand.N(b.d/2+1)
 }
-
-// ErrNotReady is reported for requests refused before the follower is
-// ready.
-var ErrNotReady = errors.New("gateway: not caught up with the event stream yet")

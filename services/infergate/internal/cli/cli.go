@@ -36,6 +36,10 @@ Usage:
   infergate deployments list | get NAME | delete NAME
   infergate deployments auth NAME --enable|--disable [--keys a,b]
   infergate deployments link NAME KEY | unlink NAME KEY
+  infergate audit events [--key K] [--deployment D] [--since T] [--until T] [--type T,…]
+  infergate audit check --deployment D --key K [--at T]   would that key have been let in at T?
+  infergate audit state [--at T]                          keys, deployments and links at T
+      (times: RFC 3339, or relative like -2h)
   infergate admin-token new --name N --projects a,b
   infergate demo-upstream [--addr 127.0.0.1:8001]
 
@@ -87,6 +91,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runKeys(ctx, rest, stdout, stderr)
 	case "deployments", "deployment":
 		return runDeployments(ctx, rest, stdout, stderr)
+	case "audit":
+		return runAudit(ctx, rest, stdout, stderr)
 	case "admin-token":
 		return runAdminToken(rest, stdout, stderr)
 	case "demo-upstream":

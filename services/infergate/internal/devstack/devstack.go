@@ -21,8 +21,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
+	"github.com/infergate/infergate/services/audit"
 	"github.com/infergate/infergate/services/deployments"
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/adminauth"
@@ -164,6 +166,10 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
+	apath, ah, err := audit.NewHandler(audit.Config{Events: plane.Events, Log: cfg.Log}, plane.HandlerOptions()...)
+	if err != nil {
+		return err
+	}
 	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
 		Events: plane.Events, Interval: cfg.StatusInterval, Timeout: cfg.StatusTimeout, Log: cfg.Log,
 	})
@@ -175,8 +181,8 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	st.Gateway = gw
-	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh},
-		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName)
+	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah},
+		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName)
 	mux.Handle(DemoPath+"/", (&demomodel.Server{ChunkDelay: 20 * time.Millisecond}).Handler(DemoPath))
 
 	ctx, cancel := context.WithCancel(ctx)

@@ -1,0 +1,280 @@
+// Package gateway is the infergate edge gateway (SPEC §3): it keeps an
+// in-memory auth map built from the event stream and answers every request
+// to a deployment from it — no database, no RPC on the request path —
+// proxying allowed requests to the deployment's upstream.
+//
+// Its own process is cmd/infergate-gateway; the one-process stack embeds
+// it with New, Run and Handler.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/infergate/infergate/services/gateway/internal/follower"
+	"github.com/infergate/infergate/services/gateway/internal/metrics"
+	"github.com/infergate/infergate/services/gateway/internal/proxy"
+	"github.com/infergate/infergate/services/gateway/internal/route"
+	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/eventstore"
+)
+
+// Config is a gateway's configuration.
+type Config struct {
+	// Events is the event store, on an existing NATS connection. Required.
+	Events *eventstore.Store
+	// NATS is that connection, for reporting its state; may be nil (the
+	// gateway then judges the connection by whether the stream answers).
+	NATS *nats.Conn
+	// Region is this gateway's region; it serves deployments whose
+	// regions include it, or that have none. Default "local".
+	Region string
+	// BaseDomain of deployment host names,
+	// model-<deployment>.<project>.<base-domain>. Default "localhost".
+	BaseDomain string
+	// ID names this gateway (in logs now, in propagation reports later);
+	// default random.
+	ID string
+	// Log defaults to discarding.
+	Log *slog.Logger
+	// Now is the clock key expiry is checked against; default time.Now.
+	Now func() time.Time
+	// Transport carries requests upstream; default a tuned *http.Transport
+	// (many idle connections per host, bigger buffers).
+	Transport http.RoundTripper
+	// PollInterval is how often the stream's last sequence is read for
+	// lag and staleness; default 1 s.
+	PollInterval time.Duration
+}
+
+// ErrInvalidConfig wraps every configuration problem.
+var ErrInvalidConfig = errors.New("gateway: invalid config")
+
+func (c *Config) setDefaults() {
+	if c.Region == "" {
+		c.Region = "local"
+	}
+	if c.BaseDomain == "" {
+		c.BaseDomain = "localhost"
+	}
+	c.BaseDomain = strings.ToLower(strings.Trim(c.BaseDomain, "."))
+	if c.ID == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		c.ID = "gw-" + hex.EncodeToString(b[:])
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Transport == nil {
+		c.Transport = proxy.NewTransport()
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+}
+
+// Validate reports every problem at once.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.Events == nil {
+		errs = append(errs, fmt.Errorf("%w: Events is required", ErrInvalidConfig))
+	}
+	if strings.ContainsAny(c.BaseDomain, "/: ") {
+		errs = append(errs, fmt.Errorf("%w: base domain %q is not a host name", ErrInvalidConfig, c.BaseDomain))
+	}
+	return errors.Join(errs...)
+}
+
+// Gateway is one edge gateway.
+type Gateway struct {
+	cfg      Config
+	authMap  *authmap.Map
+	follower *follower.Follower
+	metrics  *metrics.Metrics
+	proxy    *proxy.Handler
+	handler  http.Handler
+}
+
+// New returns a gateway; it serves nothing but 503s until Run has caught
+// it up with the stream.
+func New(cfg Config) (*Gateway, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.Log = cfg.Log.With("gateway", cfg.ID, "region", cfg.Region)
+	g := &Gateway{cfg: cfg, authMap: authmap.New()}
+	var connected func() bool
+	if cfg.NATS != nil {
+		connected = cfg.NATS.IsConnected
+	}
+	g.follower = follower.New(follower.Config{
+		Stream:       cfg.Events,
+		Map:          g.authMap,
+		Log:          cfg.Log,
+		Now:          cfg.Now,
+		PollInterval: cfg.PollInterval,
+		Connected:    connected,
+	})
+	g.metrics = metrics.New(g.streamMetrics)
+	g.proxy = proxy.New(proxy.Config{
+		Map:       g.authMap,
+		Region:    cfg.Region,
+		Ready:     g.follower.Ready,
+		Now:       cfg.Now,
+		Metrics:   g.metrics,
+		Log:       cfg.Log,
+		Transport: cfg.Transport,
+	})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", g.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(g.metrics.Registry, promhttp.HandlerOpts{Registry: g.metrics.Registry}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, _ *http.Request) {
+		proxy.WriteError(w, http.StatusNotFound, proxy.CodeDeploymentNotFound)
+	})
+	g.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch t, kind := route.Parse(r, cfg.BaseDomain); kind {
+		case route.Deployment:
+			g.proxy.Serve(w, r, t)
+		case route.Unroutable:
+			g.metrics.Decided(authmap.ResultDeploymentNotFound)
+			proxy.WriteError(w, http.StatusNotFound, proxy.CodeDeploymentNotFound)
+		default:
+			mux.ServeHTTP(w, r)
+		}
+	})
+	return g, nil
+}
+
+// Run replays the event stream from the start into the auth map, then
+// follows it live, until ctx ends; it returns ctx's error. Losing NATS is
+// not an error: the gateway keeps serving from its map, reports itself
+// stale, and resumes from the last applied record when NATS is back.
+func (g *Gateway) Run(ctx context.Context) error {
+	g.cfg.Log.Info("gateway starting", "base_domain", g.cfg.BaseDomain)
+	return g.follower.Run(ctx)
+}
+
+// Handler is the gateway's whole HTTP surface: deployments by host and by
+// /d/ path, and for any other request /healthz, /readyz and /metrics.
+func (g *Gateway) Handler() http.Handler { return g.handler }
+
+// Ready reports whether the gateway has caught up with the stream's last
+// sequence as of start-up. It stays true while NATS is away (the gateway
+// serves its map and reports staleness; see Status).
+func (g *Gateway) Ready() bool { return g.follower.Ready() }
+
+// Applied is the stream sequence of the last record applied.
+func (g *Gateway) Applied() uint64 { return g.follower.Applied() }
+
+// WaitApplied blocks until the gateway has applied the record at seq (or a
+// later one), or ctx ends: after it returns nil, the next request sees
+// every change up to seq.
+func (g *Gateway) WaitApplied(ctx context.Context, seq uint64) error {
+	return g.follower.WaitApplied(ctx, seq)
+}
+
+// Changed returns a channel closed when the next record is applied; a
+// propagation reporter waits on it to publish the applied sequence as it
+// moves.
+func (g *Gateway) Changed() <-chan struct{} { return g.follower.Changed() }
+
+// ID is the gateway's id.
+func (g *Gateway) ID() string { return g.cfg.ID }
+
+// Region is the gateway's region.
+func (g *Gateway) Region() string { return g.cfg.Region }
+
+// Status is what /readyz reports.
+type Status struct {
+	ID     string `json:"id"`
+	Region string `json:"region"`
+	// Ready: caught up with the stream as of start-up.
+	Ready bool `json:"ready"`
+	// Stale: NATS is disconnected, or the stream has not answered for
+	// three poll intervals; the map may miss recent changes.
+	Stale              bool    `json:"stale"`
+	AppliedSequence    uint64  `json:"applied_sequence"`
+	StreamLastSequence uint64  `json:"stream_last_sequence"`
+	Lag                uint64  `json:"lag"`
+	NATSConnected      bool    `json:"nats_connected"`
+	SecondsSinceEvent  float64 `json:"seconds_since_last_event"`
+	SecondsSinceStream float64 `json:"seconds_since_stream_contact"`
+	Error              string  `json:"error,omitempty"`
+}
+
+// Status reports the gateway's state.
+func (g *Gateway) Status() Status {
+	s := g.follower.Status()
+	st := Status{
+		ID:                 g.cfg.ID,
+		Region:             g.cfg.Region,
+		Ready:              s.Ready,
+		Stale:              s.Stale,
+		AppliedSequence:    s.Applied,
+		StreamLastSequence: s.StreamLast,
+		Lag:                s.Lag,
+		NATSConnected:      s.Connected,
+		SecondsSinceEvent:  seconds(s.SinceLastEvent),
+		SecondsSinceStream: seconds(s.SinceLastContact),
+	}
+	if s.Err != nil {
+		st.Error = s.Err.Error()
+	}
+	return st
+}
+
+func seconds(d time.Duration) float64 {
+	if d < 0 {
+		return -1
+	}
+	return d.Seconds()
+}
+
+func (g *Gateway) streamMetrics() metrics.Stream {
+	s := g.follower.Status()
+	return metrics.Stream{
+		Applied:          s.Applied,
+		StreamLast:       s.StreamLast,
+		Lag:              s.Lag,
+		Connected:        s.Connected,
+		Ready:            s.Ready,
+		Stale:            s.Stale,
+		SinceLastEvent:   s.SinceLastEvent,
+		SinceLastContact: s.SinceLastContact,
+	}
+}
+
+// readyz is 200 once the gateway has caught up with the stream as of its
+// start, and stays 200 while it is stale (NATS away): its map is then the
+// best answer there is, and taking every gateway out of the load balancer
+// because the control plane is down would turn a control-plane outage into
+// a data-plane one. The body says how stale it is.
+func (g *Gateway) readyz(w http.ResponseWriter, _ *http.Request) {
+	st := g.Status()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	if !st.Ready {
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}
+	_ = json.NewEncoder(w).Encode(st)
+}
