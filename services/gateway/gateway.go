@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,6 +29,7 @@ import (
 	"github.com/infergate/infergate/services/gateway/internal/route"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/receipts"
 )
 
 // Config is a gateway's configuration.
@@ -56,6 +58,11 @@ type Config struct {
 	// PollInterval is how often the stream's last sequence is read for
 	// lag and staleness; default 1 s.
 	PollInterval time.Duration
+	// Heartbeat is how often the gateway reports its applied sequence on
+	// NATS when nothing changes (receipts, SPEC §5); it also reports at
+	// once after every applied record. Default receipts.DefaultHeartbeat.
+	// Reports need NATS; without it there are none.
+	Heartbeat time.Duration
 }
 
 // ErrInvalidConfig wraps every configuration problem.
@@ -94,6 +101,9 @@ func (c *Config) Validate() error {
 	if c.Events == nil {
 		errs = append(errs, fmt.Errorf("%w: Events is required", ErrInvalidConfig))
 	}
+	if c.ID == "" || strings.ContainsAny(c.ID, ".*> \t") || strings.ContainsAny(c.Region, ".*> \t") {
+		errs = append(errs, fmt.Errorf("%w: id %q and region %q must be NATS subject tokens", ErrInvalidConfig, c.ID, c.Region))
+	}
 	if strings.ContainsAny(c.BaseDomain, "/: ") {
 		errs = append(errs, fmt.Errorf("%w: base domain %q is not a host name", ErrInvalidConfig, c.BaseDomain))
 	}
@@ -103,6 +113,7 @@ func (c *Config) Validate() error {
 // Gateway is one edge gateway.
 type Gateway struct {
 	cfg      Config
+	reporter *receipts.Reporter // nil without NATS
 	authMap  *authmap.Map
 	follower *follower.Follower
 	metrics  *metrics.Metrics
@@ -119,9 +130,18 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	cfg.Log = cfg.Log.With("gateway", cfg.ID, "region", cfg.Region)
 	g := &Gateway{cfg: cfg, authMap: authmap.New()}
-	var connected func() bool
+	var (
+		connected func() bool
+		onApplied func()
+	)
 	if cfg.NATS != nil {
 		connected = cfg.NATS.IsConnected
+		rep, err := receipts.NewReporter(cfg.NATS, cfg.ID, cfg.Region, cfg.Heartbeat,
+			func() (uint64, bool) { return g.Applied(), g.Ready() }, cfg.Log)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		}
+		g.reporter, onApplied = rep, rep.Changed
 	}
 	g.follower = follower.New(follower.Config{
 		Stream:       cfg.Events,
@@ -130,6 +150,7 @@ func New(cfg Config) (*Gateway, error) {
 		Now:          cfg.Now,
 		PollInterval: cfg.PollInterval,
 		Connected:    connected,
+		OnApplied:    onApplied,
 	})
 	g.metrics = metrics.New(g.streamMetrics)
 	g.proxy = proxy.New(proxy.Config{
@@ -169,8 +190,16 @@ func New(cfg Config) (*Gateway, error) {
 // follows it live, until ctx ends; it returns ctx's error. Losing NATS is
 // not an error: the gateway keeps serving from its map, reports itself
 // stale, and resumes from the last applied record when NATS is back.
+// With NATS it also reports its applied sequence (receipts) as it moves.
 func (g *Gateway) Run(ctx context.Context) error {
 	g.cfg.Log.Info("gateway starting", "base_domain", g.cfg.BaseDomain)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if g.reporter != nil {
+		wg.Go(func() { _ = g.reporter.Run(ctx) })
+	}
 	return g.follower.Run(ctx)
 }
 

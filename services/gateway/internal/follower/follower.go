@@ -34,6 +34,9 @@ type Config struct {
 	// Connected reports the NATS connection's state; nil means "the last
 	// poll succeeded recently".
 	Connected func() bool
+	// OnApplied, if set, is called after every applied record, on the
+	// applying goroutine; it must not block.
+	OnApplied func()
 }
 
 // Follower feeds the map. Create it with New and start it with Run.
@@ -98,6 +101,9 @@ func (f *Follower) apply(rec eventstore.Record) error {
 		close(f.changed)
 		f.changed = make(chan struct{})
 		f.mu.Unlock()
+		if f.cfg.OnApplied != nil {
+			f.cfg.OnApplied()
+		}
 	}
 	return nil
 }

@@ -1,0 +1,169 @@
+// Command infergate-gateway runs one edge gateway (SPEC §3) against an
+// external NATS cluster: it replays the event stream into its auth map,
+// follows it live and proxies requests to deployments. Flags fall back to
+// INFERGATE_* environment variables; see -help.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infergate/infergate/services/gateway"
+	"github.com/infergate/infergate/services/internal/controlplane"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/httpserver"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "infergate-gateway:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	var (
+		addr, natsURL, natsCreds, region, baseDomain, id, logLevel string
+		grace                                                      time.Duration
+	)
+	env := controlplane.Env
+	fs := flag.NewFlagSet("infergate-gateway", flag.ExitOnError)
+	fs.StringVar(&addr, "addr", env("INFERGATE_ADDR", "127.0.0.1:8000"), "listen address (env INFERGATE_ADDR)")
+	fs.StringVar(&natsURL, "nats-url", env("INFERGATE_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env INFERGATE_NATS_URL)")
+	fs.StringVar(&natsCreds, "nats-creds", env("INFERGATE_NATS_CREDS", ""), "NATS credentials file (env INFERGATE_NATS_CREDS)")
+	fs.StringVar(&region, "region", env("INFERGATE_REGION", "local"), "this gateway's region (env INFERGATE_REGION)")
+	fs.StringVar(&baseDomain, "base-domain", env("INFERGATE_BASE_DOMAIN", "localhost"), "base domain of model-<deployment>.<project>.<base-domain> (env INFERGATE_BASE_DOMAIN)")
+	fs.StringVar(&id, "id", env("INFERGATE_GATEWAY_ID", ""), "gateway id; default random (env INFERGATE_GATEWAY_ID)")
+	fs.StringVar(&logLevel, "log-level", env("INFERGATE_LOG_LEVEL", "info"), "debug, info, warn or error (env INFERGATE_LOG_LEVEL)")
+	fs.DurationVar(&grace, "shutdown-grace", 30*time.Second, "how long open requests (streams) may take at shutdown")
+	_ = fs.Parse(os.Args[1:])
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	// Until the gateway exists (NATS may be down at start), /healthz says
+	// alive and everything else is 503: never an empty map's 404s.
+	var handler handlerSwap
+	handler.set(starting{})
+	srv := httpserver.New(addr, &handler)
+	// Streams (SSE) and request bodies may last as long as they need; the
+	// header timeout still guards against slow clients.
+	srv.ReadTimeout, srv.WriteTimeout = 0, 0
+
+	var wg sync.WaitGroup
+	serveErr := make(chan error, 1)
+	wg.Go(func() { serveErr <- httpserver.Serve(ctx, srv, ln, grace) })
+	log.Info("listening", "addr", ln.Addr().String(), "region", region, "base_domain", baseDomain)
+
+	opts := []nats.Option{
+		nats.Name("infergate-gateway"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected; serving from the map", "err", err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
+	}
+	if natsCreds != "" {
+		opts = append(opts, nats.UserCredentials(natsCreds))
+	}
+	nc, err := nats.Connect(natsURL, opts...)
+	if err != nil {
+		stop()
+		return errors.Join(fmt.Errorf("connect to NATS at %s: %w", natsURL, err), <-serveErr)
+	}
+	defer nc.Close()
+	runErr := func() error {
+		store, err := openStore(ctx, nc, log)
+		if err != nil {
+			return err
+		}
+		gw, err := gateway.New(gateway.Config{
+			Events: store, NATS: nc, Region: region, BaseDomain: baseDomain, ID: id, Log: log,
+		})
+		if err != nil {
+			return err
+		}
+		handler.set(gw.Handler())
+		if err := gw.Run(ctx); !errors.Is(err, context.Canceled) {
+			return err
+		}
+		return nil
+	}()
+	stop()
+	wg.Wait()
+	return errors.Join(runErr, <-serveErr)
+}
+
+// openStore opens the event store, retrying while NATS is unreachable.
+func openStore(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*eventstore.Store, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		store, err := eventstore.Open(octx, js, eventstore.Config{})
+		cancel()
+		if err == nil {
+			return store, nil
+		}
+		log.Warn("event store not reachable yet; retrying", "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// handlerSwap serves whatever handler was last set.
+type handlerSwap struct {
+	mu sync.RWMutex // mu protects h
+	h  http.Handler
+}
+
+func (s *handlerSwap) set(h http.Handler) {
+	s.mu.Lock()
+	s.h = h
+	s.mu.Unlock()
+}
+
+func (s *handlerSwap) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.RLock()
+	h := s.h
+	s.mu.RUnlock()
+	h.ServeHTTP(w, r)
+}
+
+// starting answers while the event store cannot be opened.
+type starting struct{}
+
+func (starting) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/healthz" {
+		_, _ = w.Write([]byte("ok\n"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_, _ = w.Write([]byte(`{"error":{"message":"The gateway cannot reach its event stream yet.","type":"server_error","param":null,"code":"gateway_not_ready"}}` + "\n"))
+}

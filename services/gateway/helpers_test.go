@@ -1,0 +1,280 @@
+package gateway_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	"github.com/infergate/infergate/services/gateway"
+	"github.com/infergate/infergate/services/internal/aggregate"
+	"github.com/infergate/infergate/services/internal/apikey"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natsembed"
+)
+
+const project = "team-a"
+
+// backend is a real NATS server with JetStream, restartable on the same
+// port and store, and an event store on a connection that reconnects.
+type backend struct {
+	t     *testing.T
+	dir   string
+	port  int
+	srv   *natsembed.Server
+	nc    *nats.Conn
+	store *eventstore.Store
+	live  aggregate.LiveKeys
+}
+
+func newBackend(t *testing.T) *backend {
+	t.Helper()
+	b := &backend{t: t, dir: t.TempDir(), live: aggregate.LiveKeys{}}
+	b.start()
+	u, err := url.Parse(b.srv.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.port = mustAtoi(t, u.Port())
+	nc, err := nats.Connect(b.srv.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	b.nc = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.store, err = eventstore.Open(t.Context(), js, eventstore.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n := 0
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			t.Fatalf("port %q", s)
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n
+}
+
+// start (re)starts the server on the same port and store directory.
+func (b *backend) start() {
+	b.t.Helper()
+	s, err := natsembed.Start(natsembed.Config{StoreDir: b.dir, Port: b.port})
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	b.srv = s
+	b.t.Cleanup(s.Shutdown)
+}
+
+func (b *backend) meta() aggregate.Meta {
+	return aggregate.Meta{Actor: "test", Project: project, Now: time.Now(), NewID: uuid.NewString}
+}
+
+// key creates a key and returns its secret and the change's sequence.
+func (b *backend) key(name string, expires *time.Time) (string, uint64) {
+	b.t.Helper()
+	secret, err := apikey.Generate()
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	var id string
+	seq := b.decide(eventstore.TypeKey, name, func(recs []eventstore.Record) ([]*eventv1.Event, error) {
+		evs, err := aggregate.KeyFrom(name, eventstore.Events(recs)).Create(b.meta(), aggregate.NewKey{
+			Name: name, ExpiresAt: expires, Hash: apikey.Sum(secret), Hint: apikey.Hint(secret),
+		})
+		if err == nil {
+			id = evs[0].GetKeyCreated().GetKeyId()
+		}
+		return evs, err
+	})
+	b.live[name] = id
+	return secret, seq
+}
+
+func (b *backend) deleteKey(name string) uint64 {
+	b.t.Helper()
+	delete(b.live, name)
+	return b.decide(eventstore.TypeKey, name, func(recs []eventstore.Record) ([]*eventv1.Event, error) {
+		return aggregate.KeyFrom(name, eventstore.Events(recs)).Delete(b.meta())
+	})
+}
+
+// dep runs a command on a deployment.
+func (b *backend) dep(name string, cmd func(aggregate.Deployment, aggregate.Meta) ([]*eventv1.Event, error)) uint64 {
+	b.t.Helper()
+	return b.decide(eventstore.TypeDeployment, name, func(recs []eventstore.Record) ([]*eventv1.Event, error) {
+		return cmd(aggregate.DeploymentFrom(name, eventstore.Events(recs)), b.meta())
+	})
+}
+
+// deployment creates a deployment and marks it DEPLOYED.
+func (b *backend) deployment(name, upstream string, auth bool, keys []string, regions ...string) uint64 {
+	b.t.Helper()
+	b.dep(name, func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+		return d.Create(m, aggregate.NewDeployment{
+			Name: name, Model: "demo", UpstreamURL: upstream, Regions: regions, AuthEnabled: auth, Keys: keys,
+		}, b.live)
+	})
+	return b.status(name, eventv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYED)
+}
+
+func (b *backend) status(name string, s eventv1.DeploymentStatus) uint64 {
+	b.t.Helper()
+	return b.dep(name, func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+		return d.SetStatus(m, s, "")
+	})
+}
+
+func (b *backend) decide(typ, name string, fn eventstore.DecideFunc) uint64 {
+	b.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	res, err := b.store.Decide(ctx, eventstore.Aggregate{Project: project, Type: typ, Name: name}, "", 0, fn)
+	if err != nil {
+		b.t.Fatalf("%s %s: %v", typ, name, err)
+	}
+	return res.Sequence
+}
+
+// startGateway runs a gateway on b until the test ends and serves it.
+func startGateway(t *testing.T, b *backend, cfg gateway.Config) (*gateway.Gateway, *httptest.Server) {
+	t.Helper()
+	cfg.Events = b.store
+	if cfg.PollInterval == 0 {
+		cfg.PollInterval = 50 * time.Millisecond
+	}
+	g, err := gateway.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != context.Canceled {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	srv := httptest.NewServer(g.Handler())
+	t.Cleanup(srv.Close)
+	return g, srv
+}
+
+// eventually waits for cond; a timeout fails the test with what.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func waitApplied(t *testing.T, g *gateway.Gateway, seq uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := g.WaitApplied(ctx, seq); err != nil {
+		t.Fatalf("gateway did not apply sequence %d (applied %d): %v", seq, g.Applied(), err)
+	}
+}
+
+// recorder is an upstream that records what it received.
+type recorder struct {
+	*httptest.Server
+	mu   sync.Mutex // mu protects the fields below
+	reqs []seen
+}
+
+type seen struct {
+	path   string
+	query  string
+	host   string
+	header http.Header
+}
+
+func newRecorder(t *testing.T) *recorder {
+	t.Helper()
+	r := &recorder{}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		_, _ = io.Copy(io.Discard, req.Body)
+		r.mu.Lock()
+		r.reqs = append(r.reqs, seen{req.URL.Path, req.URL.RawQuery, req.Host, req.Header.Clone()})
+		r.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+func (r *recorder) last(t *testing.T) seen {
+	t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.reqs) == 0 {
+		t.Fatal("upstream got no request")
+	}
+	return r.reqs[len(r.reqs)-1]
+}
+
+// answer is a gateway response.
+type answer struct {
+	status int
+	code   string // the OpenAI-style error code, if any
+	typ    string
+	body   string
+	header http.Header
+}
+
+// get sends a request to the gateway with the Host and headers given.
+func get(t *testing.T, srv *httptest.Server, host, path string, hdr ...string) answer {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, srv.URL+path, strings.NewReader(`{"model":"demo"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if host != "" {
+		req.Host = host
+	}
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Add(hdr[i], hdr[i+1])
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	a := answer{status: resp.StatusCode, body: string(body), header: resp.Header}
+	var e struct {
+		Error struct{ Message, Type, Code string } `json:"error"`
+	}
+	if json.Unmarshal(body, &e) == nil {
+		a.code, a.typ = e.Error.Code, e.Error.Type
+	}
+	return a
+}
