@@ -181,6 +181,7 @@ func TestChangesApplyFromTheNextRequest(t *testing.T) {
 	seq := b.deployment("chat", up.URL, true, []string{"alpha"})
 	g, srv := startGateway(t, b, gateway.Config{})
 	waitApplied(t, g, seq)
+	eventually(t, "ready", g.Ready)
 
 	status := func(key string) int { return get(t, srv, host("chat"), "/v1/models", "X-API-Key", key).status }
 	auth := func(on bool) func(aggregate.Deployment, aggregate.Meta) ([]*eventv1.Event, error) {
@@ -196,10 +197,14 @@ func TestChangesApplyFromTheNextRequest(t *testing.T) {
 	}{
 		{"start", func() uint64 { return seq }, map[*string]int{&alpha: 200, &bravo: 401}},
 		{"link bravo", func() uint64 {
-			return b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) { return d.Link(m, "bravo", b.live) })
+			return b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+				return d.Link(m, "bravo", b.live)
+			})
 		}, map[*string]int{&alpha: 200, &bravo: 200}},
 		{"unlink alpha", func() uint64 {
-			return b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) { return d.Unlink(m, "alpha", b.live) })
+			return b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+				return d.Unlink(m, "alpha", b.live)
+			})
 		}, map[*string]int{&alpha: 401, &bravo: 200}},
 		{"auth off", func() uint64 { return b.dep("chat", auth(false)) }, map[*string]int{&alpha: 200, &bravo: 200}},
 		{"auth on", func() uint64 { return b.dep("chat", auth(true)) }, map[*string]int{&alpha: 401, &bravo: 200}},
@@ -210,7 +215,9 @@ func TestChangesApplyFromTheNextRequest(t *testing.T) {
 			return s
 		}, map[*string]int{&bravo: 401, &charlie: 401}},
 		{"link the new bravo", func() uint64 {
-			return b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) { return d.Link(m, "bravo", b.live) })
+			return b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+				return d.Link(m, "bravo", b.live)
+			})
 		}, map[*string]int{&bravo: 401, &charlie: 200}},
 	} {
 		waitApplied(t, g, step.change())
@@ -240,6 +247,7 @@ func TestRegions(t *testing.T) {
 	seq := b.deployment("everywhere", up.URL, false, nil)
 	g, srv := startGateway(t, b, gateway.Config{Region: "eu-west"})
 	waitApplied(t, g, seq)
+	eventually(t, "ready", g.Ready)
 	for dep, want := range map[string]int{"eu-only": 200, "us-only": 404, "both": 200, "everywhere": 200} {
 		if a := get(t, srv, host(dep), "/v1/models"); a.status != want {
 			t.Errorf("%s: %d, want %d", dep, a.status, want)
@@ -299,6 +307,7 @@ func TestStreaming(t *testing.T) {
 	seq := b.deployment("chat", up.URL, false, nil)
 	g, srv := startGateway(t, b, gateway.Config{})
 	waitApplied(t, g, seq)
+	eventually(t, "ready", g.Ready)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 
@@ -372,6 +381,7 @@ func TestStreaming(t *testing.T) {
 	})
 
 	t.Run("connections to the upstream are reused", func(t *testing.T) {
+		get(t, srv, host("chat"), "/v1/models") // after the canceled request's connection is gone
 		before := newConns.Load()
 		for range 50 {
 			if a := get(t, srv, host("chat"), "/v1/models"); a.status != 200 {
@@ -419,9 +429,6 @@ func TestOwnEndpoints(t *testing.T) {
 	waitApplied(t, g, seq)
 	eventually(t, "ready", g.Ready)
 
-	if a := get(t, srv, "", "/healthz"); a.status != 405 { // POST
-		t.Errorf("POST /healthz: %d", a.status)
-	}
 	resp, err := srv.Client().Get(srv.URL + "/healthz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("/healthz: %v %v", resp, err)

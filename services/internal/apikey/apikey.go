@@ -67,29 +67,35 @@ func WellFormed(s string) bool {
 	if len(s) != Len || s[:len(Prefix)] != Prefix {
 		return false
 	}
+	// Table lookups ORed together: no branch per character, so random
+	// keys cost no mispredictions. An invalid character's value is -1,
+	// which makes the OR negative.
+	var or int8
 	for i := len(Prefix); i < Len; i++ {
-		if base62Value(s[i]) < 0 {
-			return false
-		}
+		or |= base62Values[s[i]]
+	}
+	if or < 0 {
+		return false
 	}
 	var sum uint64
 	for i := Len - checksumLen; i < Len; i++ {
-		sum = sum*62 + uint64(base62Value(s[i]))
+		sum = sum*62 + uint64(base62Values[s[i]])
 	}
 	return sum == uint64(crc32.ChecksumIEEE(bytesOf(s[:Len-checksumLen])))
 }
 
-func base62Value(c byte) int {
-	switch {
-	case c >= '0' && c <= '9':
-		return int(c - '0')
-	case c >= 'A' && c <= 'Z':
-		return int(c-'A') + 10
-	case c >= 'a' && c <= 'z':
-		return int(c-'a') + 36
+// base62Values maps a byte to its base62 value, or -1.
+var base62Values = func() (t [256]int8) {
+	for i := range t {
+		t[i] = -1
 	}
-	return -1
-}
+	for i := range len(alphabet) {
+		t[alphabet[i]] = int8(i)
+	}
+	return t
+}()
+
+func base62Value(c byte) int { return int(base62Values[c]) }
 
 // bytesOf views s as bytes without copying; the callee must not keep or
 // modify them. It keeps the gateway's decision path allocation-free.

@@ -9,14 +9,15 @@
 //
 // Concurrency: one goroutine applies records while any number of
 // goroutines decide. The decision path takes no lock and allocates
-// nothing. Keys and deployments live in open-addressing tables of
-// immutable entries behind atomic pointers; applying a record builds the
-// new entries aside, then publishes them inside a sequence lock (a counter
-// that is odd while publishing), and a decision that overlapped a
-// publication is simply decided again. So a request never sees half a
-// record, and publishing is a handful of pointer stores, not the whole
-// record's work. A deployment's linked keys are a persistent set, so a
-// change copies O(log n) of it.
+// nothing. Keys live in an open-addressing table whose slots hold the key's
+// hash, number, project, expiry and deleted flag inline, as atomic words;
+// deployments in an open-addressing table of tagged pointers to immutable
+// states. Applying a record builds the new states aside, then publishes
+// them inside a sequence lock (a counter that is odd while publishing), and
+// a decision that overlapped a publication is simply decided again. So a
+// request never sees half a record, and publishing is a handful of stores,
+// not the whole record's work. A deployment's linked keys are inline when
+// few, else a persistent set, so a change copies O(log n) of it.
 package authmap
 
 import (
@@ -64,7 +65,7 @@ type Map struct {
 	// path never reads.
 	mu       sync.RWMutex
 	names    *nameIndex // the number of the latest life of each key name
-	recs     [][]keyRec         // by key number, in chunks of recChunk
+	recs     [][]keyRec // by key number, in chunks of recChunk
 	nkeys    uint32
 	projects map[string]uint32
 	projName []string
