@@ -388,7 +388,9 @@ func TestStreaming(t *testing.T) {
 				t.Fatalf("%d %s", a.status, a.body)
 			}
 		}
-		if n := newConns.Load() - before; n > 1 {
+		// One more connection may open while the canceled request's is
+		// being torn down; without reuse there would be ~50.
+		if n := newConns.Load() - before; n > 2 {
 			t.Errorf("%d new upstream connections for 50 sequential requests", n)
 		}
 	})
