@@ -94,6 +94,9 @@ type Config struct {
 	DuplicateWindow time.Duration
 	// Memory keeps the stream in memory instead of files (tests only).
 	Memory bool
+	// CachedAggregates is how many aggregates' records Load keeps to read
+	// only what is new next time; 0 means 10,000, negative disables.
+	CachedAggregates int
 }
 
 func (c *Config) setDefaults() {
@@ -108,6 +111,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.DuplicateWindow == 0 {
 		c.DuplicateWindow = 2 * time.Minute
+	}
+	if c.CachedAggregates == 0 {
+		c.CachedAggregates = 10_000
 	}
 }
 
@@ -137,6 +143,7 @@ type Store struct {
 	js     jetstream.JetStream
 	stream jetstream.Stream
 	cfg    Config
+	cache  *aggCache
 }
 
 // Open creates the stream, or updates it to cfg, and returns a Store. It is
@@ -166,7 +173,7 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if err != nil {
 		return nil, fmt.Errorf("eventstore: create stream %s: %w", cfg.Stream, err)
 	}
-	return &Store{js: js, stream: stream, cfg: cfg}, nil
+	return &Store{js: js, stream: stream, cfg: cfg, cache: newAggCache(cfg.CachedAggregates)}, nil
 }
 
 // Subject is the subject an aggregate's events are stored on.
@@ -285,9 +292,30 @@ func isWrongLastSequence(err error) bool {
 }
 
 // Load returns every record of the aggregate, oldest first, and its version
-// (the sequence of its last record; 0 when it has none).
+// (the sequence of its last record; 0 when it has none). Recently loaded
+// aggregates are cached, so a load reads only what was appended since the
+// last one — one round trip when nothing was.
 func (s *Store) Load(ctx context.Context, agg Aggregate) ([]Record, uint64, error) {
-	return s.LoadAfter(ctx, agg, 0)
+	if err := agg.Validate(); err != nil {
+		return nil, 0, err
+	}
+	subject := s.Subject(agg)
+	cached, cachedVersion := s.cache.get(subject)
+	fresh, version, err := s.LoadAfter(ctx, agg, cachedVersion)
+	if err != nil {
+		return nil, 0, err
+	}
+	if version < cachedVersion {
+		// The stream went backwards (recreated): forget what was cached.
+		cached = nil
+		if fresh, version, err = s.LoadAfter(ctx, agg, 0); err != nil {
+			return nil, 0, err
+		}
+	}
+	records := make([]Record, 0, len(cached)+len(fresh))
+	records = append(append(records, cached...), fresh...)
+	s.cache.put(subject, records, version)
+	return records[:len(records):len(records)], version, nil
 }
 
 // LoadAfter returns the aggregate's records with a sequence above after, and

@@ -418,3 +418,46 @@ func TestScanIsAStableSnapshot(t *testing.T) {
 		t.Errorf("empty scan = %d, %v", last, err)
 	}
 }
+
+func TestLoadSeesAppendsFromAnotherStore(t *testing.T) {
+	t.Parallel()
+	srv, js := natstest.JetStream(t)
+	ctx := t.Context()
+	a, err := eventstore.Open(ctx, js, eventstore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := eventstore.Open(ctx, natstest.JetStreamOn(t, srv), eventstore.Config{CachedAggregates: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agg := keyAgg("shared")
+	var version uint64
+	for i := range 5 {
+		// b loads (and caches) before and after a appends behind its back.
+		if _, v, err := b.Load(ctx, agg); err != nil || v != version {
+			t.Fatalf("b.Load version %d, %v; want %d", v, err, version)
+		}
+		r, err := a.Append(ctx, agg, version, []*eventv1.Event{updated(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		version = r.Sequence
+		// Evict and refill the small cache with other aggregates now and then.
+		if i%2 == 0 {
+			for _, other := range []string{"x1", "x2", "x3"} {
+				if _, _, err := b.Load(ctx, keyAgg(other)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	recs, v, err := b.Load(ctx, agg)
+	if err != nil || v != version || fmt.Sprint(descriptions(recs)) != "[0 1 2 3 4]" {
+		t.Fatalf("b.Load = %v, %d, %v", descriptions(recs), v, err)
+	}
+	// A conflict is still detected with a cached view.
+	if _, err := b.Append(ctx, agg, recs[3].Sequence, []*eventv1.Event{updated("stale")}); !errors.Is(err, eventstore.ErrConflict) {
+		t.Errorf("stale append: %v", err)
+	}
+}
