@@ -88,7 +88,10 @@ func newFleet(t *testing.T) *fleet {
 		t.Fatal(err)
 	}
 	done := make(chan struct{}, 2)
-	go func() { _ = plane.Serve(ctx, ln, controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh}), time.Second); done <- struct{}{} }()
+	go func() {
+		_ = plane.Serve(ctx, ln, controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh}), time.Second)
+		done <- struct{}{}
+	}()
 	go func() { _ = checker.Run(ctx); done <- struct{}{} }()
 	t.Cleanup(func() {
 		cancel()
