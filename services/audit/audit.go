@@ -10,10 +10,21 @@ import (
 
 	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	"github.com/infergate/infergate/services/audit/internal/auditservice"
+	"github.com/infergate/infergate/services/audit/internal/history"
 )
 
 // Config is what the audit service needs; see auditservice.Config.
 type Config = auditservice.Config
+
+// History keeps checkpoints of every project's auth state along the
+// stream; see history.Index. Run it with Run(ctx).
+type History = history.Index
+
+// HistoryConfig tunes a History.
+type HistoryConfig = history.Config
+
+// NewHistory returns a History to pass in Config.History.
+func NewHistory(cfg HistoryConfig) (*History, error) { return history.New(cfg) }
 
 // NewHandler returns the Connect/gRPC/gRPC-Web handler and the path to
 // mount it on.

@@ -15,6 +15,7 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "github.com/infergate/infergate/gen/infergate/audit/v1"
@@ -39,6 +40,8 @@ type env struct {
 	audit    auditv1connect.AuditServiceClient
 	upstream string
 	secrets  []string
+	// plain serves the audit service without a history.
+	plain string
 }
 
 func start(t *testing.T) *env {
@@ -57,11 +60,29 @@ func start(t *testing.T) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ap, ah, err := audit.NewHandler(audit.Config{Events: b.Events, Log: b.Logger()}, opts...)
+		// A history with tiny checkpoint intervals and memory, so the tests
+		// go through checkpoints, kept records and dropped ones.
+		hist, err := audit.NewHistory(audit.HistoryConfig{Events: b.Events, Every: 3, MaxRecords: 6, Log: b.Logger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		hctx, hcancel := context.WithCancel(context.Background())
+		hdone := make(chan struct{})
+		go func() { _ = hist.Run(hctx); close(hdone) }()
+		t.Cleanup(func() { hcancel(); <-hdone })
+		ap, ah, err := audit.NewHandler(audit.Config{Events: b.Events, History: hist, Log: b.Logger()}, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return map[string]http.Handler{kp: kh, dp: dh, ap: ah}
+	})
+	// The same service without the history: every answer a full replay.
+	e.plain = b.Serve(t, func(opts ...connect.HandlerOption) map[string]http.Handler {
+		ap, ah, err := audit.NewHandler(audit.Config{Events: b.Events, Log: b.Logger()}, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return map[string]http.Handler{ap: ah}
 	})
 	opts := servicetest.ClientOptions(b.OpsToken)
 	e.keys = keyv1connect.NewKeyServiceClient(http.DefaultClient, e.url, opts...)
@@ -365,5 +386,41 @@ func TestCheckAccessAndStateThroughHistory(t *testing.T) {
 	e.must(t, err)
 	if !slices.ContainsFunc(mid.Msg.GetKeys(), func(k *auditv1.KeyState) bool { return k.GetName() == "k-two" }) {
 		t.Errorf("state at t2 lacks the re-created k-two: %v", mid.Msg)
+	}
+}
+
+// TestHistoryAgreesWithFullReplay asks, at the time of every record and
+// between records, the service with checkpoints and the one without.
+func TestHistoryAgreesWithFullReplay(t *testing.T) {
+	t.Parallel()
+	e := start(t)
+	history(t, e)
+	e.createKey(t, "k-two", 0)
+	_, err := e.deps.UpdateDeploymentAuth(t.Context(), connect.NewRequest(&deploymentv1.UpdateDeploymentAuthRequest{Project: "team-a", Name: "llama", AuthEnabled: true, ApiKeys: []string{"k-two"}}))
+	e.must(t, err)
+	plain := auditv1connect.NewAuditServiceClient(http.DefaultClient, e.plain, servicetest.ClientOptions(e.b.OpsToken)...)
+	var moments []time.Time
+	for _, ev := range e.list(t, &auditv1.ListEventsRequest{}) {
+		at := ev.GetTime().AsTime()
+		moments = append(moments, at.Add(-time.Microsecond), at, at.Add(time.Microsecond))
+	}
+	for _, at := range moments {
+		for _, key := range []string{"k-one", "k-two"} {
+			req := &auditv1.CheckAccessRequest{Project: "team-a", Deployment: "llama", Key: key, At: timestamppb.New(at)}
+			a, err := e.audit.CheckAccess(t.Context(), connect.NewRequest(req))
+			e.must(t, err)
+			b, err := plain.CheckAccess(t.Context(), connect.NewRequest(req))
+			e.must(t, err)
+			if a.Msg.GetReason() != b.Msg.GetReason() || a.Msg.GetAllowed() != b.Msg.GetAllowed() || a.Msg.GetSequence() != b.Msg.GetSequence() {
+				t.Errorf("%s at %s: with history %v, full replay %v", key, at.Format(time.StampMicro), a.Msg, b.Msg)
+			}
+		}
+		sa, err := e.audit.GetStateAt(t.Context(), connect.NewRequest(&auditv1.GetStateAtRequest{Project: "team-a", At: timestamppb.New(at)}))
+		e.must(t, err)
+		sb, err := plain.GetStateAt(t.Context(), connect.NewRequest(&auditv1.GetStateAtRequest{Project: "team-a", At: timestamppb.New(at)}))
+		e.must(t, err)
+		if !proto.Equal(sa.Msg, sb.Msg) {
+			t.Errorf("state at %s: with history %v, full replay %v", at.Format(time.StampMicro), sa.Msg, sb.Msg)
+		}
 	}
 }

@@ -6,6 +6,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -46,10 +47,18 @@ func run() error {
 		return err
 	}
 	defer plane.Close()
-	path, h, err := audit.NewHandler(audit.Config{Events: plane.Events, Log: log}, plane.HandlerOptions()...)
+	hist, err := audit.NewHistory(audit.HistoryConfig{Events: plane.Events, Log: log})
+	if err != nil {
+		return err
+	}
+	histDone := make(chan error, 1)
+	go func() { histDone <- hist.Run(ctx) }()
+	path, h, err := audit.NewHandler(audit.Config{Events: plane.Events, History: hist, Log: log}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
 	}
 	mux := controlplane.Mux(map[string]http.Handler{path: h}, auditv1connect.AuditServiceName)
-	return plane.Serve(ctx, ln, mux, cfg.ShutdownGrace)
+	serveErr := plane.Serve(ctx, ln, mux, cfg.ShutdownGrace)
+	stop()
+	return errors.Join(serveErr, <-histDone)
 }

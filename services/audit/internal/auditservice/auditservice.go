@@ -19,6 +19,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
 	"github.com/infergate/infergate/services/audit/internal/describe"
+	"github.com/infergate/infergate/services/audit/internal/history"
 	"github.com/infergate/infergate/services/internal/aggregate"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/paging"
@@ -31,6 +32,10 @@ var _ auditv1connect.AuditServiceHandler = (*Server)(nil)
 type Config struct {
 	// Events is the event store. Required.
 	Events *eventstore.Store
+	// History keeps checkpoints of each project's auth state, so
+	// CheckAccess and GetStateAt replay only from the nearest one. Without
+	// it they replay the project's whole history. Run it alongside.
+	History *history.Index
 	// Log receives errors. Default slog.Default().
 	Log *slog.Logger
 	// Now is the clock; default time.Now.

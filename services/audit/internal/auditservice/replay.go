@@ -20,6 +20,9 @@ import (
 // auth map — the gateway's own code, so the audit cannot disagree with
 // what a gateway decided.
 func (s *Server) replay(ctx context.Context, project string, at time.Time) (*authmap.Map, uint64, error) {
+	if s.cfg.History != nil {
+		return s.cfg.History.StateAt(ctx, project, at)
+	}
 	m := authmap.New()
 	var last uint64
 	_, err := s.cfg.Events.Scan(ctx, 0, func(rec eventstore.Record) error {

@@ -166,7 +166,11 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
-	apath, ah, err := audit.NewHandler(audit.Config{Events: plane.Events, Log: cfg.Log}, plane.HandlerOptions()...)
+	hist, err := audit.NewHistory(audit.HistoryConfig{Events: plane.Events, Log: cfg.Log})
+	if err != nil {
+		return err
+	}
+	apath, ah, err := audit.NewHandler(audit.Config{Events: plane.Events, History: hist, Log: cfg.Log}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
 	}
@@ -206,6 +210,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	}
 	run("control plane", func() error { return plane.Serve(ctx, apiLn, mux, 5*time.Second) })
 	run("status checker", func() error { return checker.Run(ctx) })
+	run("audit history", func() error { return hist.Run(ctx) })
 	run("gateway", func() error { return gw.Run(ctx) })
 	run("gateway server", func() error {
 		return httpserver.Serve(ctx, httpserver.New(gwLn.Addr().String(), gw.Handler()), gwLn, 5*time.Second)
