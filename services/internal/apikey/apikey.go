@@ -95,7 +95,6 @@ var base62Values = func() (t [256]int8) {
 	return t
 }()
 
-
 // bytesOf views s as bytes without copying; the callee must not keep or
 // modify them. It keeps the gateway's decision path allocation-free.
 func bytesOf(s string) []byte {

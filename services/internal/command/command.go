@@ -7,14 +7,17 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/aggregate"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/readmodel"
 )
 
 // IdempotencyHeader is the request header a client sets to make a write
@@ -44,4 +47,27 @@ func MsgID(header http.Header, meta aggregate.Meta, procedure string, agg events
 	}
 	sum := sha256.Sum256([]byte(meta.Actor + "\x00" + procedure + "\x00" + agg.String() + "\x00" + key))
 	return "idem-" + hex.EncodeToString(sum[:16])
+}
+
+// PropagationTimeout is a call's own bound on the wait for the gateways
+// (at most a minute), or def when the call sets none.
+func PropagationTimeout(d *durationpb.Duration, def time.Duration) (time.Duration, error) {
+	if d == nil {
+		return def, nil
+	}
+	if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > time.Minute {
+		return 0, &aggregate.FieldError{Field: "propagation_timeout", Problem: "must be between 0 and 60s"}
+	}
+	return d.AsDuration(), nil
+}
+
+// WaitRead blocks, at most timeout, until the projector has applied seq, so
+// a read after a write sees the write.
+func WaitRead(ctx context.Context, p *readmodel.Projector, seq uint64, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := p.WaitFor(ctx, seq); err != nil {
+		return fmt.Errorf("read model did not reach sequence %d: %w", seq, err)
+	}
+	return nil
 }

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"time"
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
 	"github.com/infergate/infergate/services/internal/eventstore"
@@ -76,7 +75,7 @@ func (m *Memory) GetKey(ctx context.Context, project, name string) (Key, error) 
 
 // ListKeys implements Store.
 func (m *Memory) ListKeys(ctx context.Context, project string, page Page) ([]Key, error) {
-	if err := checkPage(page); err != nil {
+	if err := CheckPage(page); err != nil {
 		return nil, err
 	}
 	m.mu.RLock()
@@ -106,7 +105,7 @@ func (m *Memory) GetDeployment(ctx context.Context, project, name string) (Deplo
 
 // ListDeployments implements Store.
 func (m *Memory) ListDeployments(ctx context.Context, project string, page Page) ([]Deployment, error) {
-	if err := checkPage(page); err != nil {
+	if err := CheckPage(page); err != nil {
 		return nil, err
 	}
 	m.mu.RLock()
@@ -120,13 +119,6 @@ func (m *Memory) ListDeployments(ctx context.Context, project string, page Page)
 		out = append(out, p.deploymentView(p.deps[name]))
 	}
 	return out, nil
-}
-
-func checkPage(p Page) error {
-	if p.Limit <= 0 {
-		return fmt.Errorf("readmodel: page limit %d is not positive", p.Limit)
-	}
-	return nil
 }
 
 // pageOf returns the page's names among the map's keys, in order.
@@ -186,18 +178,18 @@ func (m *Memory) project(name string) *memProject {
 
 // apply applies one event; see docs/read-models.md for the rules.
 func (m *Memory) apply(rec eventstore.Record, ev *eventv1.Event) {
-	p := m.project(projectOf(rec, ev))
-	at := eventTime(rec, ev)
+	p := m.project(ProjectOf(rec, ev))
+	at := EventTime(rec, ev)
 	switch pl := ev.GetPayload().(type) {
 	case *eventv1.Event_KeyCreated:
 		e := pl.KeyCreated
-		name := nameOf(rec, ev, e.GetName())
+		name := NameOf(rec, ev, e.GetName())
 		p.deleteKey(e.GetKeyId())
 		if old := p.keys[name]; old != nil {
 			p.deleteKey(old.ID)
 		}
 		k := &Key{
-			Project:     projectOf(rec, ev),
+			Project:     ProjectOf(rec, ev),
 			Name:        name,
 			ID:          e.GetKeyId(),
 			Description: e.GetDescription(),
@@ -205,7 +197,7 @@ func (m *Memory) apply(rec eventstore.Record, ev *eventv1.Event) {
 			CreatedAt:   at,
 		}
 		if e.GetExpiresAt() != nil {
-			t := normalTime(e.GetExpiresAt().AsTime())
+			t := NormalTime(e.GetExpiresAt().AsTime())
 			k.ExpiresAt = &t
 		}
 		p.keys[name] = k
@@ -218,14 +210,14 @@ func (m *Memory) apply(rec eventstore.Record, ev *eventv1.Event) {
 		p.deleteKey(pl.KeyDeleted.GetKeyId())
 	case *eventv1.Event_DeploymentCreated:
 		e := pl.DeploymentCreated
-		name := nameOf(rec, ev, e.GetName())
+		name := NameOf(rec, ev, e.GetName())
 		p.deleteDeployment(e.GetDeploymentId())
 		if old := p.deps[name]; old != nil {
 			p.deleteDeployment(old.ID)
 		}
 		p.unlinkDeployment(name)
 		p.deps[name] = &Deployment{
-			Project:     projectOf(rec, ev),
+			Project:     ProjectOf(rec, ev),
 			Name:        name,
 			ID:          e.GetDeploymentId(),
 			Model:       e.GetModel(),
@@ -240,7 +232,7 @@ func (m *Memory) apply(rec eventstore.Record, ev *eventv1.Event) {
 		p.depByID[e.GetDeploymentId()] = name
 	case *eventv1.Event_DeploymentStatusChanged:
 		e := pl.DeploymentStatusChanged
-		status, ok := statusOf(e.GetStatus())
+		status, ok := StatusOf(e.GetStatus())
 		if d := p.deploymentWithID(e.GetDeploymentId()); d != nil && ok {
 			d.Status = status
 			d.StatusReason = e.GetReason()
@@ -347,52 +339,4 @@ func (p *memProject) unlink(depName, keyName, keyID string) {
 	if len(p.keyLinks[keyID]) == 0 {
 		delete(p.keyLinks, keyID)
 	}
-}
-
-// projectOf is the event's project, or the record's when the event has
-// none.
-func projectOf(rec eventstore.Record, ev *eventv1.Event) string {
-	if p := ev.GetProject(); p != "" {
-		return p
-	}
-	return rec.Aggregate.Project
-}
-
-// nameOf is the name the payload gives, else the event's aggregate name,
-// else the record's.
-func nameOf(rec eventstore.Record, ev *eventv1.Event, payloadName string) string {
-	switch {
-	case payloadName != "":
-		return payloadName
-	case ev.GetAggregate().GetName() != "":
-		return ev.GetAggregate().GetName()
-	default:
-		return rec.Aggregate.Name
-	}
-}
-
-// eventTime is the event's time, or the record's when the event has none.
-func eventTime(rec eventstore.Record, ev *eventv1.Event) time.Time {
-	if ev.GetTime() != nil {
-		return normalTime(ev.GetTime().AsTime())
-	}
-	return normalTime(rec.Time)
-}
-
-// normalTime is t as every store keeps it: UTC, to the microsecond
-// (PostgreSQL's precision), so both stores answer alike.
-func normalTime(t time.Time) time.Time {
-	return t.Truncate(time.Microsecond).UTC()
-}
-
-func statusOf(s eventv1.DeploymentStatus) (string, bool) {
-	switch s {
-	case eventv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYING:
-		return StatusDeploying, true
-	case eventv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYED:
-		return StatusDeployed, true
-	case eventv1.DeploymentStatus_DEPLOYMENT_STATUS_FAILED:
-		return StatusFailed, true
-	}
-	return "", false
 }

@@ -148,7 +148,7 @@ func (s *Server) fail(ctx context.Context, err error) error { return rpcerr.From
 func (s *Server) change(ctx context.Context, header http.Header, procedure, project, name string, keys []string, timeout *durationpb.Duration,
 	decide func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error),
 ) (*deploymentv1.Deployment, *propagationv1.Propagation, error) {
-	wait, err := s.propagationTimeout(timeout)
+	wait, err := command.PropagationTimeout(timeout, s.cfg.PropagationTimeout)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -168,7 +168,7 @@ func (s *Server) change(ctx context.Context, header http.Header, procedure, proj
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := s.waitRead(ctx, res.Sequence); err != nil {
+	if err := command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout); err != nil {
 		return nil, nil, err
 	}
 	prop := s.cfg.Propagation.Wait(ctx, res.Sequence, regions, wait)
@@ -315,25 +315,6 @@ func (s *Server) validateLink(project, deployment, key string) error {
 		aggregate.ValidateDeploymentName("deployment", deployment),
 		aggregate.ValidateKeyName("key", key),
 	)
-}
-
-func (s *Server) propagationTimeout(d *durationpb.Duration) (time.Duration, error) {
-	if d == nil {
-		return s.cfg.PropagationTimeout, nil
-	}
-	if err := d.CheckValid(); err != nil || d.AsDuration() < 0 || d.AsDuration() > time.Minute {
-		return 0, &aggregate.FieldError{Field: "propagation_timeout", Problem: "must be between 0 and 60s"}
-	}
-	return d.AsDuration(), nil
-}
-
-func (s *Server) waitRead(ctx context.Context, seq uint64) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadYourWritesTimeout)
-	defer cancel()
-	if err := s.cfg.Projector.WaitFor(ctx, seq); err != nil {
-		return fmt.Errorf("deployservice: read model did not reach sequence %d: %w", seq, err)
-	}
-	return nil
 }
 
 // EndpointURL is where clients reach a deployment through the gateways.

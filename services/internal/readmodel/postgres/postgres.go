@@ -195,26 +195,26 @@ func (s *Store) Apply(ctx context.Context, rec eventstore.Record) error {
 // queue adds the statements of one event to b; see docs/read-models.md for
 // the rules. Events with no payload this store knows add nothing.
 func (s *Store) queue(b *pgx.Batch, rec eventstore.Record, ev *eventv1.Event) {
-	project := projectOf(rec, ev)
+	project := readmodel.ProjectOf(rec, ev)
 	switch pl := ev.GetPayload().(type) {
 	case *eventv1.Event_KeyCreated:
 		e := pl.KeyCreated
-		name := nameOf(rec, ev, e.GetName())
+		name := readmodel.NameOf(rec, ev, e.GetName())
 		var expires *time.Time
 		if e.GetExpiresAt() != nil {
-			t := normalTime(e.GetExpiresAt().AsTime())
+			t := readmodel.NormalTime(e.GetExpiresAt().AsTime())
 			expires = &t
 		}
 		// Deleting the row it replaces cascades to that key's links.
 		b.Queue(s.q.deleteKeyByNameOrID, project, name, e.GetKeyId())
-		b.Queue(s.q.insertKey, project, name, e.GetKeyId(), e.GetDescription(), e.GetHint(), expires, eventTime(rec, ev))
+		b.Queue(s.q.insertKey, project, name, e.GetKeyId(), e.GetDescription(), e.GetHint(), expires, readmodel.EventTime(rec, ev))
 	case *eventv1.Event_KeyUpdated:
 		b.Queue(s.q.updateKey, project, pl.KeyUpdated.GetKeyId(), pl.KeyUpdated.GetDescription())
 	case *eventv1.Event_KeyDeleted:
 		b.Queue(s.q.deleteKey, project, pl.KeyDeleted.GetKeyId())
 	case *eventv1.Event_DeploymentCreated:
 		e := pl.DeploymentCreated
-		name := nameOf(rec, ev, e.GetName())
+		name := readmodel.NameOf(rec, ev, e.GetName())
 		regions := e.GetRegions()
 		if regions == nil {
 			regions = []string{}
@@ -223,10 +223,10 @@ func (s *Store) queue(b *pgx.Batch, rec eventstore.Record, ev *eventv1.Event) {
 		// so the new deployment starts with none.
 		b.Queue(s.q.deleteDeploymentByNameOrID, project, name, e.GetDeploymentId())
 		b.Queue(s.q.insertDeployment, project, name, e.GetDeploymentId(), e.GetModel(), e.GetUpstreamUrl(),
-			regions, readmodel.StatusDeploying, eventTime(rec, ev))
+			regions, readmodel.StatusDeploying, readmodel.EventTime(rec, ev))
 	case *eventv1.Event_DeploymentStatusChanged:
 		e := pl.DeploymentStatusChanged
-		if status, ok := statusOf(e.GetStatus()); ok {
+		if status, ok := readmodel.StatusOf(e.GetStatus()); ok {
 			b.Queue(s.q.setStatus, project, e.GetDeploymentId(), status, e.GetReason())
 		}
 	case *eventv1.Event_DeploymentAuthEnabled:
@@ -266,7 +266,7 @@ func (s *Store) GetKey(ctx context.Context, project, name string) (readmodel.Key
 
 // ListKeys implements readmodel.Store.
 func (s *Store) ListKeys(ctx context.Context, project string, p readmodel.Page) ([]readmodel.Key, error) {
-	if err := checkPage(p); err != nil {
+	if err := readmodel.CheckPage(p); err != nil {
 		return nil, err
 	}
 	rows, _ := s.pool.Query(ctx, s.q.listKeys, project, p.After, p.Limit)
@@ -292,7 +292,7 @@ func (s *Store) GetDeployment(ctx context.Context, project, name string) (readmo
 
 // ListDeployments implements readmodel.Store.
 func (s *Store) ListDeployments(ctx context.Context, project string, p readmodel.Page) ([]readmodel.Deployment, error) {
-	if err := checkPage(p); err != nil {
+	if err := readmodel.CheckPage(p); err != nil {
 		return nil, err
 	}
 	rows, _ := s.pool.Query(ctx, s.q.listDeployments, project, p.After, p.Limit)
@@ -331,59 +331,4 @@ func nilIfEmpty[T any](s []T) []T {
 		return nil
 	}
 	return s
-}
-
-func checkPage(p readmodel.Page) error {
-	if p.Limit <= 0 {
-		return fmt.Errorf("readmodel/postgres: page limit %d is not positive", p.Limit)
-	}
-	return nil
-}
-
-// projectOf is the event's project, or the record's when the event has
-// none.
-func projectOf(rec eventstore.Record, ev *eventv1.Event) string {
-	if p := ev.GetProject(); p != "" {
-		return p
-	}
-	return rec.Aggregate.Project
-}
-
-// nameOf is the name the payload gives, else the event's aggregate name,
-// else the record's.
-func nameOf(rec eventstore.Record, ev *eventv1.Event, payloadName string) string {
-	switch {
-	case payloadName != "":
-		return payloadName
-	case ev.GetAggregate().GetName() != "":
-		return ev.GetAggregate().GetName()
-	default:
-		return rec.Aggregate.Name
-	}
-}
-
-// eventTime is the event's time, or the record's when the event has none.
-func eventTime(rec eventstore.Record, ev *eventv1.Event) time.Time {
-	if ev.GetTime() != nil {
-		return normalTime(ev.GetTime().AsTime())
-	}
-	return normalTime(rec.Time)
-}
-
-// normalTime truncates to the microsecond, the precision of timestamptz,
-// as the memory store does.
-func normalTime(t time.Time) time.Time {
-	return t.Truncate(time.Microsecond).UTC()
-}
-
-func statusOf(s eventv1.DeploymentStatus) (string, bool) {
-	switch s {
-	case eventv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYING:
-		return readmodel.StatusDeploying, true
-	case eventv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYED:
-		return readmodel.StatusDeployed, true
-	case eventv1.DeploymentStatus_DEPLOYMENT_STATUS_FAILED:
-		return readmodel.StatusFailed, true
-	}
-	return "", false
 }

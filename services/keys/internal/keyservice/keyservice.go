@@ -6,7 +6,6 @@ package keyservice
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -223,7 +222,7 @@ func (s *Server) DeleteKey(ctx context.Context, req *connect.Request[keyv1.Delet
 	if err := errors.Join(aggregate.ValidateProject("project", m.GetProject()), aggregate.ValidateKeyName("name", m.GetName())); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	timeout, err := s.propagationTimeout(m.GetPropagationTimeout().AsDuration(), m.GetPropagationTimeout() != nil)
+	timeout, err := command.PropagationTimeout(m.GetPropagationTimeout(), s.cfg.PropagationTimeout)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -235,7 +234,7 @@ func (s *Server) DeleteKey(ctx context.Context, req *connect.Request[keyv1.Delet
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	if err := s.waitRead(ctx, res.Sequence); err != nil {
+	if err := command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	s.cfg.Log.InfoContext(ctx, "key deleted", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
@@ -244,28 +243,8 @@ func (s *Server) DeleteKey(ctx context.Context, req *connect.Request[keyv1.Delet
 	}), nil
 }
 
-// propagationTimeout checks a call's own bound; at most a minute.
-func (s *Server) propagationTimeout(d time.Duration, set bool) (time.Duration, error) {
-	if !set {
-		return s.cfg.PropagationTimeout, nil
-	}
-	if d < 0 || d > time.Minute {
-		return 0, &aggregate.FieldError{Field: "propagation_timeout", Problem: "must be between 0 and 60s"}
-	}
-	return d, nil
-}
-
-func (s *Server) waitRead(ctx context.Context, seq uint64) error {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.ReadYourWritesTimeout)
-	defer cancel()
-	if err := s.cfg.Projector.WaitFor(ctx, seq); err != nil {
-		return fmt.Errorf("keyservice: read model did not reach sequence %d: %w", seq, err)
-	}
-	return nil
-}
-
 func (s *Server) readAfterWrite(ctx context.Context, seq uint64, project, name string) (*keyv1.Key, error) {
-	if err := s.waitRead(ctx, seq); err != nil {
+	if err := command.WaitRead(ctx, s.cfg.Projector, seq, s.cfg.ReadYourWritesTimeout); err != nil {
 		return nil, err
 	}
 	k, err := s.cfg.Reads.GetKey(ctx, project, name)
