@@ -52,6 +52,9 @@ type Config struct {
 	// PropagationTimeout bounds how long a write waits for the gateways'
 	// receipts when the call does not say.
 	PropagationTimeout time.Duration
+	// NoReadModel skips the read model and its projector, for a service
+	// that answers from the stream alone (audit).
+	NoReadModel bool
 }
 
 // Env returns the environment variable name, or def when it is unset.
@@ -157,9 +160,11 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 	if p.Events, err = eventstore.Open(ctx, js, eventstore.Config{Replicas: cfg.StreamReplicas}); err != nil {
 		return err
 	}
-	if cfg.DatabaseURL == "" {
+	switch {
+	case cfg.NoReadModel:
+	case cfg.DatabaseURL == "":
 		p.Reads = readmodel.NewMemory()
-	} else {
+	default:
 		pg, err := postgres.Open(ctx, postgres.Config{URL: cfg.DatabaseURL, Schema: cfg.DatabaseSchema})
 		if err != nil {
 			return err
@@ -167,7 +172,9 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 		p.Reads = pg
 		p.closers = append(p.closers, pg.Close)
 	}
-	p.Projector = readmodel.NewProjector(p.Events, p.Reads, p.Log)
+	if p.Reads != nil {
+		p.Projector = readmodel.NewProjector(p.Events, p.Reads, p.Log)
+	}
 	if p.Tracker, err = receipts.NewTracker(nc); err != nil {
 		return err
 	}
@@ -208,12 +215,16 @@ func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	projErr := make(chan error, 1)
-	go func() { projErr <- p.Projector.Run(ctx) }()
-	if err := p.Projector.WaitCaughtUp(ctx); err != nil {
-		_ = ln.Close()
-		return fmt.Errorf("read model did not catch up: %w", err)
+	if p.Projector == nil {
+		projErr <- nil
+	} else {
+		go func() { projErr <- p.Projector.Run(ctx) }()
+		if err := p.Projector.WaitCaughtUp(ctx); err != nil {
+			_ = ln.Close()
+			return fmt.Errorf("read model did not catch up: %w", err)
+		}
 	}
-	p.Log.Info("serving", "addr", ln.Addr().String(), "read_model_sequence", p.Projector.Applied())
+	p.Log.Info("serving", "addr", ln.Addr().String())
 	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), handler), ln, grace)
 	cancel()
 	if err := <-projErr; err != nil && !errors.Is(err, context.Canceled) {

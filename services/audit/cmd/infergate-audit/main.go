@@ -33,6 +33,7 @@ func run() error {
 	fs := flag.NewFlagSet("infergate-audit", flag.ExitOnError)
 	cfg.RegisterFlags(fs, "127.0.0.1:8083", "infergate_audit")
 	_ = fs.Parse(os.Args[1:])
+	cfg.NoReadModel = true // every answer is a replay of the stream
 
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
