@@ -1,0 +1,45 @@
+package main_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"github.com/infergate/infergate/services/internal/natstest"
+	"github.com/infergate/infergate/services/internal/servicetest"
+)
+
+// TestProcess runs the real binary against NATS, configured by the
+// environment: it becomes ready once it has read the stream, answers 404
+// for an unknown deployment, and stops cleanly on SIGTERM.
+func TestProcess(t *testing.T) {
+	t.Parallel()
+	bin := servicetest.Build(t, "infergate-gateway")
+	nats := natstest.Start(t)
+	addr := servicetest.FreeAddr(t)
+	p := servicetest.StartProcess(t, bin, []string{"INFERGATE_NATS_URL=" + nats.ClientURL(), "INFERGATE_ADDR=" + addr}, "--region", "eu")
+	get := func(ctx context.Context, path string) (int, error) {
+		req, err := http.NewRequestWithContext(ctx, "GET", "http://"+addr+path, nil)
+		if err != nil {
+			return 0, err
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		res.Body.Close()
+		return res.StatusCode, nil
+	}
+	servicetest.WaitFor(t, "gateway ready", func(ctx context.Context) error {
+		code, err := get(ctx, "/readyz")
+		if err == nil && code != 200 {
+			err = fmt.Errorf("/readyz answered %d", code)
+		}
+		return err
+	})
+	if code, err := get(t.Context(), "/d/team-a/nope/v1/models"); err != nil || code != http.StatusNotFound {
+		t.Errorf("unknown deployment: %d, %v", code, err)
+	}
+	p.Stop()
+}
