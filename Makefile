@@ -15,7 +15,7 @@ export PATH := $(TOOLS):$(PATH)
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null | sed 's|^$(CURDIR)|.|')
 PKGS    := $(addsuffix /...,$(MODULES))
 
-.PHONY: help tools gen check-gen build test lint fmt run clean
+.PHONY: help tools gen check-gen build test lint fmt run clean bench bench-coldstart bench-load
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -62,3 +62,26 @@ run: build ## run the one-process stack with a demo deployment
 
 clean: ## remove build output (keeps the tool cache)
 	rm -rf bin
+
+# Benchmarks (issue 5; figures and machine in docs/benchmarks.md). None of
+# them runs in `make test`: services/bench holds benchmarks only.
+BENCH_GO := go test -run '^$$' -benchmem=false
+
+bench: ## Go benchmarks: gateway decision, audit CheckAccess, propagation, control-plane writes, streaming
+	cd services/internal && $(BENCH_GO) -bench 'BenchmarkDecision|BenchmarkHeapPerKey' -benchtime=2s ./authmap
+	cd services/audit && $(BENCH_GO) -bench CheckAccess -benchtime=20x ./internal/auditservice
+	cd services/bench && $(BENCH_GO) -bench 'BenchmarkPropagation|BenchmarkUnlinkKeyRPC' -benchtime=2000x -timeout 30m .
+	cd services/bench && $(BENCH_GO) -bench 'BenchmarkCreateKey|BenchmarkLinkKey' -benchtime=8000x -count=3 -timeout 30m .
+	cd services/bench && $(BENCH_GO) -bench BenchmarkStreamingTTFB -benchtime=400x -timeout 30m .
+
+COLDSTART_KEYS ?= 1000000
+
+bench-coldstart: ## a fresh gateway's start over 1M KeyCreated + 1M KeyLinked events (a few minutes)
+	@mkdir -p bin
+	go build -o bin/bench-coldstart ./services/bench/cmd/bench-coldstart
+	dir=$$(mktemp -d /tmp/infergate-coldstart.XXXXXX); trap 'rm -rf "$$dir"' EXIT; \
+	bin/bench-coldstart generate --dir "$$dir" --keys $(COLDSTART_KEYS); \
+	for run in 1 2 3; do bin/bench-coldstart measure --dir "$$dir" --keys $(COLDSTART_KEYS); done
+
+bench-load: ## gateway throughput against HAProxy and nginx (root; installs wrk, haproxy, nginx)
+	bash deploy/bench/load.sh

@@ -1,0 +1,265 @@
+// Command bench-coldstart measures a gateway's cold start (issue 5,
+// point 3; `make bench-coldstart`).
+//
+//	bench-coldstart generate --dir DIR [--keys 1000000] [--links-per-deployment 10]
+//	bench-coldstart measure  --dir DIR [--keys 1000000]
+//
+// generate writes a JetStream store with the given number of KeyCreated
+// events (one message each, as CreateKey appends them) and as many
+// KeyLinked events: keys/links-per-deployment deployments, each created
+// with its keys linked in one message (as CreateDeployment with api_keys
+// appends it: DeploymentCreated, the KeyLinked events,
+// DeploymentAuthEnabled), then marked DEPLOYED (one message each, as the
+// status checker appends it).
+//
+// measure serves that store from a NATS server in a child process, then
+// starts a fresh gateway in this one and reports the time until it is
+// ready (it has applied the whole stream as of its start), its live heap
+// after GC (runtime.MemStats.HeapAlloc) and its resident set.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infergate/infergate/services/bench/internal/seed"
+	"github.com/infergate/infergate/services/gateway"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natsembed"
+)
+
+const usage = "usage: bench-coldstart generate|measure|nats --dir DIR [flags]"
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, usage)
+		os.Exit(2)
+	}
+	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
+	dir := fs.String("dir", "", "JetStream store directory (required)")
+	keys := fs.Int("keys", 1_000_000, "KeyCreated events, and KeyLinked events")
+	perDep := fs.Int("links-per-deployment", 10, "keys linked per deployment")
+	port := fs.Int("port", 14322, "NATS port")
+	cpuProfile := fs.String("cpuprofile", "", "measure: write a CPU profile of the replay to this file")
+	_ = fs.Parse(os.Args[2:])
+	if *dir == "" {
+		fmt.Fprintln(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "generate":
+		err = generate(*dir, *keys, *perDep)
+	case "measure":
+		err = measure(*dir, *keys, *port, *cpuProfile)
+	case "nats":
+		err = serveNATS(*dir, *port)
+	default:
+		err = errors.New(usage)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench-coldstart:", err)
+		os.Exit(1)
+	}
+}
+
+func generate(dir string, n, perDep int) error {
+	if perDep < 1 || n%perDep != 0 {
+		return fmt.Errorf("--keys %d must be a multiple of --links-per-deployment %d", n, perDep)
+	}
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: dir})
+	if err != nil {
+		return err
+	}
+	defer srv.Shutdown()
+	nc, err := srv.Connect(nats.Name("bench-coldstart"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx := context.Background()
+	w, err := seed.New(ctx, nc, "bench")
+	if err != nil {
+		return err
+	}
+	if last, err := w.Store().LastSequence(ctx); err != nil || last != 0 {
+		return fmt.Errorf("the store in %s is not empty (last sequence %d, %v)", dir, last, err)
+	}
+	start := time.Now()
+	keys, err := seed.NewKeys(n)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d secrets made in %s\n", n, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	if err := w.CreateKeys(keys, func(done int) { fmt.Printf("  %d KeyCreated published\n", done) }); err != nil {
+		return err
+	}
+	if err := w.Wait(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("%d KeyCreated messages appended in %s\n", n, time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	deps := make([]seed.Deployment, n/perDep)
+	for i := range deps {
+		deps[i] = seed.Deployment{
+			Name:        fmt.Sprintf("dep-%06d", i),
+			UpstreamURL: "http://127.0.0.1:9/v1",
+			Keys:        keys[i*perDep : (i+1)*perDep],
+		}
+	}
+	if _, err := w.CreateDeployments(ctx, deps, func(done int) { fmt.Printf("  %d deployments published\n", done) }); err != nil {
+		return err
+	}
+	if err := w.Wait(ctx); err != nil {
+		return err
+	}
+	fmt.Printf("%d deployments (%d KeyLinked) and their DEPLOYED appended in %s\n", len(deps), n, time.Since(start).Round(time.Millisecond))
+	last, err := w.Store().LastSequence(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("stream: %d messages\n", last)
+	return nil
+}
+
+func serveNATS(dir string, port int) error {
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: dir, Port: port, ReadyTimeout: 5 * time.Minute})
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready", srv.ClientURL())
+	// Serve until the parent closes stdin.
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	srv.Shutdown()
+	return nil
+}
+
+func measure(dir string, keys, port int, cpuProfile string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	child := exec.Command(self, "nats", "--dir", dir, "--port", fmt.Sprint(port))
+	child.Stderr = os.Stderr
+	stdin, err := child.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := child.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := child.Start(); err != nil {
+		return err
+	}
+	defer func() {
+		stdin.Close()
+		_ = child.Wait()
+	}()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "ready ") {
+		return fmt.Errorf("NATS child: %q %v", line, err)
+	}
+	url := strings.TrimSpace(strings.TrimPrefix(line, "ready "))
+
+	nc, err := nats.Connect(url, nats.Name("bench-coldstart-gateway"))
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	store, err := eventstore.Open(ctx, js, eventstore.Config{})
+	if err != nil {
+		return err
+	}
+	last, err := store.LastSequence(ctx)
+	if err != nil {
+		return err
+	}
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+
+	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, ID: "coldstart"})
+	if err != nil {
+		return err
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+	}
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	for !gw.Ready() {
+		select {
+		case err := <-done:
+			return fmt.Errorf("gateway stopped: %w", err)
+		case <-time.After(time.Millisecond):
+		}
+		if time.Since(start) > 10*time.Minute {
+			return errors.New("gateway not ready after 10 minutes")
+		}
+	}
+	ready := time.Since(start)
+	if cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
+	rssPeak := procStatus("VmHWM")
+	runtime.GC()
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	rss := procStatus("VmRSS")
+	fmt.Printf("stream: %d messages, %d keys\n", last, keys)
+	fmt.Printf("ready after:        %s (applied sequence %d)\n", ready.Round(time.Millisecond), gw.Applied())
+	fmt.Printf("heap after GC:      %.1f MiB (%.0f bytes/key); the gateway's own: %.1f MiB (%.0f bytes/key)\n",
+		mib(after.HeapAlloc), float64(after.HeapAlloc)/float64(keys),
+		mib(after.HeapAlloc-before.HeapAlloc), float64(after.HeapAlloc-before.HeapAlloc)/float64(keys))
+	fmt.Printf("RSS:                %.1f MiB now, %.1f MiB peak (Go runtime Sys %.1f MiB)\n", mib(rss), mib(rssPeak), mib(after.Sys))
+	fmt.Printf("RESULT ready_ms=%d heap_bytes=%d heap_per_key=%.0f rss_bytes=%d rss_peak_bytes=%d\n",
+		ready.Milliseconds(), after.HeapAlloc, float64(after.HeapAlloc)/float64(keys), rss, rssPeak)
+	return nil
+}
+
+// procStatus reads a "kB" line of /proc/self/status, in bytes.
+func procStatus(field string) uint64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			var kb uint64
+			_, _ = fmt.Sscanf(strings.TrimSpace(rest), "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
+func mib(b uint64) float64 { return float64(b) / (1 << 20) }
