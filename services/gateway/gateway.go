@@ -52,8 +52,10 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock key expiry is checked against; default time.Now.
 	Now func() time.Time
-	// Transport carries requests upstream; default a tuned *http.Transport
-	// (many idle connections per host, bigger buffers).
+	// Transport carries requests upstream; default the proxy's own
+	// synchronous HTTP/1.1 client for plain-http requests without a
+	// streamed body, and a tuned *http.Transport (many idle connections
+	// per host, bigger buffers) for the rest.
 	Transport http.RoundTripper
 	// PollInterval is how often the stream's last sequence is read for
 	// lag and staleness; default 1 s.
@@ -86,9 +88,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
-	}
-	if c.Transport == nil {
-		c.Transport = proxy.NewTransport()
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second

@@ -32,7 +32,10 @@ type Config struct {
 	Now     func() time.Time
 	Metrics *metrics.Metrics
 	Log     *slog.Logger
-	// Transport carries requests upstream; default NewTransport().
+	// Transport carries requests upstream. The default sends plain-http
+	// requests without a body or with a small one over the proxy's own
+	// synchronous HTTP/1.1 client (upstream.go) and everything else over
+	// NewTransport().
 	Transport http.RoundTripper
 }
 
@@ -63,7 +66,7 @@ func NewTransport() *http.Transport {
 // New returns a handler.
 func New(cfg Config) *Handler {
 	if cfg.Transport == nil {
-		cfg.Transport = NewTransport()
+		cfg.Transport = newUpstreamTransport(NewTransport())
 	}
 	h := &Handler{cfg: cfg}
 	h.rp = &httputil.ReverseProxy{
@@ -162,7 +165,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 	if c.stripAuth {
 		pr.Out.Header.Del("Authorization")
 	}
-	pr.Out.Body = upstreamBody(pr.Out.Body, pr.Out.ContentLength)
+	pr.Out.Body, pr.Out.GetBody = upstreamBody(pr.Out.Body, pr.Out.ContentLength)
 }
 
 // smallBody is the largest request body of known length that is read
@@ -182,24 +185,29 @@ const smallBody = 16 << 10
 // failed with "invalid Read on closed Body", which made the transport
 // close the upstream connection under a response still streaming
 // (truncated SSE streams; found by the streaming benchmark).
-func upstreamBody(body io.ReadCloser, n int64) io.ReadCloser {
+//
+// A small body that was read ahead also comes with a GetBody, so a request
+// can be sent again on a fresh connection.
+func upstreamBody(body io.ReadCloser, n int64) (io.ReadCloser, func() (io.ReadCloser, error)) {
 	if body == nil || body == http.NoBody || n <= 0 {
-		return body
+		return body, nil
 	}
 	if n <= smallBody {
 		buf := make([]byte, n)
 		k, err := io.ReadFull(body, buf)
 		if err == nil {
-			// io.NopCloser of a *bytes.Reader is what the transport
+			// io.NopCloser of a *bytes.Reader is what http.Transport
 			// recognises as in memory. The client's body is closed by the
 			// server (and by ReverseProxy) when the request ends.
-			return io.NopCloser(bytes.NewReader(buf))
+			return io.NopCloser(bytes.NewReader(buf)), func() (io.ReadCloser, error) {
+				return io.NopCloser(bytes.NewReader(buf)), nil
+			}
 		}
 		// A short or failed body: the transport gets what came, then the
 		// error, and answers 502 as for any body that fails.
-		return &lengthBody{r: io.MultiReader(bytes.NewReader(buf[:k]), errReader{err}), body: body, left: n}
+		return &lengthBody{r: io.MultiReader(bytes.NewReader(buf[:k]), errReader{err}), body: body, left: n}, nil
 	}
-	return &lengthBody{r: body, body: body, left: n}
+	return &lengthBody{r: body, body: body, left: n}, nil
 }
 
 type errReader struct{ err error }

@@ -1,0 +1,300 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// upstreamTransport carries the common request — plain http://, no body or
+// a small body already read (see upstreamBody), no upgrade — over HTTP/1.1
+// keep-alive connections of its own, writing the request and reading the
+// response on the caller's goroutine. Everything else goes to fallback (an
+// *http.Transport).
+//
+// Why: under load, http.Transport's per-connection reader and writer
+// goroutines, the channel hand-offs between them and the handler, and the
+// read it keeps pending on every idle connection cost ~40 % of the
+// gateway's CPU (docs/benchmarks.md, gateway throughput). Here a request
+// is one write and one read; an idle connection's liveness is checked, on
+// reuse, with one non-blocking read.
+type upstreamTransport struct {
+	fallback    http.RoundTripper
+	dialer      net.Dialer
+	maxIdle     int
+	idleTimeout time.Duration
+
+	mu sync.Mutex // mu protects idle
+	// idle are the idle connections by host:port, most recent last.
+	idle map[string][]*upConn
+}
+
+func newUpstreamTransport(fallback http.RoundTripper) *upstreamTransport {
+	return &upstreamTransport{
+		fallback:    fallback,
+		dialer:      net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
+		maxIdle:     1024,
+		idleTimeout: 90 * time.Second,
+		idle:        map[string][]*upConn{},
+	}
+}
+
+type upConn struct {
+	conn     net.Conn
+	raw      syscall.RawConn
+	br       *bufio.Reader
+	bw       *bufio.Writer
+	addr     string
+	idleFrom time.Time
+}
+
+// fast reports whether req can take the synchronous path.
+func fast(req *http.Request) bool {
+	if req.URL.Scheme != "http" || req.Method == http.MethodConnect || req.Close {
+		return false
+	}
+	if _, ok := req.Header["Upgrade"]; ok {
+		return false
+	}
+	if _, ok := req.Header["Expect"]; ok {
+		return false
+	}
+	if len(req.Trailer) > 0 {
+		return false
+	}
+	// Only bodies the gateway has in memory (and can send again on a
+	// fresh connection): a streamed body needs the response read while it
+	// is still being written, which is what http.Transport is for.
+	return req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !fast(req) {
+		return t.fallback.RoundTrip(req)
+	}
+	addr := req.URL.Host
+	if req.URL.Port() == "" {
+		addr = net.JoinHostPort(req.URL.Hostname(), "80")
+	}
+	ctx := req.Context()
+	for attempt := 0; ; attempt++ {
+		c, reused, err := t.conn(ctx, addr)
+		if err != nil {
+			return nil, t.ctxErr(ctx, err)
+		}
+		resp, wrote, err := t.exchange(ctx, c, req, attempt)
+		if err == nil {
+			return resp, nil
+		}
+		_ = c.conn.Close()
+		if ctx.Err() != nil {
+			return nil, t.ctxErr(ctx, err)
+		}
+		// A reused connection the upstream closed between its liveness
+		// check and this request: try once more on a fresh one (the body
+		// is in memory) if the request never got out, or if it may be
+		// sent twice.
+		if !reused || attempt > 0 || (wrote && !idempotent(req.Method)) {
+			return nil, err
+		}
+	}
+}
+
+func (t *upstreamTransport) ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return context.Cause(ctx)
+	}
+	return err
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// exchange writes req on c and reads the response head; wrote says whether
+// the request was written out.
+func (t *upstreamTransport) exchange(ctx context.Context, c *upConn, req *http.Request, attempt int) (_ *http.Response, wrote bool, _ error) {
+	if attempt > 0 && req.GetBody != nil {
+		body, err := req.GetBody()
+		if err != nil {
+			return nil, false, err
+		}
+		req.Body = body
+	}
+	// Closing the connection is how a canceled request stops a blocked
+	// write or read.
+	stop := context.AfterFunc(ctx, func() { _ = c.conn.Close() })
+	if err := req.Write(c.bw); err != nil {
+		stop()
+		return nil, false, err
+	}
+	if err := c.bw.Flush(); err != nil {
+		stop()
+		return nil, false, err
+	}
+	resp, err := http.ReadResponse(c.br, req)
+	// 1xx answers other than 101 are informational: the real one follows.
+	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+		resp, err = http.ReadResponse(c.br, req)
+	}
+	if err != nil {
+		stop()
+		return nil, true, err
+	}
+	b := &upBody{t: t, c: c, stop: stop, keep: !resp.Close && resp.StatusCode != http.StatusSwitchingProtocols}
+	if resp.Body == http.NoBody {
+		b.finish(true)
+		return resp, true, nil
+	}
+	b.rc = resp.Body
+	resp.Body = b
+	return resp, true, nil
+}
+
+// upBody hands the connection back when its response has been read to
+// the end, and closes it otherwise.
+type upBody struct {
+	t    *upstreamTransport
+	c    *upConn
+	rc   io.ReadCloser
+	stop func() bool
+	keep bool
+
+	mu   sync.Mutex // mu protects done
+	done bool
+}
+
+func (b *upBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.finish(true)
+	} else if err != nil {
+		b.finish(false)
+	}
+	return n, err
+}
+
+func (b *upBody) Close() error {
+	b.finish(false)
+	return nil
+}
+
+// finish releases the connection once: back to the pool when the body was
+// read to its end, the response allows it and the request's context did
+// not close it meanwhile; closed otherwise.
+func (b *upBody) finish(complete bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return
+	}
+	b.done = true
+	// Not b.rc.Close: net/http drains a response body on Close, which for
+	// a stream the client left would wait for the upstream to finish.
+	// Closing the connection ends it at once.
+	if b.stop() && complete && b.keep {
+		b.t.put(b.c)
+		return
+	}
+	_ = b.c.conn.Close()
+}
+
+// conn returns an idle connection to addr that is still open, or a new one.
+func (t *upstreamTransport) conn(ctx context.Context, addr string) (*upConn, bool, error) {
+	now := time.Now()
+	for {
+		t.mu.Lock()
+		list := t.idle[addr]
+		if len(list) == 0 {
+			t.mu.Unlock()
+			break
+		}
+		c := list[len(list)-1]
+		list[len(list)-1] = nil
+		t.idle[addr] = list[:len(list)-1]
+		t.mu.Unlock()
+		if now.Sub(c.idleFrom) < t.idleTimeout && c.open() {
+			return c, true, nil
+		}
+		_ = c.conn.Close()
+	}
+	nc, err := t.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	c := &upConn{conn: nc, addr: addr, br: bufio.NewReaderSize(nc, 32<<10), bw: bufio.NewWriterSize(nc, 32<<10)}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	return c, false, nil
+}
+
+// open reports, with one non-blocking read, whether the upstream has not
+// closed an idle connection (nor sent anything unasked on it).
+func (c *upConn) open() bool {
+	if c.br.Buffered() > 0 || c.raw == nil {
+		return false
+	}
+	var (
+		buf   [1]byte
+		n     int
+		rerr  error
+		alive bool
+	)
+	err := c.raw.Read(func(fd uintptr) bool {
+		n, rerr = syscall.Read(int(fd), buf[:])
+		alive = n < 0 && (errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EWOULDBLOCK))
+		return true
+	})
+	return err == nil && alive
+}
+
+// put returns c to the idle pool, dropping connections idle too long.
+func (t *upstreamTransport) put(c *upConn) {
+	c.idleFrom = time.Now()
+	t.mu.Lock()
+	list := t.idle[c.addr]
+	if len(list) > 0 && c.idleFrom.Sub(list[0].idleFrom) > t.idleTimeout {
+		// The oldest has waited too long: let it go (one per put keeps
+		// the pool from holding a burst's connections for ever).
+		old := list[0]
+		list = list[1:]
+		defer old.conn.Close()
+	}
+	if len(list) >= t.maxIdle {
+		t.idle[c.addr] = list
+		t.mu.Unlock()
+		_ = c.conn.Close()
+		return
+	}
+	t.idle[c.addr] = append(list, c)
+	t.mu.Unlock()
+}
+
+// CloseIdleConnections closes every idle connection (http.Client and tests
+// call it).
+func (t *upstreamTransport) CloseIdleConnections() {
+	t.mu.Lock()
+	idle := t.idle
+	t.idle = map[string][]*upConn{}
+	t.mu.Unlock()
+	for _, list := range idle {
+		for _, c := range list {
+			_ = c.conn.Close()
+		}
+	}
+	if ci, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
+		ci.CloseIdleConnections()
+	}
+}
