@@ -4,7 +4,8 @@
 // commands under cmd/ that the cold-start and load benchmarks run
 // (`make bench`, `make bench-coldstart`, `make bench-load`).
 //
-// Nothing here runs in a normal `go test`: the package has benchmarks
-// only, and they print their figures with b.ReportMetric. No benchmark
-// asserts a time.
+// A normal `go test` runs no benchmark: this package has benchmarks only
+// (they print their figures with b.ReportMetric and assert no time); the
+// internal packages have small, fast unit tests (the seeder's stream is
+// checked against the gateway's auth map).
 package bench
