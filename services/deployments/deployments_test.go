@@ -245,9 +245,9 @@ func TestStatusFailedAndHealthFallback(t *testing.T) {
 	e := start(t, servicetest.Memory)
 	// A second checker with a short deadline settles the dead upstream.
 	e.runChecker(t, checker{timeout: 300 * time.Millisecond})
-	dead := httptest.NewServer(http.NotFoundHandler())
-	dead.Close()
-	e.create(t, &deploymentv1.CreateDeploymentRequest{Name: "dead", UpstreamUrl: dead.URL})
+	// Port 1 on loopback: nothing listens there. (A closed httptest
+	// server's port can be taken by a parallel test's server.)
+	e.create(t, &deploymentv1.CreateDeploymentRequest{Name: "dead", UpstreamUrl: "http://127.0.0.1:1"})
 	d := e.waitStatus(t, "dead", failed)
 	if !strings.Contains(d.GetStatusReason(), "did not answer") {
 		t.Errorf("failed reason = %q", d.GetStatusReason())

@@ -38,9 +38,9 @@ func TestAuthAndRouting(t *testing.T) {
 	b.dep("warming", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
 		return d.Create(m, aggregate.NewDeployment{Name: "warming", Model: "demo", UpstreamURL: up.URL}, b.live)
 	})
-	dead := httptest.NewServer(http.NotFoundHandler())
-	dead.Close() // nothing listens there any more
-	seq := b.deployment("down", dead.URL, false, nil)
+	// Port 1 on loopback: nothing listens there. (A closed httptest
+	// server's port can be taken by a parallel test's server.)
+	seq := b.deployment("down", "http://127.0.0.1:1", false, nil)
 
 	var now atomic.Pointer[time.Time]
 	start := time.Now()
