@@ -436,33 +436,61 @@ func (s *Store) Follow(ctx context.Context, from uint64, fn func(Record) error, 
 	if err != nil {
 		return fmt.Errorf("eventstore: follow: %w", err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(512))
+	it, err := cons.Messages(jetstream.PullMaxMessages(2048))
 	if err != nil {
 		return fmt.Errorf("eventstore: follow: %w", err)
 	}
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
+
+	// One goroutine receives and decodes ahead while this one applies, so
+	// a reader replaying a long stream (a gateway starting) uses both
+	// cores; records still reach fn one at a time, in order.
+	type decoded struct {
+		rec Record
+		err error
+	}
+	ahead := make(chan decoded, 1024)
+	quit := make(chan struct{})
+	defer close(quit)
+	go func() {
+		defer close(ahead)
+		for {
+			msg, err := it.Next()
+			var d decoded
+			switch {
+			case err != nil && ctx.Err() != nil:
+				d.err = ctx.Err()
+			case err != nil:
+				d.err = fmt.Errorf("eventstore: follow: %w", err)
+			default:
+				meta, merr := msg.Metadata()
+				if merr != nil {
+					d.err = fmt.Errorf("eventstore: follow: metadata: %w", merr)
+				} else {
+					d.rec, d.err = s.decode(meta.Sequence.Stream, meta.Timestamp, msg.Subject(), msg.Headers().Get(jetstream.MsgIDHeader), msg.Data())
+				}
 			}
-			return fmt.Errorf("eventstore: follow: %w", err)
+			select {
+			case ahead <- d:
+			case <-quit:
+				return
+			}
+			if d.err != nil {
+				return
+			}
 		}
-		meta, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("eventstore: follow: metadata: %w", err)
+	}()
+	for d := range ahead {
+		if d.err != nil {
+			return d.err
 		}
-		rec, err := s.decode(meta.Sequence.Stream, meta.Timestamp, msg.Subject(), msg.Headers().Get(jetstream.MsgIDHeader), msg.Data())
-		if err != nil {
-			return err
-		}
-		if err := fn(rec); err != nil {
+		if err := fn(d.rec); err != nil {
 			return err
 		}
 	}
+	return ctx.Err()
 }
 
 // Events flattens records into their events, in order.
