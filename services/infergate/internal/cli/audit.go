@@ -91,17 +91,18 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		req := &auditv1.ListEventsRequest{Project: c.project, Key: key, Deployment: deployment, Since: sinceTS, Until: untilTS, Types: splitList(types), PageSize: 1000}
-		all := &auditv1.ListEventsResponse{}
-		for {
+		events, err := allPages(func(token string) ([]*auditv1.Event, string, error) {
+			req.PageToken = token
 			res, err := client.ListEvents(ctx, connect.NewRequest(req))
 			if err != nil {
-				return err
+				return nil, "", err
 			}
-			all.Events = append(all.Events, res.Msg.GetEvents()...)
-			if req.PageToken = res.Msg.GetNextPageToken(); req.PageToken == "" {
-				break
-			}
+			return res.Msg.GetEvents(), res.Msg.GetNextPageToken(), nil
+		})
+		if err != nil {
+			return err
 		}
+		all := &auditv1.ListEventsResponse{Events: events}
 		if c.output == "json" {
 			return printJSON(stdout, all)
 		}

@@ -172,6 +172,22 @@ func printJSON(w io.Writer, m proto.Message) error {
 	return err
 }
 
+// allPages calls page with each next-page token, from the first page
+// until the server returns no token, and gathers the items.
+func allPages[T any](page func(token string) (items []T, next string, err error)) ([]T, error) {
+	var all []T
+	for token := ""; ; {
+		items, next, err := page(token)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, items...)
+		if token = next; token == "" {
+			return all, nil
+		}
+	}
+}
+
 func envOr(name, def string) string {
 	if v := os.Getenv(name); v != "" {
 		return v

@@ -91,17 +91,17 @@ func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		return show(res.Msg, res.Msg.GetDeployment(), res.Msg.GetPropagation())
 	case "list":
-		all := &deploymentv1.ListDeploymentsResponse{}
-		for token := ""; ; {
+		deps, err := allPages(func(token string) ([]*deploymentv1.Deployment, string, error) {
 			res, err := client.ListDeployments(ctx, connect.NewRequest(&deploymentv1.ListDeploymentsRequest{Project: c.project, PageSize: 1000, PageToken: token}))
 			if err != nil {
-				return err
+				return nil, "", err
 			}
-			all.Deployments = append(all.Deployments, res.Msg.GetDeployments()...)
-			if token = res.Msg.GetNextPageToken(); token == "" {
-				break
-			}
+			return res.Msg.GetDeployments(), res.Msg.GetNextPageToken(), nil
+		})
+		if err != nil {
+			return err
 		}
+		all := &deploymentv1.ListDeploymentsResponse{Deployments: deps}
 		if c.output == "json" {
 			return printJSON(stdout, all)
 		}

@@ -87,17 +87,17 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "\nSecret (send it as the X-API-Key header):\n  %s\n", res.Msg.GetSecret())
 		return nil
 	case "list":
-		all := &keyv1.ListKeysResponse{}
-		for token := ""; ; {
+		keys, err := allPages(func(token string) ([]*keyv1.Key, string, error) {
 			res, err := client.ListKeys(ctx, connect.NewRequest(&keyv1.ListKeysRequest{Project: c.project, PageSize: 1000, PageToken: token}))
 			if err != nil {
-				return err
+				return nil, "", err
 			}
-			all.Keys = append(all.Keys, res.Msg.GetKeys()...)
-			if token = res.Msg.GetNextPageToken(); token == "" {
-				break
-			}
+			return res.Msg.GetKeys(), res.Msg.GetNextPageToken(), nil
+		})
+		if err != nil {
+			return err
 		}
+		all := &keyv1.ListKeysResponse{Keys: keys}
 		if c.output == "json" {
 			return printJSON(stdout, all)
 		}
