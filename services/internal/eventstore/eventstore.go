@@ -312,6 +312,10 @@ func (s *Store) Load(ctx context.Context, agg Aggregate) ([]Record, uint64, erro
 			return nil, 0, err
 		}
 	}
+	if len(fresh) == 0 && cached != nil {
+		// Nothing new: the cached slice is never written to, share it.
+		return cached[:len(cached):len(cached)], version, nil
+	}
 	records := make([]Record, 0, len(cached)+len(fresh))
 	records = append(append(records, cached...), fresh...)
 	s.cache.put(subject, records, version)
