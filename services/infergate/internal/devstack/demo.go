@@ -89,7 +89,7 @@ func ensureDemo(ctx context.Context, st *Stack, token, apiAddr string) (*Demo, e
 		if status == deploymentv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYED && st.Gateway.Applied() >= seq {
 			return &Demo{
 				EndpointURL: d.Msg.GetDeployment().GetEndpointUrl(),
-				PathURL:     "http://127.0.0.1:" + portOf(st.GatewayURL) + "/d/" + DemoProject + "/" + DemoDeployment,
+				PathURL:     "http://127.0.0.1:" + st.gatewayPort + "/d/" + DemoProject + "/" + DemoDeployment,
 				Secret:      created.Msg.GetSecret(),
 			}, nil
 		}
@@ -104,21 +104,13 @@ func ensureDemo(ctx context.Context, st *Stack, token, apiAddr string) (*Demo, e
 	}
 }
 
-func portOf(u string) string {
-	for i := len(u) - 1; i >= 0; i-- {
-		if u[i] == ':' {
-			return u[i+1:]
-		}
-	}
-	return ""
-}
 
 func printBanner(cfg Config, st *Stack) {
 	w := cfg.Out
 	fmt.Fprintf(w, "infergate dev — everything in one process (data in %s)\n\n", cfg.DataDir)
 	fmt.Fprintf(w, "  control plane  %s   (Connect, gRPC, gRPC-Web)\n", st.APIURL)
 	fmt.Fprintf(w, "  gateway        %s   (region %s; http://model-<deployment>.<project>.%s:%s or /d/<project>/<deployment>/…)\n",
-		st.GatewayURL, cfg.Region, cfg.BaseDomain, portOf(st.GatewayURL))
+		st.GatewayURL, cfg.Region, cfg.BaseDomain, st.gatewayPort)
 	fmt.Fprintf(w, "  NATS           %s\n", st.NATSURL)
 	if cfg.DatabaseURL != "" {
 		fmt.Fprintf(w, "  read models    PostgreSQL\n")

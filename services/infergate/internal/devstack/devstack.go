@@ -101,6 +101,8 @@ type Stack struct {
 	Gateway *gateway.Gateway
 	// Demo is set when Config.Demo asked for a demo.
 	Demo *Demo
+
+	gatewayPort string
 }
 
 // Run starts the stack, calls ready once every part serves, and runs
@@ -147,10 +149,11 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return fmt.Errorf("gateway: %w", err)
 	}
 	st := &Stack{
-		APIURL:     "http://" + apiLn.Addr().String(),
-		GatewayURL: "http://" + cfg.BaseDomain + ":" + port(gwLn.Addr()),
-		NATSURL:    ns.ClientURL(),
-		Token:      token,
+		APIURL:      "http://" + apiLn.Addr().String(),
+		GatewayURL:  "http://" + cfg.BaseDomain + ":" + port(gwLn.Addr()),
+		NATSURL:     ns.ClientURL(),
+		Token:       token,
+		gatewayPort: port(gwLn.Addr()),
 	}
 
 	kpath, kh, err := keys.NewHandler(keys.Config{
