@@ -104,7 +104,6 @@ func ensureDemo(ctx context.Context, st *Stack, token, apiAddr string) (*Demo, e
 	}
 }
 
-
 func printBanner(cfg Config, st *Stack) {
 	w := cfg.Out
 	fmt.Fprintf(w, "infergate dev — everything in one process (data in %s)\n\n", cfg.DataDir)
