@@ -31,6 +31,7 @@ import (
 	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natstest"
 	"github.com/infergate/infergate/services/internal/receipts"
+	"github.com/infergate/infergate/services/internal/servicetest"
 	"github.com/infergate/infergate/services/keys"
 )
 
@@ -154,7 +155,7 @@ func (f *fleet) addGateway(t *testing.T, id string, ownReporter bool) *fleetGate
 		}
 	})
 	f.gateways = append(f.gateways, fg)
-	fleetWait(t, "gateway "+id+" ready", func() error {
+	servicetest.WaitFor(t, "gateway "+id+" ready", func(context.Context) error {
 		if !gw.Ready() {
 			return errors.New("not ready")
 		}
@@ -184,21 +185,6 @@ func fleetReporter(t *testing.T, ctx context.Context, nc *nats.Conn, gw *gateway
 		}
 	}()
 	return done
-}
-
-func fleetWait(t *testing.T, what string, ok func() error) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := ok()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v", what, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // fleetStatus sends one chat completion with the key to a gateway and returns
@@ -238,7 +224,7 @@ func (f *fleet) setup(t *testing.T) (keyA, keyB string) {
 	})); err != nil {
 		t.Fatal(err)
 	}
-	fleetWait(t, "deployment DEPLOYED at every gateway", func() error {
+	servicetest.WaitFor(t, "deployment DEPLOYED at every gateway", func(context.Context) error {
 		for _, g := range f.gateways {
 			if s := fleetStatus(t, http.DefaultClient, g.url, secrets[0]); s != 200 {
 				return fmt.Errorf("gateway answered %d", s)
