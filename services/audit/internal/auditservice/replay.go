@@ -11,9 +11,9 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "github.com/infergate/infergate/gen/infergate/audit/v1"
+	"github.com/infergate/infergate/services/audit/internal/history"
 	"github.com/infergate/infergate/services/internal/aggregate"
 	"github.com/infergate/infergate/services/internal/authmap"
-	"github.com/infergate/infergate/services/internal/eventstore"
 )
 
 // replay folds the project's events stored at or before at into a fresh
@@ -23,17 +23,7 @@ func (s *Server) replay(ctx context.Context, project string, at time.Time) (*aut
 	if s.cfg.History != nil {
 		return s.cfg.History.StateAt(ctx, project, at)
 	}
-	m := authmap.New()
-	var last uint64
-	_, err := s.cfg.Events.Scan(ctx, 0, func(rec eventstore.Record) error {
-		if rec.Time.After(at) {
-			return eventstore.ErrStopScan
-		}
-		m.Apply(rec.Sequence, rec.Events)
-		last = rec.Sequence
-		return nil
-	}, eventstore.WithProject(project))
-	return m, last, err
+	return history.Replay(ctx, s.cfg.Events, project, at)
 }
 
 func (s *Server) at(ts *timestamppb.Timestamp) (time.Time, error) {

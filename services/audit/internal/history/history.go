@@ -216,23 +216,37 @@ func (x *Index) StateAt(ctx context.Context, projectName string, at time.Time) (
 	} else {
 		x.cfg.Log.Warn("history: index behind the stream; replaying from the start", "project", projectName)
 	}
-	apply := func(rec eventstore.Record) error {
+	if !scan {
+		for _, rec := range records {
+			if rec.Time.After(at) {
+				break
+			}
+			state.Apply(rec.Sequence, rec.Events)
+			seq = rec.Sequence
+		}
+		return state, seq, nil
+	}
+	return replayFrom(ctx, x.cfg.Events, projectName, from, state, seq, at)
+}
+
+// Replay folds the project's whole history up to at into a fresh auth map,
+// reading the stream from its start: the answer without an Index.
+func Replay(ctx context.Context, events *eventstore.Store, projectName string, at time.Time) (*authmap.Map, uint64, error) {
+	return replayFrom(ctx, events, projectName, 0, authmap.New(), 0, at)
+}
+
+// replayFrom applies the project's records from sequence from on, stored at
+// or before at, to state, whose last applied sequence is seq.
+func replayFrom(ctx context.Context, events *eventstore.Store, projectName string, from uint64, state *authmap.Map, seq uint64, at time.Time) (*authmap.Map, uint64, error) {
+	_, err := events.Scan(ctx, from, func(rec eventstore.Record) error {
 		if rec.Time.After(at) {
 			return eventstore.ErrStopScan
 		}
 		state.Apply(rec.Sequence, rec.Events)
 		seq = rec.Sequence
 		return nil
-	}
-	if !scan {
-		for _, rec := range records {
-			if apply(rec) != nil {
-				break
-			}
-		}
-		return state, seq, nil
-	}
-	if _, err := x.cfg.Events.Scan(ctx, from, apply, eventstore.WithProject(projectName)); err != nil {
+	}, eventstore.WithProject(projectName))
+	if err != nil {
 		return nil, 0, fmt.Errorf("history: replay %s: %w", projectName, err)
 	}
 	return state, seq, nil
