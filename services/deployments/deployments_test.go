@@ -166,20 +166,8 @@ func (e *env) waitStatus(t *testing.T, name string, want deploymentv1.Deployment
 	}
 }
 
-func wantCode(t *testing.T, err error, code connect.Code, what string) {
-	t.Helper()
-	if connect.CodeOf(err) != code {
-		t.Fatalf("%s: error %v, want code %s", what, err, code)
-	}
-}
-
 func forEachKind(t *testing.T, f func(t *testing.T, e *env)) {
-	for _, kind := range servicetest.Kinds() {
-		t.Run(kind, func(t *testing.T) {
-			t.Parallel()
-			f(t, start(t, kind))
-		})
-	}
+	servicetest.EachKind(t, func(t *testing.T, kind string) { f(t, start(t, kind)) })
 }
 
 func TestDeploymentLifecycle(t *testing.T) {
@@ -228,7 +216,7 @@ func TestDeploymentLifecycle(t *testing.T) {
 			t.Errorf("delete propagation = %v", del.Msg.GetPropagation())
 		}
 		_, err = e.deps.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: "team-a", Name: "llama"}))
-		wantCode(t, err, connect.CodeNotFound, "get after delete")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "get after delete")
 		k, _ = e.keys.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "key-b"}))
 		if len(k.Msg.GetKey().GetDeploymentNames()) != 0 {
 			t.Errorf("key-b still names %v after the deployment was deleted", k.Msg.GetKey().GetDeploymentNames())
@@ -308,7 +296,7 @@ func TestUpdateDeploymentAuthAppendsOnlyTheDifference(t *testing.T) {
 			_, err := e.deps.UpdateDeploymentAuth(ctx, connect.NewRequest(&deploymentv1.UpdateDeploymentAuthRequest{
 				Project: "team-a", Name: "llama", ApiKeys: bad.keys,
 			}))
-			wantCode(t, err, bad.code, fmt.Sprint("save with ", bad.keys))
+			servicetest.WantCode(t, err, bad.code, fmt.Sprint("save with ", bad.keys))
 		}
 		if e.lastSeq(t) != before+1 {
 			t.Error("a refused save appended events")
@@ -352,13 +340,13 @@ func TestLinkAndUnlink(t *testing.T) {
 			t.Errorf("linking a linked key: %v, appended %d", err, e.lastSeq(t)-seq)
 		}
 		_, err = link("key-b")
-		wantCode(t, err, connect.CodeNotFound, "link a key of another project")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "link a key of another project")
 		_, err = link("gone")
-		wantCode(t, err, connect.CodeNotFound, "link a deleted key")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "link a deleted key")
 		_, err = e.deps.LinkKey(ctx, connect.NewRequest(&deploymentv1.LinkKeyRequest{Project: "team-a", Deployment: "nope", Key: "key-a"}))
-		wantCode(t, err, connect.CodeNotFound, "link to an unknown deployment")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "link to an unknown deployment")
 		_, err = e.deps.LinkKey(ctx, connect.NewRequest(&deploymentv1.LinkKeyRequest{Project: "team-a", Deployment: "llama", Key: "k"}))
-		wantCode(t, err, connect.CodeInvalidArgument, "link a bad key name")
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "link a bad key name")
 		if e.lastSeq(t) != seq {
 			t.Error("refused links appended events")
 		}
@@ -405,15 +393,15 @@ func TestDeploymentValidation(t *testing.T) {
 			req := good()
 			tt.edit(req)
 			_, err := e.deps.CreateDeployment(ctx, connect.NewRequest(req))
-			wantCode(t, err, tt.code, tt.name)
+			servicetest.WantCode(t, err, tt.code, tt.name)
 			if !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("%s: message %q does not name %q", tt.name, err, tt.field)
 			}
 		}
 		_, err := e.deps.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: "team-a", Name: "nope"}))
-		wantCode(t, err, connect.CodeNotFound, "get unknown")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "get unknown")
 		_, err = e.deps.DeleteDeployment(ctx, connect.NewRequest(&deploymentv1.DeleteDeploymentRequest{Project: "team-a", Name: "nope"}))
-		wantCode(t, err, connect.CodeNotFound, "delete unknown")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "delete unknown")
 		if after := e.lastSeq(t); after != before {
 			t.Errorf("stream grew from %d to %d on bad input", before, after)
 		}
@@ -587,13 +575,13 @@ func TestScope(t *testing.T) {
 	other := deploymentv1connect.NewDeploymentServiceClient(http.DefaultClient, e.url, servicetest.ClientOptions(e.b.OtherToken)...)
 	_, errExists := other.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: "team-a", Name: "llama"}))
 	_, errMissing := other.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: "team-a", Name: "nope"}))
-	wantCode(t, errExists, connect.CodePermissionDenied, "existing")
+	servicetest.WantCode(t, errExists, connect.CodePermissionDenied, "existing")
 	if errExists.Error() != errMissing.Error() {
 		t.Errorf("errors reveal existence: %q vs %q", errExists, errMissing)
 	}
 	_, err := other.UpdateDeploymentAuth(ctx, connect.NewRequest(&deploymentv1.UpdateDeploymentAuthRequest{Project: "team-a", Name: "llama"}))
-	wantCode(t, err, connect.CodePermissionDenied, "save in another project")
+	servicetest.WantCode(t, err, connect.CodePermissionDenied, "save in another project")
 	none := deploymentv1connect.NewDeploymentServiceClient(http.DefaultClient, e.url)
 	_, err = none.ListDeployments(ctx, connect.NewRequest(&deploymentv1.ListDeploymentsRequest{Project: "team-a"}))
-	wantCode(t, err, connect.CodeUnauthenticated, "no token")
+	servicetest.WantCode(t, err, connect.CodeUnauthenticated, "no token")
 }

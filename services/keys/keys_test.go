@@ -76,20 +76,8 @@ func (e *env) lastSeq(t *testing.T) uint64 {
 	return seq
 }
 
-func wantCode(t *testing.T, err error, code connect.Code, what string) {
-	t.Helper()
-	if connect.CodeOf(err) != code {
-		t.Fatalf("%s: error %v, want code %s", what, err, code)
-	}
-}
-
 func forEachKind(t *testing.T, f func(t *testing.T, e *env)) {
-	for _, kind := range servicetest.Kinds() {
-		t.Run(kind, func(t *testing.T) {
-			t.Parallel()
-			f(t, start(t, kind))
-		})
-	}
+	servicetest.EachKind(t, func(t *testing.T, kind string) { f(t, start(t, kind)) })
 }
 
 func TestKeyLifecycle(t *testing.T) {
@@ -141,11 +129,11 @@ func TestKeyLifecycle(t *testing.T) {
 			t.Errorf("DeleteKey propagation = %v; want the append's sequence, unconfirmed", p)
 		}
 		_, err = e.ops.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "ci-runner"}))
-		wantCode(t, err, connect.CodeNotFound, "GetKey after delete")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "GetKey after delete")
 		_, err = e.ops.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: "team-a", Name: "ci-runner"}))
-		wantCode(t, err, connect.CodeNotFound, "DeleteKey twice")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "DeleteKey twice")
 		_, err = e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "ci-runner"}))
-		wantCode(t, err, connect.CodeNotFound, "UpdateKey after delete")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "UpdateKey after delete")
 
 		// The name can be used again, for a different key.
 		again := e.create(t, "team-a", "ci-runner")
@@ -187,9 +175,9 @@ func TestListKeysPages(t *testing.T) {
 			t.Errorf("listed %v in %d pages, want %v in 3", got, pages, want)
 		}
 		_, err := e.ops.ListKeys(ctx, connect.NewRequest(&keyv1.ListKeysRequest{Project: "team-a", PageToken: "!!!"}))
-		wantCode(t, err, connect.CodeInvalidArgument, "bad page token")
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "bad page token")
 		_, err = e.ops.ListKeys(ctx, connect.NewRequest(&keyv1.ListKeysRequest{Project: "team-a", PageSize: 1001}))
-		wantCode(t, err, connect.CodeInvalidArgument, "page size too big")
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "page size too big")
 	})
 }
 
@@ -216,17 +204,17 @@ func TestKeyValidationAppendsNothing(t *testing.T) {
 		}
 		for _, tt := range tests {
 			_, err := e.ops.CreateKey(ctx, connect.NewRequest(tt.req))
-			wantCode(t, err, tt.code, tt.name)
+			servicetest.WantCode(t, err, tt.code, tt.name)
 			if !strings.Contains(err.Error(), tt.field) {
 				t.Errorf("%s: message %q does not name %q", tt.name, err, tt.field)
 			}
 		}
 		_, err := e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "taken", Description: strings.Repeat("x", 301)}))
-		wantCode(t, err, connect.CodeInvalidArgument, "update with a long description")
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "update with a long description")
 		_, err = e.ops.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "x"}))
-		wantCode(t, err, connect.CodeInvalidArgument, "get with a bad name")
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "get with a bad name")
 		_, err = e.ops.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: "team-a", Name: "nope-nope"}))
-		wantCode(t, err, connect.CodeNotFound, "delete unknown")
+		servicetest.WantCode(t, err, connect.CodeNotFound, "delete unknown")
 		if after := e.lastSeq(t); after != before {
 			t.Errorf("stream grew from %d to %d on bad input", before, after)
 		}
@@ -324,7 +312,7 @@ func TestIdempotencyKey(t *testing.T) {
 		retry := connect.NewRequest(&keyv1.CreateKeyRequest{Project: "team-a", Name: "retried"})
 		retry.Header().Set(command.IdempotencyHeader, "req-1")
 		_, err := e.ops.CreateKey(ctx, retry)
-		wantCode(t, err, connect.CodeAlreadyExists, "retried create")
+		servicetest.WantCode(t, err, connect.CodeAlreadyExists, "retried create")
 		if !strings.Contains(err.Error(), "already applied") {
 			t.Errorf("retry error %q does not say the request was applied", err)
 		}
@@ -386,22 +374,22 @@ func TestAdminAuth(t *testing.T) {
 	before := e.lastSeq(t)
 
 	_, err := e.client("").GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "exists"}))
-	wantCode(t, err, connect.CodeUnauthenticated, "no token")
+	servicetest.WantCode(t, err, connect.CodeUnauthenticated, "no token")
 	_, err = e.client("igadm_wrong").CreateKey(ctx, connect.NewRequest(&keyv1.CreateKeyRequest{Project: "team-a", Name: "abcd"}))
-	wantCode(t, err, connect.CodeUnauthenticated, "wrong token")
+	servicetest.WantCode(t, err, connect.CodeUnauthenticated, "wrong token")
 
 	other := e.client(e.b.OtherToken)
 	_, errExists := other.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "exists"}))
 	_, errMissing := other.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "missing"}))
-	wantCode(t, errExists, connect.CodePermissionDenied, "other project, existing key")
-	wantCode(t, errMissing, connect.CodePermissionDenied, "other project, missing key")
+	servicetest.WantCode(t, errExists, connect.CodePermissionDenied, "other project, existing key")
+	servicetest.WantCode(t, errMissing, connect.CodePermissionDenied, "other project, missing key")
 	if errExists.Error() != errMissing.Error() {
 		t.Errorf("errors differ, revealing whether the key exists: %q vs %q", errExists, errMissing)
 	}
 	_, err = other.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: "team-a", Name: "exists"}))
-	wantCode(t, err, connect.CodePermissionDenied, "delete in another project")
+	servicetest.WantCode(t, err, connect.CodePermissionDenied, "delete in another project")
 	_, err = other.ListKeys(ctx, connect.NewRequest(&keyv1.ListKeysRequest{Project: "team-a"}))
-	wantCode(t, err, connect.CodePermissionDenied, "list another project")
+	servicetest.WantCode(t, err, connect.CodePermissionDenied, "list another project")
 	if e.lastSeq(t) != before {
 		t.Error("a refused call appended events")
 	}

@@ -215,3 +215,21 @@ func WaitFor(t *testing.T, what string, call func(ctx context.Context) error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// WantCode fails the test unless err carries the Connect code.
+func WantCode(t *testing.T, err error, code connect.Code, what string) {
+	t.Helper()
+	if connect.CodeOf(err) != code {
+		t.Fatalf("%s: error %v, want code %s", what, err, code)
+	}
+}
+
+// EachKind runs f as a parallel subtest for every read-model kind.
+func EachKind(t *testing.T, f func(t *testing.T, kind string)) {
+	for _, kind := range Kinds() {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			f(t, kind)
+		})
+	}
+}
