@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +31,7 @@ import (
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/receipts"
+	"github.com/infergate/infergate/services/internal/snapshots"
 )
 
 // Config is a gateway's configuration.
@@ -60,6 +62,16 @@ type Config struct {
 	// PollInterval is how often the stream's last sequence is read for
 	// lag and staleness; default 1 s.
 	PollInterval time.Duration
+	// Snapshots, if set, is where the gateway starts its auth map from
+	// (the latest usable snapshot, then the records after it) and saves
+	// snapshots to; nil: replay the whole stream, save none.
+	Snapshots *snapshots.Store
+	// SnapshotEvery is how many records past the latest snapshot make
+	// the gateway save a new one; 0: never save, only start from one.
+	SnapshotEvery uint64
+	// SnapshotCheck is how often it checks whether one is due; default
+	// 10 s.
+	SnapshotCheck time.Duration
 	// Heartbeat is how often the gateway reports its applied sequence on
 	// NATS when nothing changes (receipts, SPEC §5); it also reports at
 	// once after every applied record. Default receipts.DefaultHeartbeat.
@@ -92,6 +104,9 @@ func (c *Config) setDefaults() {
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second
 	}
+	if c.SnapshotCheck <= 0 {
+		c.SnapshotCheck = 10 * time.Second
+	}
 }
 
 // Validate reports every problem at once.
@@ -118,6 +133,9 @@ type Gateway struct {
 	metrics  *metrics.Metrics
 	proxy    *proxy.Handler
 	handler  http.Handler
+	// snapshotSeq is the sequence of the snapshot the map started from;
+	// 0: none.
+	snapshotSeq atomic.Uint64
 }
 
 // New returns a gateway; it serves nothing but 503s until Run has caught
@@ -196,8 +214,8 @@ func New(cfg Config) (*Gateway, error) {
 	return g, nil
 }
 
-// Run replays the event stream from the start into the auth map, then
-// follows it live, until ctx ends; it returns ctx's error. Losing NATS is
+// Run replays the event stream from the start (or from the latest usable
+// snapshot, see Config.Snapshots) into the auth map, then follows it live, until ctx ends; it returns ctx's error. Losing NATS is
 // not an error: the gateway keeps serving from its map, reports itself
 // stale, and resumes from the last applied record when NATS is back.
 // With NATS it also reports its applied sequence (receipts) as it moves.
@@ -210,6 +228,8 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.reporter != nil {
 		wg.Go(func() { _ = g.reporter.Run(ctx) })
 	}
+	g.restore(ctx)
+	wg.Go(func() { g.saveSnapshots(ctx) })
 	return g.follower.Run(ctx)
 }
 
@@ -251,10 +271,13 @@ type Status struct {
 	Ready bool `json:"ready"`
 	// Stale: NATS is disconnected, or the stream has not answered for
 	// three poll intervals; the map may miss recent changes.
-	Stale              bool    `json:"stale"`
-	AppliedSequence    uint64  `json:"applied_sequence"`
-	StreamLastSequence uint64  `json:"stream_last_sequence"`
-	Lag                uint64  `json:"lag"`
+	Stale              bool   `json:"stale"`
+	AppliedSequence    uint64 `json:"applied_sequence"`
+	StreamLastSequence uint64 `json:"stream_last_sequence"`
+	Lag                uint64 `json:"lag"`
+	// SnapshotSequence is the sequence of the snapshot the map started
+	// from; 0: it replayed the stream from the start.
+	SnapshotSequence   uint64  `json:"snapshot_sequence"`
 	NATSConnected      bool    `json:"nats_connected"`
 	SecondsSinceEvent  float64 `json:"seconds_since_last_event"`
 	SecondsSinceStream float64 `json:"seconds_since_stream_contact"`
@@ -272,6 +295,7 @@ func (g *Gateway) Status() Status {
 		AppliedSequence:    s.Applied,
 		StreamLastSequence: s.StreamLast,
 		Lag:                s.Lag,
+		SnapshotSequence:   g.snapshotSeq.Load(),
 		NATSConnected:      s.Connected,
 		SecondsSinceEvent:  seconds(s.SinceLastEvent),
 		SecondsSinceStream: seconds(s.SinceLastContact),

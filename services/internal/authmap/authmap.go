@@ -69,6 +69,10 @@ type Map struct {
 	nkeys    uint32
 	projects map[string]uint32
 	projName []string
+	// dels are the numbers of the deleted keys, in the order they were
+	// deleted: a key's deleted flag is the one part of its record that
+	// changes, and Save reads the records without holding mu.
+	dels []uint32
 }
 
 // New returns an empty map.
@@ -146,6 +150,7 @@ func (m *Map) newKey(st *stage, k keyRec) {
 
 func (m *Map) deleteKey(st *stage, num uint32) {
 	m.rec(num).deleted = true
+	m.dels = append(m.dels, num)
 	st.keys = append(st.keys, num)
 }
 
@@ -251,11 +256,8 @@ func (m *Map) stageEvent(st *stage, e *eventv1.Event) {
 		d.status = eventv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYING
 		d.id = c.GetDeploymentId()
 		d.model = c.GetModel()
-		d.rawURL = c.GetUpstreamUrl()
+		d.setUpstream(c.GetUpstreamUrl())
 		d.regions = slices.Clone(c.GetRegions())
-		if u, err := url.Parse(c.GetUpstreamUrl()); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
-			d.upstream = u
-		}
 		replaceDep(st, d)
 
 	case *eventv1.Event_DeploymentStatusChanged:

@@ -15,6 +15,7 @@ func (m *Map) Clone() *Map {
 		nkeys:    m.nkeys,
 		projects: make(map[string]uint32, len(m.projects)),
 		projName: append([]string(nil), m.projName...),
+		dels:     append([]uint32(nil), m.dels...),
 	}
 	for p, id := range m.projects {
 		c.projects[p] = id

@@ -42,6 +42,15 @@ func newDepState(project, name string, projectID uint32) *depState {
 	return d
 }
 
+// setUpstream keeps the deployment's upstream URL, and the parsed URL
+// when it is usable.
+func (d *depState) setUpstream(raw string) {
+	d.rawURL = raw
+	if u, err := url.Parse(raw); err == nil && (u.Scheme == "http" || u.Scheme == "https") && u.Host != "" {
+		d.upstream = u
+	}
+}
+
 // is reports whether d is the deployment project/name, reading only d's
 // own memory when the names are inline.
 func (d *depState) is(project, name string) bool {

@@ -381,6 +381,30 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	return info.State.LastSeq, nil
 }
 
+// StreamState is the stream's identity and extent.
+type StreamState struct {
+	Stream string
+	// Created tells one life of the stream from another: a stream deleted
+	// and created again starts its sequences over.
+	Created  time.Time
+	FirstSeq uint64
+	LastSeq  uint64
+}
+
+// State reads the stream's state now.
+func (s *Store) State(ctx context.Context) (StreamState, error) {
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return StreamState{}, fmt.Errorf("eventstore: stream info: %w", err)
+	}
+	return StreamState{
+		Stream:   s.cfg.Stream,
+		Created:  info.Created,
+		FirstSeq: info.State.FirstSeq,
+		LastSeq:  info.State.LastSeq,
+	}, nil
+}
+
 type followOptions struct {
 	subjects  []string
 	startTime *time.Time

@@ -2,7 +2,8 @@
 // point 3; `make bench-coldstart`).
 //
 //	bench-coldstart generate --dir DIR [--keys 1000000] [--links-per-deployment 10]
-//	bench-coldstart measure  --dir DIR [--keys 1000000]
+//	bench-coldstart snapshot --dir DIR [--at SEQUENCE]
+//	bench-coldstart measure  --dir DIR [--keys 1000000] [--from-snapshot]
 //
 // generate writes a JetStream store with the given number of KeyCreated
 // events (one message each, as CreateKey appends them) and as many
@@ -12,10 +13,15 @@
 // DeploymentAuthEnabled), then marked DEPLOYED (one message each, as the
 // status checker appends it).
 //
+// snapshot has a gateway replay that store and save a snapshot of its auth
+// map in the store's snapshot bucket, as running gateways do.
+//
 // measure serves that store from a NATS server in a child process, then
 // starts a fresh gateway in this one and reports the time until it is
 // ready (it has applied the whole stream as of its start), its live heap
-// after GC (runtime.MemStats.HeapAlloc) and its resident set.
+// after GC (runtime.MemStats.HeapAlloc) and its resident set. With
+// --from-snapshot the gateway starts from the snapshot and replays only
+// the records after it.
 package main
 
 import (
@@ -36,11 +42,13 @@ import (
 
 	"github.com/infergate/infergate/services/bench/internal/seed"
 	"github.com/infergate/infergate/services/gateway"
+	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/snapshots"
 )
 
-const usage = "usage: bench-coldstart generate|measure|nats --dir DIR [flags]"
+const usage = "usage: bench-coldstart generate|snapshot|measure|nats --dir DIR [flags]"
 
 func main() {
 	if len(os.Args) < 2 {
@@ -53,6 +61,8 @@ func main() {
 	perDep := fs.Int("links-per-deployment", 10, "keys linked per deployment")
 	port := fs.Int("port", 14322, "NATS port")
 	cpuProfile := fs.String("cpuprofile", "", "measure: write a CPU profile of the replay to this file")
+	at := fs.Uint64("at", 0, "snapshot: save the map as of this sequence (default: the whole stream, through a gateway)")
+	fromSnapshot := fs.Bool("from-snapshot", false, "measure: start the gateway from the store's snapshot (made by the snapshot command) instead of replaying the whole stream")
 	_ = fs.Parse(os.Args[2:])
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, usage)
@@ -63,7 +73,9 @@ func main() {
 	case "generate":
 		err = generate(*dir, *keys, *perDep)
 	case "measure":
-		err = measure(*dir, *keys, *port, *cpuProfile)
+		err = measure(*dir, *keys, *port, *cpuProfile, *fromSnapshot)
+	case "snapshot":
+		err = snapshot(*dir, *port, *at)
 	case "nats":
 		err = serveNATS(*dir, *port)
 	default:
@@ -147,58 +159,165 @@ func serveNATS(dir string, port int) error {
 	return nil
 }
 
-func measure(dir string, keys, port int, cpuProfile string) error {
+// natsChild serves dir's store from a NATS server in a child process and
+// returns its URL and how to stop it.
+func natsChild(dir string, port int) (string, func(), error) {
 	self, err := os.Executable()
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	child := exec.Command(self, "nats", "--dir", dir, "--port", fmt.Sprint(port))
 	child.Stderr = os.Stderr
 	stdin, err := child.StdinPipe()
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	stdout, err := child.StdoutPipe()
 	if err != nil {
-		return err
+		return "", nil, err
 	}
 	if err := child.Start(); err != nil {
-		return err
+		return "", nil, err
 	}
-	defer func() {
+	stop := func() {
 		stdin.Close()
 		_ = child.Wait()
-	}()
+	}
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || !strings.HasPrefix(line, "ready ") {
-		return fmt.Errorf("NATS child: %q %v", line, err)
+		stop()
+		return "", nil, fmt.Errorf("NATS child: %q %v", line, err)
 	}
-	url := strings.TrimSpace(strings.TrimPrefix(line, "ready "))
+	return strings.TrimSpace(strings.TrimPrefix(line, "ready ")), stop, nil
+}
 
+// connect opens the event store and the snapshot bucket at url.
+func connect(ctx context.Context, url string) (*nats.Conn, *eventstore.Store, *snapshots.Store, error) {
 	nc, err := nats.Connect(url, nats.Name("bench-coldstart-gateway"))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err == nil {
+		var store *eventstore.Store
+		if store, err = eventstore.Open(ctx, js, eventstore.Config{}); err == nil {
+			var snaps *snapshots.Store
+			if snaps, err = snapshots.Open(ctx, js, snapshots.Config{}); err == nil {
+				return nc, store, snaps, nil
+			}
+		}
+	}
+	nc.Close()
+	return nil, nil, nil, err
+}
+
+// snapshot has a gateway replay the whole stream and save a snapshot of
+// its map in the store's bucket, as a running gateway does every
+// --snapshot-every records.
+func snapshot(dir string, port int, at uint64) error {
+	url, stop, err := natsChild(dir, port)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nc, store, snaps, err := connect(ctx, url)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
-	store, err := eventstore.Open(ctx, js, eventstore.Config{})
-	if err != nil {
-		return err
-	}
 	last, err := store.LastSequence(ctx)
 	if err != nil {
 		return err
+	}
+	if at > 0 {
+		return snapshotAt(ctx, store, snaps, at)
+	}
+	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, ID: "snapshot", Snapshots: snaps, SnapshotEvery: 1, SnapshotCheck: 50 * time.Millisecond})
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	done := make(chan error, 1)
+	go func() { done <- gw.Run(ctx) }()
+	for {
+		info, err := snaps.Latest(ctx)
+		if err == nil && info.Sequence >= last {
+			fmt.Printf("snapshot at sequence %d: %.1f MiB, saved %s after the gateway started (it replays the stream, then saves)\n",
+				info.Sequence, mib(info.Size), time.Since(start).Round(time.Millisecond))
+			break
+		}
+		select {
+		case err := <-done:
+			return fmt.Errorf("gateway stopped: %w", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	cancel()
+	<-done
+	return nil
+}
+
+// snapshotAt saves a snapshot of the map as of sequence at, so a gateway
+// starting from it has the records after it to replay, as one started
+// between two snapshots does.
+func snapshotAt(ctx context.Context, store *eventstore.Store, snaps *snapshots.Store, at uint64) error {
+	m := authmap.New()
+	errEnough := errors.New("enough")
+	err := store.Follow(ctx, 1, func(rec eventstore.Record) error {
+		m.Apply(rec.Sequence, rec.Events)
+		if rec.Sequence >= at {
+			return errEnough
+		}
+		return nil
+	})
+	if !errors.Is(err, errEnough) {
+		return fmt.Errorf("replay to %d: %w", at, err)
+	}
+	state, err := store.State(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := snaps.Save(ctx, m, state)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("snapshot at sequence %d: %.1f MiB; the stream is at %d\n", info.Sequence, mib(info.Size), state.LastSeq)
+	return nil
+}
+
+func measure(dir string, keys, port int, cpuProfile string, fromSnapshot bool) error {
+	url, stop, err := natsChild(dir, port)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	nc, store, snaps, err := connect(ctx, url)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	last, err := store.LastSequence(ctx)
+	if err != nil {
+		return err
+	}
+	cfg := gateway.Config{Events: store, NATS: nc, ID: "coldstart"}
+	if fromSnapshot {
+		info, err := snaps.Latest(ctx)
+		if err != nil {
+			return fmt.Errorf("no snapshot (run bench-coldstart snapshot first): %w", err)
+		}
+		fmt.Printf("starting from the snapshot at sequence %d (%.1f MiB); the stream is at %d\n", info.Sequence, mib(info.Size), last)
+		cfg.Snapshots = snaps
 	}
 	runtime.GC()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 
-	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, ID: "coldstart"})
+	gw, err := gateway.New(cfg)
 	if err != nil {
 		return err
 	}
@@ -236,7 +355,7 @@ func measure(dir string, keys, port int, cpuProfile string) error {
 	runtime.ReadMemStats(&after)
 	rss := procStatus("VmRSS")
 	fmt.Printf("stream: %d messages, %d keys\n", last, keys)
-	fmt.Printf("ready after:        %s (applied sequence %d)\n", ready.Round(time.Millisecond), gw.Applied())
+	fmt.Printf("ready after:        %s (applied sequence %d, started from snapshot %d)\n", ready.Round(time.Millisecond), gw.Applied(), gw.Status().SnapshotSequence)
 	fmt.Printf("heap after GC:      %.1f MiB (%.0f bytes/key); the gateway's own: %.1f MiB (%.0f bytes/key)\n",
 		mib(after.HeapAlloc), float64(after.HeapAlloc)/float64(keys),
 		mib(after.HeapAlloc-before.HeapAlloc), float64(after.HeapAlloc-before.HeapAlloc)/float64(keys))

@@ -1,0 +1,98 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"time"
+
+	"github.com/infergate/infergate/services/internal/snapshots"
+)
+
+// DefaultSnapshotEvery is how many stream records a gateway lets pass
+// between snapshots it saves, by default.
+const DefaultSnapshotEvery = 100_000
+
+// restore starts the auth map from the latest usable snapshot, if there
+// is one; otherwise the follower replays the stream from the start. A
+// snapshot that cannot be used is never fatal: the stream is the source of
+// truth and the snapshot only a short cut.
+func (g *Gateway) restore(ctx context.Context) {
+	if g.cfg.Snapshots == nil || g.authMap.Applied() != 0 {
+		return
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	state, err := g.cfg.Events.State(ctx)
+	if err != nil {
+		g.cfg.Log.Warn("cannot read the stream's state; replaying it from the start", "err", err)
+		return
+	}
+	info, err := g.cfg.Snapshots.Restore(ctx, g.authMap, state)
+	switch {
+	case errors.Is(err, snapshots.ErrNone):
+		g.cfg.Log.Info("no snapshot yet; replaying the stream from the start")
+	case err != nil:
+		g.cfg.Log.Warn("snapshot not used; replaying the stream from the start", "err", err)
+	default:
+		g.snapshotSeq.Store(info.Sequence)
+		g.cfg.Log.Info("started from a snapshot", "sequence", info.Sequence, "bytes", info.Size,
+			"saved", info.Saved, "took", time.Since(start).Round(time.Millisecond))
+	}
+}
+
+// saveSnapshots saves a snapshot of the auth map whenever the gateway is
+// ready and SnapshotEvery records past the latest one in the bucket
+// (whoever saved it), checking every SnapshotCheck, until ctx ends.
+func (g *Gateway) saveSnapshots(ctx context.Context) {
+	if g.cfg.Snapshots == nil || g.cfg.SnapshotEvery == 0 {
+		return
+	}
+	// Gateways started together spread their checks.
+	t := time.NewTimer(g.cfg.SnapshotCheck/2 + rand.N(g.cfg.SnapshotCheck))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		g.maybeSave(ctx)
+		t.Reset(g.cfg.SnapshotCheck)
+	}
+}
+
+func (g *Gateway) maybeSave(ctx context.Context) {
+	if !g.Ready() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	state, err := g.cfg.Events.State(ctx)
+	if err != nil {
+		return // the follower reports NATS trouble
+	}
+	var base uint64
+	latest, err := g.cfg.Snapshots.Latest(ctx)
+	switch {
+	case err == nil && latest.Stream == state.Stream && latest.StreamCreated.Equal(state.Created):
+		base = latest.Sequence
+	case err == nil, errors.Is(err, snapshots.ErrNone), errors.Is(err, snapshots.ErrNotUsable):
+		// None of this stream: one is due.
+	default:
+		g.cfg.Log.Warn("cannot read the latest snapshot's state", "err", err)
+		return
+	}
+	if g.Applied() < base+g.cfg.SnapshotEvery {
+		return
+	}
+	start := time.Now()
+	info, err := g.cfg.Snapshots.Save(ctx, g.authMap, state)
+	if err != nil {
+		g.cfg.Log.Warn("saving a snapshot failed", "err", err)
+		return
+	}
+	g.cfg.Log.Info("saved a snapshot", "sequence", info.Sequence, "bytes", info.Size,
+		"took", time.Since(start).Round(time.Millisecond))
+}

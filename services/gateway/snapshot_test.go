@@ -1,0 +1,159 @@
+package gateway_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	"github.com/infergate/infergate/services/gateway"
+	"github.com/infergate/infergate/services/internal/aggregate"
+	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/snapshots"
+)
+
+// runGateway runs a gateway until the returned stop is called (or the test
+// ends) and serves it.
+func runGateway(t *testing.T, b *backend, cfg gateway.Config) (*gateway.Gateway, *httptest.Server, func()) {
+	t.Helper()
+	cfg.Events = b.store
+	cfg.PollInterval = 50 * time.Millisecond
+	g, err := gateway.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	srv := httptest.NewServer(g.Handler())
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		srv.Close()
+		cancel()
+		if err := <-done; err != context.Canceled {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return g, srv, stop
+}
+
+func TestStartFromSnapshot(t *testing.T) {
+	t.Parallel()
+	b := newBackend(t)
+	js, err := jetstream.New(b.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := snapshots.Open(t.Context(), js, snapshots.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	up := newRecorder(t)
+
+	// History before the snapshot: alpha and bravo linked, a deleted key.
+	alpha, _ := b.key("alpha", nil)
+	bravo, _ := b.key("bravo", nil)
+	gone, _ := b.key("gone", nil)
+	b.deployment("chat", up.URL, true, []string{"alpha", "bravo", "gone"})
+	before := b.deleteKey("gone")
+
+	// A gateway saves a snapshot once it is SnapshotEvery records past the
+	// latest (none yet).
+	saver, _, stopSaver := runGateway(t, b, gateway.Config{Snapshots: snaps, SnapshotEvery: 3, SnapshotCheck: 20 * time.Millisecond})
+	waitApplied(t, saver, before)
+	var info snapshots.Info
+	eventually(t, "a snapshot saved", func() bool {
+		info, err = snaps.Latest(t.Context())
+		return err == nil && info.Sequence == before
+	})
+	stopSaver()
+	if saver.Status().SnapshotSequence != 0 {
+		t.Errorf("the first gateway started from snapshot %d; there was none", saver.Status().SnapshotSequence)
+	}
+
+	// History after it: alpha unlinked, charlie created and linked, auth
+	// turned off and on again.
+	b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+		return d.Unlink(m, "alpha", b.live)
+	})
+	charlie, _ := b.key("charlie", nil)
+	last := b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+		return d.Link(m, "charlie", b.live)
+	})
+
+	want := map[string]int{alpha: 401, bravo: 200, charlie: 200, gone: 401, "": 401}
+	check := func(name string, g *gateway.Gateway, srv *httptest.Server) {
+		t.Helper()
+		waitApplied(t, g, last)
+		eventually(t, name+" ready", g.Ready)
+		for key, status := range want {
+			if got := get(t, srv, host("chat"), "/v1/models", "X-API-Key", key).status; got != status {
+				t.Errorf("%s: key %.12s…: %d, want %d", name, key, got, status)
+			}
+		}
+	}
+
+	// A fresh gateway starts from the snapshot and replays only the rest.
+	fresh, srv, _ := runGateway(t, b, gateway.Config{Snapshots: snaps})
+	check("from the snapshot", fresh, srv)
+	if got := fresh.Status().SnapshotSequence; got != before {
+		t.Errorf("SnapshotSequence = %d, want %d", got, before)
+	}
+
+	// One without snapshots replays everything and answers the same.
+	full, srv, _ := runGateway(t, b, gateway.Config{})
+	check("full replay", full, srv)
+	if got := full.Status().SnapshotSequence; got != 0 {
+		t.Errorf("SnapshotSequence = %d without snapshots", got)
+	}
+
+	// A corrupt snapshot, or one of another stream, is not used: the
+	// gateway replays from the start and answers the same.
+	obj, err := js.ObjectStore(t.Context(), snapshots.DefaultBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta := map[string]string{"sequence": itoa(before), "stream": "INFERGATE_EVENTS", "stream-created": info.StreamCreated.Format(time.RFC3339Nano)}
+	body := strings.NewReader("infergate-authmap\x00 this is not a snapshot")
+	if _, err := obj.Put(t.Context(), jetstream.ObjectMeta{Name: "authmap", Metadata: meta}, body); err != nil {
+		t.Fatal(err)
+	}
+	corrupt, srv, _ := runGateway(t, b, gateway.Config{Snapshots: snaps})
+	check("corrupt snapshot", corrupt, srv)
+	if got := corrupt.Status().SnapshotSequence; got != 0 {
+		t.Errorf("started from a corrupt snapshot %d", got)
+	}
+
+	otherStream := eventstore.StreamState{Stream: "INFERGATE_EVENTS", Created: time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if _, err := snaps.Save(t.Context(), authmap.New(), otherStream); err != nil {
+		t.Fatal(err)
+	}
+	other, srv, _ := runGateway(t, b, gateway.Config{Snapshots: snaps})
+	check("another stream's snapshot", other, srv)
+	if got := other.Status().SnapshotSequence; got != 0 {
+		t.Errorf("started from another stream's snapshot %d", got)
+	}
+}
+
+func itoa(n uint64) string {
+	var b [20]byte
+	i := len(b)
+	for {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+		if n == 0 {
+			return string(b[i:])
+		}
+	}
+}
