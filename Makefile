@@ -81,7 +81,14 @@ bench-coldstart: ## a fresh gateway's start over 1M KeyCreated + 1M KeyLinked ev
 	go build -o bin/bench-coldstart ./services/bench/cmd/bench-coldstart
 	dir=$$(mktemp -d /tmp/infergate-coldstart.XXXXXX); trap 'rm -rf "$$dir"' EXIT; \
 	bin/bench-coldstart generate --dir "$$dir" --keys $(COLDSTART_KEYS); \
-	for run in 1 2 3; do bin/bench-coldstart measure --dir "$$dir" --keys $(COLDSTART_KEYS); done
+	echo "== full replay, no snapshot"; \
+	bin/bench-coldstart measure --dir "$$dir" --keys $(COLDSTART_KEYS); \
+	echo "== from a snapshot at the stream's end"; \
+	bin/bench-coldstart snapshot --dir "$$dir"; \
+	for run in 1 2 3; do bin/bench-coldstart measure --dir "$$dir" --keys $(COLDSTART_KEYS) --from-snapshot; done; \
+	echo "== from a snapshot keys/10 records (100,000 for 1M keys) before the end"; \
+	bin/bench-coldstart snapshot --dir "$$dir" --at $$(( $(COLDSTART_KEYS) * 6 / 5 - $(COLDSTART_KEYS) / 10 )); \
+	for run in 1 2 3; do bin/bench-coldstart measure --dir "$$dir" --keys $(COLDSTART_KEYS) --from-snapshot; done
 
 bench-load: ## gateway throughput against HAProxy and nginx (root; installs wrk, haproxy, nginx)
 	bash deploy/bench/load.sh

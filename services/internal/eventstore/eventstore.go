@@ -97,6 +97,13 @@ type Config struct {
 	// CachedAggregates is how many aggregates' records Load keeps to read
 	// only what is new next time; 0 means 10,000, negative disables.
 	CachedAggregates int
+	// BindOnly opens the stream as it is, without creating it or changing
+	// its configuration (Replicas, Memory and DuplicateWindow are then
+	// ignored): for readers such as gateways, which must not undo an
+	// operator's settings and need no permission to edit the stream.
+	// Open then fails, wrapping jetstream.ErrStreamNotFound, until some
+	// control-plane service has created the stream.
+	BindOnly bool
 }
 
 func (c *Config) setDefaults() {
@@ -152,6 +159,13 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	cfg.setDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.BindOnly {
+		stream, err := js.Stream(ctx, cfg.Stream)
+		if err != nil {
+			return nil, fmt.Errorf("eventstore: open stream %s: %w", cfg.Stream, err)
+		}
+		return &Store{js: js, stream: stream, cfg: cfg, cache: newAggCache(cfg.CachedAggregates)}, nil
 	}
 	storage := jetstream.FileStorage
 	if cfg.Memory {
@@ -389,6 +403,8 @@ type StreamState struct {
 	Created  time.Time
 	FirstSeq uint64
 	LastSeq  uint64
+	// Replicas is the stream's replica count, as configured.
+	Replicas int
 }
 
 // State reads the stream's state now.
@@ -402,6 +418,7 @@ func (s *Store) State(ctx context.Context) (StreamState, error) {
 		Created:  info.Created,
 		FirstSeq: info.State.FirstSeq,
 		LastSeq:  info.State.LastSeq,
+		Replicas: info.Config.Replicas,
 	}, nil
 }
 

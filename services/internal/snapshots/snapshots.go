@@ -51,7 +51,7 @@ var (
 type Config struct {
 	// Bucket is the object store bucket; default DefaultBucket.
 	Bucket string
-	// Replicas of the bucket's stream; default 1.
+	// Replicas of the bucket's stream when Open creates it; default 1.
 	Replicas int
 	// Memory keeps the bucket in memory (tests only).
 	Memory bool
@@ -62,7 +62,9 @@ type Store struct {
 	obj jetstream.ObjectStore
 }
 
-// Open creates the bucket, or updates it to cfg, and returns a Store.
+// Open opens the bucket as it is, or creates it with cfg when there is
+// none: a bucket that exists is never reconfigured (a gateway must not
+// undo an operator's replica count).
 func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
 	if cfg.Bucket == "" {
 		cfg.Bucket = DefaultBucket
@@ -70,17 +72,23 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
 	}
-	storage := jetstream.FileStorage
-	if cfg.Memory {
-		storage = jetstream.MemoryStorage
+	obj, err := js.ObjectStore(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		storage := jetstream.FileStorage
+		if cfg.Memory {
+			storage = jetstream.MemoryStorage
+		}
+		obj, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
+			Bucket:      cfg.Bucket,
+			Description: "infergate: auth map snapshots, derived from the event stream",
+			Storage:     storage,
+			Replicas:    cfg.Replicas,
+			Compression: true,
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) {
+			obj, err = js.ObjectStore(ctx, cfg.Bucket) // another gateway was first
+		}
 	}
-	obj, err := js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      cfg.Bucket,
-		Description: "infergate: auth map snapshots, derived from the event stream",
-		Storage:     storage,
-		Replicas:    cfg.Replicas,
-		Compression: true,
-	})
 	if err != nil {
 		return nil, fmt.Errorf("snapshots: open bucket %s: %w", cfg.Bucket, err)
 	}
