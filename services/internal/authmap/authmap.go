@@ -9,8 +9,10 @@
 //
 // Concurrency: one goroutine applies records while any number of
 // goroutines decide. The decision path takes no lock and allocates
-// nothing. Keys live in an open-addressing table whose slots hold the key's
-// hash, number, project, expiry and deleted flag inline, as atomic words;
+// nothing. Keys live in an open-addressing table whose 32-byte slots hold
+// 128 bits of the key's hash (see keyTable for why that is enough), its
+// number, project, expiry and deleted flag inline, as atomic words, in
+// memory on huge pages outside the Go heap once the table is big;
 // deployments in an open-addressing table of tagged pointers to immutable
 // states. Applying a record builds the new states aside, then publishes
 // them inside a sequence lock (a counter that is odd while publishing), and
