@@ -13,6 +13,11 @@ import (
 // between snapshots it saves, by default.
 const DefaultSnapshotEvery = 100_000
 
+// MapOffHeapBytes is the memory the gateway's auth map holds outside the
+// Go heap (its key table, once big; see authmap.Map.OffHeapBytes):
+// runtime.MemStats does not count it.
+func (g *Gateway) MapOffHeapBytes() int { return g.authMap.OffHeapBytes() }
+
 // restore starts the auth map from the latest usable snapshot, if there
 // is one; otherwise the follower replays the stream from the start. A
 // snapshot that cannot be used is never fatal: the stream is the source of
