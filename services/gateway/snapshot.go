@@ -48,13 +48,18 @@ func (g *Gateway) restore(ctx context.Context) {
 }
 
 // saveSnapshots saves a snapshot of the auth map whenever the gateway is
-// ready and SnapshotEvery records past the latest one in the bucket
-// (whoever saved it), checking every SnapshotCheck, until ctx ends.
+// ready and SnapshotEvery records (plus its slack) past the latest one in
+// the bucket, whoever saved it, checking every SnapshotCheck, until ctx
+// ends.
 func (g *Gateway) saveSnapshots(ctx context.Context) {
 	if g.cfg.Snapshots == nil || g.cfg.SnapshotEvery == 0 {
 		return
 	}
-	// Gateways started together spread their checks.
+	// Gateways started together spread their checks, and each waits for
+	// a random 0–50 % more than SnapshotEvery records, so that usually the
+	// first one due saves and the others find its snapshot, rather than
+	// all of them uploading one at once.
+	slack := rand.N(g.cfg.SnapshotEvery/2 + 1)
 	t := time.NewTimer(g.cfg.SnapshotCheck/2 + rand.N(g.cfg.SnapshotCheck))
 	defer t.Stop()
 	for {
@@ -63,12 +68,13 @@ func (g *Gateway) saveSnapshots(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		g.maybeSave(ctx)
+		g.maybeSave(ctx, g.cfg.SnapshotEvery+slack)
 		t.Reset(g.cfg.SnapshotCheck)
 	}
 }
 
-func (g *Gateway) maybeSave(ctx context.Context) {
+// maybeSave saves a snapshot if the map is every records past the latest.
+func (g *Gateway) maybeSave(ctx context.Context, every uint64) {
 	if !g.Ready() {
 		return
 	}
@@ -89,13 +95,15 @@ func (g *Gateway) maybeSave(ctx context.Context) {
 		g.cfg.Log.Warn("cannot read the latest snapshot's state", "err", err)
 		return
 	}
-	if g.Applied() < base+g.cfg.SnapshotEvery {
+	if g.Applied() < base+every {
 		return
 	}
 	start := time.Now()
 	info, err := g.cfg.Snapshots.Save(ctx, g.authMap, state)
 	if err != nil {
-		g.cfg.Log.Warn("saving a snapshot failed", "err", err)
+		if ctx.Err() == nil {
+			g.cfg.Log.Warn("saving a snapshot failed", "err", err)
+		}
 		return
 	}
 	g.cfg.Log.Info("saved a snapshot", "sequence", info.Sequence, "bytes", info.Size,
