@@ -15,11 +15,18 @@
 #
 # It installs wrk, haproxy and nginx from Debian packages when missing
 # (needs root), builds the Go helpers, and prints a Markdown table.
+# GATEWAY_GOMAXPROCS sets the gateways' GOMAXPROCS (unpinned, Go takes
+# both cores where HAProxy and nginx run one thread); LIGHT=0 skips the
+# one-connection pass.
 # Tunables (environment): KEYS, DURATION (s per measurement), ROUNDS,
-# CONNS, LIGHT_CONNS (connections of the latency pass), SERVER_CPU, CLIENT_CPU, PIN (0: no taskset), TARGETS, WORK (scratch dir, kept with
+# CONNS, LIGHT_CONNS (connections of the latency pass), SERVER_CPU, CLIENT_CPU, PIN (0: no taskset),
+# TARGETS (add gateway-nethttp for the gateway with its HTTP/1.1 fast path
+# off, --http1-fastpath=false, as an A/B in the same run), WORK (scratch dir, kept with
 # KEEP=1), GATEWAY_PPROF=1 (run services/bench/cmd/bench-gateway — the
 # same gateway package plus net/http/pprof — and take a 10 s CPU profile of
-# it under load into $PPROF_OUT, default /tmp/gateway.pprof).
+# it under load into $PPROF_OUT, default /tmp/gateway.pprof, and the CPU
+# per request it shows; INFERGATE_HTTP1_FASTPATH=false profiles the
+# net/http path instead).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -32,7 +39,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 TARGETS=${TARGETS:-direct haproxy nginx gateway}
 WORK=${WORK:-$(mktemp -d /tmp/infergate-load.XXXXXX)}
-PORT_UP=18001 PORT_HAPROXY=18002 PORT_NGINX=18003 PORT_GATEWAY=18004 PORT_NATS=14222 PORT_PPROF=18005
+PORT_UP=18001 PORT_HAPROXY=18002 PORT_NGINX=18003 PORT_GATEWAY=18004 PORT_NATS=14222 PORT_PPROF=18005 PORT_GATEWAY_NETHTTP=18006
 HOST=model-chat.bench.localhost
 
 log() { echo "load: $*" >&2; }
@@ -103,10 +110,17 @@ start_servers() {
 		on_server_cpu "$WORK/bin/bench-gateway" --addr 127.0.0.1:$PORT_GATEWAY \
 			--nats-url nats://127.0.0.1:$PORT_NATS --pprof-addr 127.0.0.1:$PORT_PPROF 2>"$WORK/gateway.log" &
 	else
-		on_server_cpu "$WORK/bin/infergate-gateway" --addr 127.0.0.1:$PORT_GATEWAY \
+		on_server_cpu env ${GATEWAY_GOMAXPROCS:+GOMAXPROCS=$GATEWAY_GOMAXPROCS} "$WORK/bin/infergate-gateway" --addr 127.0.0.1:$PORT_GATEWAY \
 			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn 2>"$WORK/gateway.log" &
 	fi
 	PIDS+=($!)
+	if [[ " $TARGETS " == *" gateway-nethttp "* ]]; then
+		# The same binary with the HTTP/1.1 fast path off: net/http and
+		# ReverseProxy only, for an A/B in the same run.
+		on_server_cpu env ${GATEWAY_GOMAXPROCS:+GOMAXPROCS=$GATEWAY_GOMAXPROCS} "$WORK/bin/infergate-gateway" --addr 127.0.0.1:$PORT_GATEWAY_NETHTTP --http1-fastpath=false \
+			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn 2>"$WORK/gateway-nethttp.log" &
+		PIDS+=($!)
+	fi
 
 	cat >"$WORK/haproxy.cfg" <<-CFG
 	global
@@ -175,7 +189,12 @@ start_servers() {
 	PIDS+=($!)
 
 	wait_http "http://127.0.0.1:$PORT_GATEWAY/readyz"
-	for port in $PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY; do
+	local ports="$PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY"
+	if [[ " $TARGETS " == *" gateway-nethttp "* ]]; then
+		wait_http "http://127.0.0.1:$PORT_GATEWAY_NETHTTP/readyz"
+		ports="$ports $PORT_GATEWAY_NETHTTP"
+	fi
+	for port in $ports; do
 		local key code
 		key=$(head -1 "$WORK/keys.txt")
 		code=$(curl -s -o /dev/null -w '%{http_code}' -H "Host: $HOST" -H "X-API-Key: $key" -d '{}' "http://127.0.0.1:$port/v1/chat/completions")
@@ -219,6 +238,7 @@ url_of() {
 	haproxy) echo "http://127.0.0.1:$PORT_HAPROXY" ;;
 	nginx) echo "http://127.0.0.1:$PORT_NGINX" ;;
 	gateway) echo "http://127.0.0.1:$PORT_GATEWAY" ;;
+	gateway-nethttp) echo "http://127.0.0.1:$PORT_GATEWAY_NETHTTP" ;;
 	esac
 }
 
@@ -245,13 +265,19 @@ main() {
 			echo "$t $res" >>"$WORK/results.txt"
 			if [ "$t" = gateway ] && [ "$r" = 1 ] && [ "${GATEWAY_PPROF:-0}" = 1 ]; then
 				log "profiling the gateway under load"
-				measure gateway 12 >/dev/null &
+				measure gateway 12 >"$WORK/profiled.txt" &
 				local load=$!
 				sleep 1
 				curl -s -o "$WORK/gateway.pprof" "http://127.0.0.1:$PORT_PPROF/debug/pprof/profile?seconds=10"
 				wait "$load" || true
 				cp "$WORK/gateway.pprof" "${PPROF_OUT:-/tmp/gateway.pprof}"
 				log "profile in ${PPROF_OUT:-/tmp/gateway.pprof}"
+				# CPU per request: the profile's CPU seconds over the
+				# requests of its 10 s (the load's rate).
+				local cpu rps
+				cpu=$(go tool pprof -top "$WORK/gateway.pprof" 2>/dev/null | awk '/Total samples/ {v = $6; if (v ~ /ms$/) {sub(/ms$/, "", v); v /= 1000} else sub(/s$/, "", v); print v}')
+				rps=$(awk '{print $1}' "$WORK/profiled.txt")
+				log "profiled round: $rps req/s, $cpu s of CPU in 10 s: $(awk -v c="$cpu" -v r="$rps" 'BEGIN {if (r > 0) printf "%.1f", c / (r * 10) * 1e6}') µs of CPU per request"
 			fi
 		done
 	done
@@ -261,6 +287,7 @@ main() {
 	# throughput: whoever is slower shows a higher p99).
 	: >"$WORK/results-light.txt"
 	for r in $(seq 1 "$ROUNDS"); do
+		[ "${LIGHT:-1}" = 0 ] && break
 		for t in $TARGETS; do
 			res=$(measure "$t" "$DURATION" "$LIGHT_CONNS")
 			log "light round $r $t: $res"
@@ -268,7 +295,7 @@ main() {
 		done
 	done
 	summarize "$WORK/results.txt" "$CONNS"
-	summarize "$WORK/results-light.txt" "$LIGHT_CONNS"
+	[ "${LIGHT:-1}" = 0 ] || summarize "$WORK/results-light.txt" "$LIGHT_CONNS"
 }
 
 # summarize: the median of each figure over the rounds, and ratios to

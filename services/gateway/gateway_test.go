@@ -23,8 +23,9 @@ func host(dep string) string { return "model-" + dep + "." + project + ".localho
 
 // TestAuthAndRouting asserts every answer a client can get, over real
 // HTTP, through both kinds of routing.
-func TestAuthAndRouting(t *testing.T) {
-	t.Parallel()
+func TestAuthAndRouting(t *testing.T) { eachFront(t, testAuthAndRouting) }
+
+func testAuthAndRouting(t *testing.T, front frontEnd) {
 	b := newBackend(t)
 	up := newRecorder(t)
 	expiry := time.Now().Add(time.Hour)
@@ -45,7 +46,7 @@ func TestAuthAndRouting(t *testing.T) {
 	var now atomic.Pointer[time.Time]
 	start := time.Now()
 	now.Store(&start)
-	g, srv := startGateway(t, b, gateway.Config{Now: func() time.Time { return *now.Load() }})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{Now: func() time.Time { return *now.Load() }})
 	waitApplied(t, g, seq)
 	eventually(t, "ready", g.Ready)
 
@@ -128,6 +129,12 @@ func TestAuthAndRouting(t *testing.T) {
 		if r := up.last(t); r.header.Get("Authorization") != "" || r.path != "/base/v1/models" {
 			t.Errorf("bearer key: upstream got Authorization %q at %s", r.header.Get("Authorization"), r.path)
 		}
+		// A key in a second Authorization field (the decision reads the
+		// first) does not go upstream either.
+		get(t, srv, host("chat"), "/v1/models", "X-API-Key", alpha, "Authorization", "Bearer sk-dummy", "Authorization", "Bearer "+bravo)
+		if r := up.last(t); len(r.header.Values("Authorization")) != 0 {
+			t.Errorf("second Authorization: upstream got %q", r.header.Values("Authorization"))
+		}
 		// Even where auth is off, no key of ours goes upstream.
 		get(t, srv, host("open"), "/v1/models", "X-API-Key", alpha, "Authorization", "Bearer "+bravo)
 		if r := up.last(t); r.header.Get("X-Api-Key") != "" || r.header.Get("Authorization") != "" {
@@ -173,13 +180,16 @@ func TestAuthAndRouting(t *testing.T) {
 // TestChangesApplyFromTheNextRequest changes links, auth and keys and
 // checks the very next request once the gateway has applied the change.
 func TestChangesApplyFromTheNextRequest(t *testing.T) {
-	t.Parallel()
+	eachFront(t, testChangesApplyFromTheNextRequest)
+}
+
+func testChangesApplyFromTheNextRequest(t *testing.T, front frontEnd) {
 	b := newBackend(t)
 	up := newRecorder(t)
 	alpha, _ := b.key("alpha", nil)
 	bravo, _ := b.key("bravo", nil)
 	seq := b.deployment("chat", up.URL, true, []string{"alpha"})
-	g, srv := startGateway(t, b, gateway.Config{})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{})
 	waitApplied(t, g, seq)
 	eventually(t, "ready", g.Ready)
 
@@ -237,15 +247,16 @@ func keysOf(d aggregate.Deployment, live aggregate.LiveKeys) []string {
 	return out
 }
 
-func TestRegions(t *testing.T) {
-	t.Parallel()
+func TestRegions(t *testing.T) { eachFront(t, testRegions) }
+
+func testRegions(t *testing.T, front frontEnd) {
 	b := newBackend(t)
 	up := newRecorder(t)
 	b.deployment("eu-only", up.URL, false, nil, "eu-west")
 	b.deployment("us-only", up.URL, false, nil, "us-east")
 	b.deployment("both", up.URL, false, nil, "eu-west", "us-east")
 	seq := b.deployment("everywhere", up.URL, false, nil)
-	g, srv := startGateway(t, b, gateway.Config{Region: "eu-west"})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{Region: "eu-west"})
 	waitApplied(t, g, seq)
 	eventually(t, "ready", g.Ready)
 	for dep, want := range map[string]int{"eu-only": 200, "us-only": 404, "both": 200, "everywhere": 200} {
@@ -258,8 +269,9 @@ func TestRegions(t *testing.T) {
 	}
 }
 
-func TestStreaming(t *testing.T) {
-	t.Parallel()
+func TestStreaming(t *testing.T) { eachFront(t, testStreaming) }
+
+func testStreaming(t *testing.T, front frontEnd) {
 	b := newBackend(t)
 	step := make(chan struct{})
 	gotFirst := make(chan struct{})
@@ -305,7 +317,7 @@ func TestStreaming(t *testing.T) {
 	up.Start()
 	t.Cleanup(up.Close)
 	seq := b.deployment("chat", up.URL, false, nil)
-	g, srv := startGateway(t, b, gateway.Config{})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{})
 	waitApplied(t, g, seq)
 	eventually(t, "ready", g.Ready)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -421,13 +433,14 @@ func metricsText(t *testing.T, srv *httptest.Server) string {
 	return string(body)
 }
 
-func TestOwnEndpoints(t *testing.T) {
-	t.Parallel()
+func TestOwnEndpoints(t *testing.T) { eachFront(t, testOwnEndpoints) }
+
+func testOwnEndpoints(t *testing.T, front frontEnd) {
 	b := newBackend(t)
 	up := newRecorder(t)
 	alpha, _ := b.key("alpha", nil)
 	seq := b.deployment("chat", up.URL, true, []string{"alpha"})
-	g, srv := startGateway(t, b, gateway.Config{Region: "eu-west", ID: "gw-test"})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{Region: "eu-west", ID: "gw-test"})
 	waitApplied(t, g, seq)
 	eventually(t, "ready", g.Ready)
 
@@ -469,13 +482,14 @@ func TestOwnEndpoints(t *testing.T) {
 
 // TestNATSOutage: with NATS gone the gateway serves from its map and says
 // it is stale; when NATS is back it catches up.
-func TestNATSOutage(t *testing.T) {
-	t.Parallel()
+func TestNATSOutage(t *testing.T) { eachFront(t, testNATSOutage) }
+
+func testNATSOutage(t *testing.T, front frontEnd) {
 	b := newBackend(t)
 	up := newRecorder(t)
 	alpha, _ := b.key("alpha", nil)
 	seq := b.deployment("chat", up.URL, true, []string{"alpha"})
-	g, srv := startGateway(t, b, gateway.Config{NATS: b.nc})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{NATS: b.nc})
 	waitApplied(t, g, seq)
 	eventually(t, "ready", g.Ready)
 
@@ -505,8 +519,9 @@ func TestNATSOutage(t *testing.T) {
 
 // TestStartWhileNATSDown: a gateway that cannot read the stream is not
 // ready and serves no deployment, rather than serve an empty map.
-func TestStartWhileNATSDown(t *testing.T) {
-	t.Parallel()
+func TestStartWhileNATSDown(t *testing.T) { eachFront(t, testStartWhileNATSDown) }
+
+func testStartWhileNATSDown(t *testing.T, front frontEnd) {
 	b := newBackend(t)
 	up := newRecorder(t)
 	alpha, _ := b.key("alpha", nil)
@@ -514,7 +529,7 @@ func TestStartWhileNATSDown(t *testing.T) {
 	b.srv.Shutdown()
 	eventually(t, "client disconnected", func() bool { return !b.nc.IsConnected() })
 
-	g, srv := startGateway(t, b, gateway.Config{NATS: b.nc})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{NATS: b.nc})
 	eventually(t, "a failed read of the stream", func() bool { _, st := readyz(t, srv); return st.Error != "" })
 	if code, st := readyz(t, srv); code != 503 || st.Ready || g.Ready() {
 		t.Errorf("/readyz with NATS down: %d %+v", code, st)
@@ -531,5 +546,47 @@ func TestStartWhileNATSDown(t *testing.T) {
 	}
 	if a := get(t, srv, host("chat"), "/v1/models", "X-API-Key", alpha); a.status != 200 {
 		t.Errorf("after NATS came back: %d %s", a.status, a.body)
+	}
+}
+
+// TestH2C: HTTP/2 with prior knowledge (h2c) reaches deployments and the
+// gateway's own endpoints through either front end.
+func TestH2C(t *testing.T) { eachFront(t, testH2C) }
+
+func testH2C(t *testing.T, front frontEnd) {
+	b := newBackend(t)
+	up := newRecorder(t)
+	alpha, _ := b.key("alpha", nil)
+	seq := b.deployment("chat", up.URL, true, []string{"alpha"})
+	g, srv := startGatewayOn(t, b, front, gateway.Config{})
+	waitApplied(t, g, seq)
+	eventually(t, "ready", g.Ready)
+	p := new(http.Protocols)
+	p.SetUnencryptedHTTP2(true)
+	client := &http.Client{Transport: &http.Transport{Protocols: p}}
+	t.Cleanup(client.CloseIdleConnections)
+	for _, tc := range []struct {
+		path, key string
+		status    int
+	}{
+		{"/healthz", "", 200},
+		{"/d/" + project + "/chat/v1/models", alpha, 200},
+		{"/d/" + project + "/chat/v1/models", "", 401},
+	} {
+		req, _ := http.NewRequest("GET", srv.URL+tc.path, nil)
+		if tc.key != "" {
+			req.Header.Set("X-API-Key", tc.key)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.ProtoMajor != 2 || resp.StatusCode != tc.status {
+			t.Errorf("%s: %s %d, want HTTP/2 %d", tc.path, resp.Proto, resp.StatusCode, tc.status)
+		}
+	}
+	if r := up.last(t); r.header.Get("X-Api-Key") != "" {
+		t.Error("the key went upstream")
 	}
 }

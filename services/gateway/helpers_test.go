@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -21,6 +22,7 @@ import (
 	"github.com/infergate/infergate/services/internal/aggregate"
 	"github.com/infergate/infergate/services/internal/apikey"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
 )
 
@@ -156,8 +158,39 @@ func (b *backend) decide(typ, name string, fn eventstore.DecideFunc) uint64 {
 	return res.Sequence
 }
 
-// startGateway runs a gateway on b until the test ends and serves it.
+// frontEnd is how a test gateway is served: the HTTP/1.1 fast path in
+// front of net/http (what the gateway process runs), or net/http alone.
+// Behavioural tests run through both, so any difference fails a test.
+type frontEnd struct {
+	name string
+	fast bool
+}
+
+var fronts = []frontEnd{{"fastpath", true}, {"net-http", false}}
+
+// eachFront runs test once per front end, in parallel.
+func eachFront(t *testing.T, test func(*testing.T, frontEnd)) {
+	t.Parallel()
+	for _, f := range fronts {
+		t.Run(f.name, func(t *testing.T) {
+			t.Parallel()
+			test(t, f)
+		})
+	}
+}
+
+// startGateway runs a gateway on b until the test ends and serves it with
+// the fast path on.
 func startGateway(t *testing.T, b *backend, cfg gateway.Config) (*gateway.Gateway, *httptest.Server) {
+	t.Helper()
+	return startGatewayOn(t, b, fronts[0], cfg)
+}
+
+// startGatewayOn runs a gateway on b until the test ends and serves it
+// through front. The *httptest.Server only lends its URL and client: the
+// gateway's own front end (gateway.Front, as the process runs it) serves
+// the port.
+func startGatewayOn(t *testing.T, b *backend, front frontEnd, cfg gateway.Config) (*gateway.Gateway, *httptest.Server) {
 	t.Helper()
 	cfg.Events = b.store
 	if cfg.PollInterval == 0 {
@@ -176,10 +209,48 @@ func startGateway(t *testing.T, b *backend, cfg gateway.Config) (*gateway.Gatewa
 			t.Errorf("Run: %v", err)
 		}
 	})
-	srv := httptest.NewServer(g.Handler())
-	t.Cleanup(srv.Close)
+	srv := serveFront(t, g, front.fast)
 	return g, srv
 }
+
+// serveFront serves g on a loopback port through gateway.Front until the
+// test ends.
+func serveFront(t *testing.T, g *gateway.Gateway, fast bool) *httptest.Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := gateway.NewFront(httpserver.New(ln.Addr().String(), g.Handler()), fast)
+	front.Use(g)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- front.Serve(ctx, ln, 5*time.Second) }()
+	// A shell for its URL and client; it serves nothing.
+	shell := httptest.NewUnstartedServer(http.NotFoundHandler())
+	_ = shell.Listener.Close()
+	shell.Listener = &idleListener{addr: ln.Addr(), done: make(chan struct{})}
+	shell.Start()
+	t.Cleanup(func() {
+		shell.Close()
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return shell
+}
+
+// idleListener accepts nothing until closed.
+type idleListener struct {
+	addr net.Addr
+	once sync.Once
+	done chan struct{}
+}
+
+func (l *idleListener) Accept() (net.Conn, error) { <-l.done; return nil, net.ErrClosed }
+func (l *idleListener) Close() error              { l.once.Do(func() { close(l.done) }); return nil }
+func (l *idleListener) Addr() net.Addr            { return l.addr }
 
 // eventually waits for cond; a timeout fails the test with what.
 func eventually(t *testing.T, what string, cond func() bool) {

@@ -40,6 +40,7 @@ func run() error {
 	addr := flag.String("addr", "127.0.0.1:18004", "gateway listen address")
 	natsURL := flag.String("nats-url", nats.DefaultURL, "NATS server")
 	pprofAddr := flag.String("pprof-addr", "127.0.0.1:18005", "net/http/pprof listen address")
+	fastPath := flag.Bool("http1-fastpath", os.Getenv("INFERGATE_HTTP1_FASTPATH") != "false", "serve common HTTP/1.1 requests on the gateway's fast path (as cmd/infergate-gateway)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -74,7 +75,9 @@ func run() error {
 	srv := httpserver.New(*addr, gw.Handler())
 	srv.ReadTimeout, srv.WriteTimeout = 0, 0 // as cmd/infergate-gateway
 	serveErr := make(chan error, 1)
-	go func() { serveErr <- httpserver.Serve(ctx, srv, ln, 5*time.Second) }()
+	front := gateway.NewFront(srv, *fastPath)
+	front.Use(gw)
+	go func() { serveErr <- front.Serve(ctx, ln, 5*time.Second) }()
 	if err := gw.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -201,7 +202,11 @@ func (s *Stack) startGateway(ctx context.Context, id string, log *slog.Logger) (
 	s.wg.Go(func() { _ = gw.Run(ctx) })
 	srv := httpserver.New(ln.Addr().String(), gw.Handler())
 	srv.ReadTimeout, srv.WriteTimeout = 0, 0
-	s.wg.Go(func() { _ = httpserver.Serve(ctx, srv, ln, time.Second) })
+	// As the gateway process serves it: the HTTP/1.1 fast path in front,
+	// unless INFERGATE_HTTP1_FASTPATH=false (as for the process).
+	front := gateway.NewFront(srv, os.Getenv("INFERGATE_HTTP1_FASTPATH") != "false")
+	front.Use(gw)
+	s.wg.Go(func() { _ = front.Serve(ctx, ln, time.Second) })
 	return &Gateway{Gateway: gw, URL: "http://" + ln.Addr().String()}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -25,6 +26,7 @@ import (
 	"github.com/infergate/infergate/services/internal/controlplane"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/snapshots"
 )
 
 func main() {
@@ -49,6 +51,12 @@ func run() error {
 	fs.StringVar(&id, "id", env("INFERGATE_GATEWAY_ID", ""), "gateway id; default random (env INFERGATE_GATEWAY_ID)")
 	fs.StringVar(&logLevel, "log-level", env("INFERGATE_LOG_LEVEL", "info"), "debug, info, warn or error (env INFERGATE_LOG_LEVEL)")
 	fs.DurationVar(&grace, "shutdown-grace", 30*time.Second, "how long open requests (streams) may take at shutdown")
+	snapshotBucket := fs.String("snapshot-bucket", env("INFERGATE_SNAPSHOT_BUCKET", snapshots.DefaultBucket),
+		`object store bucket to start the auth map from (the latest usable snapshot) and to save snapshots to; "" for none (env INFERGATE_SNAPSHOT_BUCKET)`)
+	snapshotEvery := fs.Uint64("snapshot-every", envUint("INFERGATE_SNAPSHOT_EVERY", gateway.DefaultSnapshotEvery),
+		"save a snapshot when the map is this many stream records past the latest one; 0: never save, only start from one (env INFERGATE_SNAPSHOT_EVERY)")
+	fastPath := fs.Bool("http1-fastpath", env("INFERGATE_HTTP1_FASTPATH", "true") != "false",
+		"serve common HTTP/1.1 requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
 	_ = fs.Parse(os.Args[1:])
 
 	var level slog.Level
@@ -74,8 +82,9 @@ func run() error {
 
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
-	wg.Go(func() { serveErr <- httpserver.Serve(ctx, srv, ln, grace) })
-	log.Info("listening", "addr", ln.Addr().String(), "region", region, "base_domain", baseDomain)
+	front := gateway.NewFront(srv, *fastPath)
+	wg.Go(func() { serveErr <- front.Serve(ctx, ln, grace) })
+	log.Info("listening", "addr", ln.Addr().String(), "region", region, "base_domain", baseDomain, "http1_fastpath", *fastPath)
 
 	opts := []nats.Option{
 		nats.Name("infergate-gateway"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
@@ -97,13 +106,30 @@ func run() error {
 		if err != nil {
 			return err
 		}
+		var snaps *snapshots.Store
+		if *snapshotBucket != "" {
+			js, _ := jetstream.New(nc)
+			octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			// A bucket made here gets as many replicas as the stream.
+			var state eventstore.StreamState
+			if state, err = store.State(octx); err == nil {
+				snaps, err = snapshots.Open(octx, js, snapshots.Config{Bucket: *snapshotBucket, Replicas: state.Replicas})
+			}
+			cancel()
+			if err != nil {
+				// Only a short cut: start by replaying the whole stream.
+				log.Warn("snapshot bucket not available; replaying the stream from the start, saving no snapshots", "err", err)
+			}
+		}
 		gw, err := gateway.New(gateway.Config{
 			Events: store, NATS: nc, Region: region, BaseDomain: baseDomain, ID: id, Log: log,
+			Snapshots: snaps, SnapshotEvery: *snapshotEvery,
 		})
 		if err != nil {
 			return err
 		}
 		handler.set(gw.Handler())
+		front.Use(gw)
 		if err := gw.Run(ctx); !errors.Is(err, context.Canceled) {
 			return err
 		}
@@ -114,7 +140,22 @@ func run() error {
 	return errors.Join(runErr, <-serveErr)
 }
 
-// openStore opens the event store, retrying while NATS is unreachable.
+// envUint is the environment variable name as a number, or def.
+func envUint(name string, def uint64) uint64 {
+	v := controlplane.Env(name, "")
+	if v == "" {
+		return def
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "infergate-gateway: %s=%q is not a whole number\n", name, v)
+		os.Exit(2)
+	}
+	return n
+}
+
+// openStore opens the event store, retrying while NATS is unreachable or
+// no control-plane service has created the stream yet.
 func openStore(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*eventstore.Store, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -122,7 +163,8 @@ func openStore(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*eventstor
 	}
 	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		store, err := eventstore.Open(octx, js, eventstore.Config{})
+		// Bind only: the control plane owns the stream's configuration.
+		store, err := eventstore.Open(octx, js, eventstore.Config{BindOnly: true})
 		cancel()
 		if err == nil {
 			return store, nil

@@ -130,7 +130,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) 
 		WriteError(w, http.StatusBadGateway, CodeUpstreamUnavailable)
 		return
 	}
-	c := &call{t: t, upstream: d.Upstream, stripAuth: authKey != "", start: time.Now()}
+	c := &call{t: t, upstream: d.Upstream, stripAuth: authKey != "" || keyInAuthorization(r.Header["Authorization"]), start: time.Now()}
 	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 }
 
@@ -141,16 +141,36 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) 
 // alone.
 func credentials(h http.Header) (key, authKey string) {
 	if v := h["Authorization"]; len(v) > 0 {
-		if scheme, tok, ok := strings.Cut(v[0], " "); ok && strings.EqualFold(scheme, "Bearer") {
-			if tok = strings.TrimSpace(tok); apikey.WellFormed(tok) {
-				authKey = tok
-			}
-		}
+		authKey = bearerKey(v[0])
 	}
 	if v := h["X-Api-Key"]; len(v) > 0 && v[0] != "" {
 		return v[0], authKey
 	}
 	return authKey, authKey
+}
+
+// keyInAuthorization reports whether any Authorization value carries a
+// well-formed infergate key as its Bearer token: such a header never goes
+// upstream, even when it is not the one the decision used (a second
+// Authorization field).
+func keyInAuthorization(values []string) bool {
+	for _, v := range values {
+		if bearerKey(v) != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// bearerKey is the well-formed infergate key in an Authorization value
+// "Bearer <key>", or "".
+func bearerKey(v string) string {
+	if scheme, tok, ok := strings.Cut(v, " "); ok && strings.EqualFold(scheme, "Bearer") {
+		if tok = strings.TrimSpace(tok); apikey.WellFormed(tok) {
+			return tok
+		}
+	}
+	return ""
 }
 
 // rewrite sends the request to the upstream URL (keeping the upstream's

@@ -5,7 +5,6 @@ package route
 
 import (
 	"net/http"
-	"net/url"
 	"strings"
 )
 
@@ -39,12 +38,19 @@ const HostPrefix = "model-"
 // are case-insensitive); a port on the host is ignored. baseDomain must be
 // lower case.
 func Parse(r *http.Request, baseDomain string) (Target, Kind) {
-	host := hostname(r.Host)
+	return Of(r.Host, r.URL.Path, r.URL.RawPath, baseDomain)
+}
+
+// Of routes a request by its Host and its URL's path (decoded) and raw
+// path (url.URL.RawPath: empty when the path's default escaping is the
+// client's), as Parse does.
+func Of(host, path, rawPath, baseDomain string) (Target, Kind) {
+	host = hostname(host)
 	if len(host) >= len(HostPrefix) && strings.EqualFold(host[:len(HostPrefix)], HostPrefix) {
-		return fromHost(strings.ToLower(host[len(HostPrefix):]), baseDomain, r.URL)
+		return fromHost(strings.ToLower(host[len(HostPrefix):]), baseDomain, path, rawPath)
 	}
-	if p := r.URL.Path; p == "/d" || strings.HasPrefix(p, "/d/") {
-		return fromPath(r.URL)
+	if path == "/d" || strings.HasPrefix(path, "/d/") {
+		return fromPath(path, rawPath)
 	}
 	return Target{}, Gateway
 }
@@ -58,7 +64,7 @@ func hostname(host string) string {
 }
 
 // fromHost routes <deployment>.<project>.<base-domain>.
-func fromHost(rest, baseDomain string, u *url.URL) (Target, Kind) {
+func fromHost(rest, baseDomain, path, rawPath string) (Target, Kind) {
 	names, ok := strings.CutSuffix(rest, "."+baseDomain)
 	if !ok {
 		return Target{}, Unroutable
@@ -67,20 +73,20 @@ func fromHost(rest, baseDomain string, u *url.URL) (Target, Kind) {
 	if !ok || !label(dep) || !label(project) {
 		return Target{}, Unroutable
 	}
-	return Target{Project: project, Deployment: dep, Path: u.Path, RawPath: u.RawPath}, Deployment
+	return Target{Project: project, Deployment: dep, Path: path, RawPath: rawPath}, Deployment
 }
 
 // fromPath routes /d/<project>/<deployment>/<rest> to /<rest>.
-func fromPath(u *url.URL) (Target, Kind) {
-	project, dep, rest, ok := splitPath(u.Path)
+func fromPath(path, rawPath string) (Target, Kind) {
+	project, dep, rest, ok := splitPath(path)
 	if !ok {
 		return Target{}, Unroutable
 	}
 	t := Target{Project: strings.ToLower(project), Deployment: strings.ToLower(dep), Path: rest}
-	if u.RawPath != "" {
+	if rawPath != "" {
 		// Keep the client's escaping of the rest; the names themselves
 		// are DNS labels, the same escaped or not.
-		if p, d, raw, ok := splitPath(u.RawPath); ok && p == project && d == dep {
+		if p, d, raw, ok := splitPath(rawPath); ok && p == project && d == dep {
 			t.RawPath = raw
 		}
 	}

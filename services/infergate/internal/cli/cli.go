@@ -241,9 +241,11 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&cfg.AdminTokensFile, "admin-tokens-file", "", "JSON file of admin tokens (else one generated token for every project)")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", os.Getenv("INFERGATE_DATABASE_URL"), "PostgreSQL URL for the read models (else memory)")
 	fs.BoolVar(&cfg.Demo, "demo", false, "create a demo key and deployment and print a curl command")
+	fastPath := fs.Bool("http1-fastpath", envOr("INFERGATE_HTTP1_FASTPATH", "true") != "false", "serve common HTTP/1.1 gateway requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	cfg.NoHTTP1FastPath = !*fastPath
 	cfg.Out = stdout
 	return devstack.Run(ctx, cfg, nil)
 }

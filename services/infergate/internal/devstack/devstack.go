@@ -56,6 +56,9 @@ type Config struct {
 	AdminTokensFile string // else one generated token for every project
 	DatabaseURL     string // else memory read models
 	Demo            bool   // create a demo key and deployment
+	// NoHTTP1FastPath serves the gateway through net/http only, without
+	// its HTTP/1.1 fast path (docs/gateway.md).
+	NoHTTP1FastPath bool
 	// StatusInterval and StatusTimeout tune the deployment status checker.
 	StatusInterval, StatusTimeout time.Duration
 	// Out receives the banner; default os.Stdout.
@@ -216,7 +219,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	run("audit history", func() error { return hist.Run(ctx) })
 	run("gateway", func() error { return gw.Run(ctx) })
 	run("gateway server", func() error {
-		return httpserver.Serve(ctx, httpserver.New(gwLn.Addr().String(), gw.Handler()), gwLn, 5*time.Second)
+		front := gateway.NewFront(httpserver.New(gwLn.Addr().String(), gw.Handler()), !cfg.NoHTTP1FastPath)
+		front.Use(gw)
+		return front.Serve(ctx, gwLn, 5*time.Second)
 	})
 
 	if err := st.waitReady(ctx, plane); err == nil {

@@ -1,0 +1,348 @@
+package h1
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Conn is one client connection the fast path serves. A Handler uses it
+// for the request it is given, on the connection's own goroutine.
+type Conn struct {
+	s   *Server
+	nc  net.Conn
+	raw syscall.RawConn // nil when nc is not a socket
+	h   Handler
+	log *slog.Logger
+	hl  *handoffListener
+
+	// buf holds what was read from the client and not yet used:
+	// buf[r:w].
+	buf  []byte
+	r, w int
+	req  Request
+	// headLen is the current request head's length at buf[r:].
+	headLen int
+	// taken: the handler took the current request (its head is
+	// consumed, it can no longer go to net/http).
+	taken bool
+	// bodyLeft is the current request's body not yet read.
+	bodyLeft int64
+	// closeAfter: close the connection after the current response.
+	closeAfter bool
+	// deadline is the read deadline set on nc; zero: none.
+	deadline time.Time
+
+	// remoteIP is the client's address without port, for
+	// X-Forwarded-For; "" if it has none.
+	remoteIP string
+
+	state atomic.Int32
+}
+
+const (
+	stateIdle int32 = iota
+	stateActive
+	stateClosing
+)
+
+const readBufSize = 8 << 10
+
+func newConn(s *Server, nc net.Conn, hb *handlerBox, hl *handoffListener) *Conn {
+	c := &Conn{s: s, nc: nc, h: hb.h, log: hb.log, hl: hl, buf: make([]byte, readBufSize)}
+	if sc, ok := nc.(syscall.Conn); ok {
+		c.raw, _ = sc.SyscallConn()
+	}
+	if host, _, err := net.SplitHostPort(nc.RemoteAddr().String()); err == nil {
+		c.remoteIP = host
+	}
+	return c
+}
+
+// closeIfIdle closes the connection if it is waiting for a request (at
+// shutdown).
+func (c *Conn) closeIfIdle() {
+	if c.state.CompareAndSwap(stateIdle, stateClosing) {
+		_ = c.nc.Close()
+	}
+}
+
+func (c *Conn) serve() {
+	defer c.s.forget(c)
+	defer func() {
+		// As net/http does: a panic ends the connection, not the process.
+		if p := recover(); p != nil {
+			_ = c.nc.Close()
+			c.log.Error("h1: panic serving a connection", "remote", c.nc.RemoteAddr().String(), "panic", p, "stack", string(debug.Stack()))
+		}
+	}()
+	if !c.loop() {
+		_ = c.nc.Close()
+	}
+}
+
+// loop serves requests until the connection closes (false) or is handed
+// to net/http (true).
+func (c *Conn) loop() bool {
+	srv := c.s.Fallback
+	for {
+		if c.r > 0 {
+			c.w = copy(c.buf, c.buf[c.r:c.w])
+			c.r = 0
+		}
+		c.state.Store(stateIdle)
+		if c.s.closingNow() {
+			return false
+		}
+		// The first byte of a request must come within IdleTimeout, and
+		// a head that does not come whole in one read within
+		// ReadHeaderTimeout of its start.
+		n := headEnd(c.buf[:c.w])
+		if c.w == 0 {
+			// Let the other connections' goroutines run first: by the
+			// time this one reads, the client's next request has often
+			// arrived, and a read that would find nothing (a syscall, a
+			// park and a wake-up through the poller) is saved. With
+			// nothing else to run, Gosched returns at once.
+			runtime.Gosched()
+			idle := srv.IdleTimeout
+			if idle == 0 {
+				idle = srv.ReadTimeout // as net/http
+			}
+			c.setDeadline(idle)
+		} else if n < 0 {
+			c.setDeadline(srv.ReadHeaderTimeout)
+		}
+		for n < 0 {
+			if c.w == len(c.buf) {
+				// A head larger than the buffer: net/http's limits apply.
+				return c.handoff()
+			}
+			first := c.w == 0
+			k, err := c.nc.Read(c.buf[c.w:])
+			c.w += k
+			if n = headEnd(c.buf[:c.w]); n < 0 && err != nil {
+				return false
+			}
+			if n < 0 && first && k > 0 {
+				c.setDeadline(srv.ReadHeaderTimeout)
+			}
+		}
+		if !c.state.CompareAndSwap(stateIdle, stateActive) {
+			return false // shutting down
+		}
+		if !c.req.parse(string(c.buf[:n]), MaxBody) {
+			return c.handoff()
+		}
+		c.headLen, c.taken = n, false
+		c.bodyLeft = max(c.req.ContentLength, 0)
+		c.closeAfter = c.req.Close
+		if !c.h.ServeH1(c, &c.req) {
+			if c.taken {
+				panic("h1: handler declined a request it had answered")
+			}
+			return c.handoff()
+		}
+		if !c.taken || c.closeAfter || c.bodyLeft > 0 {
+			return false
+		}
+	}
+}
+
+// setDeadline makes reads on the client connection fail d from now
+// (d <= 0: never). It leaves a deadline up to a second later than asked
+// in place: a timer update per request would cost more than the rest of
+// the bookkeeping, and a second more or less on a 10 s or 2 min timeout
+// changes nothing.
+func (c *Conn) setDeadline(d time.Duration) {
+	if d <= 0 {
+		if !c.deadline.IsZero() {
+			_ = c.nc.SetReadDeadline(time.Time{})
+			c.deadline = time.Time{}
+		}
+		return
+	}
+	want := time.Now().Add(d)
+	if c.deadline.IsZero() || c.deadline.Before(want) || c.deadline.Sub(want) > time.Second {
+		c.deadline = want.Add(time.Second)
+		_ = c.nc.SetReadDeadline(c.deadline)
+	}
+}
+
+// handoff gives the connection, with what was read and not used, to
+// net/http.
+func (c *Conn) handoff() bool {
+	c.setDeadline(0)
+	var pre []byte
+	if c.w > c.r {
+		pre = c.buf[c.r:c.w]
+	}
+	c.s.forgetSoon(c)
+	c.hl.push(&prefixConn{Conn: c.nc, pre: pre})
+	return true
+}
+
+// take consumes the current request's head: from now on the request is
+// the handler's.
+func (c *Conn) take() {
+	if !c.taken {
+		c.taken = true
+		c.r += c.headLen
+	}
+}
+
+// RemoteIP is the client's IP address ("" if unknown).
+func (c *Conn) RemoteIP() string { return c.remoteIP }
+
+// appendBody appends the request's body to b.
+func (c *Conn) appendBody(b []byte) ([]byte, error) {
+	if c.bodyLeft == 0 {
+		return b, nil
+	}
+	k := min(int64(c.w-c.r), c.bodyLeft)
+	b = append(b, c.buf[c.r:c.r+int(k)]...)
+	c.r += int(k)
+	c.bodyLeft -= k
+	if c.bodyLeft == 0 {
+		return b, nil
+	}
+	c.setDeadline(0)
+	n := len(b)
+	b = growTo(b, n+int(c.bodyLeft))
+	_, err := io.ReadFull(c.nc, b[n:])
+	if err != nil {
+		c.closeAfter = true
+		return b[:n], err
+	}
+	c.bodyLeft = 0
+	return b, nil
+}
+
+// discardBody reads the request's body and drops it, so the next request
+// can be read.
+func (c *Conn) discardBody() {
+	if c.bodyLeft == 0 {
+		return
+	}
+	bp := getBuf()
+	defer putBuf(bp)
+	if _, err := c.appendBody((*bp)[:0]); err != nil {
+		c.closeAfter = true
+	}
+}
+
+func growTo(b []byte, n int) []byte {
+	if cap(b) >= n {
+		return b[:n]
+	}
+	nb := make([]byte, n)
+	copy(nb, b)
+	return nb
+}
+
+// Answer writes a whole response: status, the header lines in header
+// (each ending in CRLF), Content-Length, Date, and body. It reads and
+// drops the request's body first.
+func (c *Conn) Answer(status int, header string, body []byte) error {
+	c.take()
+	c.discardBody()
+	bp := getBuf()
+	defer putBuf(bp)
+	b := appendStatus((*bp)[:0], status)
+	b = append(b, header...)
+	b = append(b, "Content-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\n"...)
+	b = appendDate(b)
+	b = c.appendConnection(b)
+	b = append(b, "\r\n"...)
+	b = append(b, body...)
+	if _, err := c.nc.Write(b); err != nil {
+		c.closeAfter = true
+		return err
+	}
+	return nil
+}
+
+// appendConnection ends the head with "Connection: close" when the
+// connection closes after this response.
+func (c *Conn) appendConnection(b []byte) []byte {
+	if c.closeAfter || c.s.closingNow() {
+		c.closeAfter = true
+		b = append(b, "Connection: close\r\n"...)
+	}
+	return b
+}
+
+func appendStatus(b []byte, status int) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(b, ' ')
+	if t := statusText(status); t != "" {
+		b = append(b, t...)
+	} else {
+		b = append(b, "status code "...)
+		b = strconv.AppendInt(b, int64(status), 10)
+	}
+	return append(b, "\r\n"...)
+}
+
+// gone reports, without blocking, whether the client has closed the
+// connection (or reset it). Bytes waiting (a pipelined request) mean it
+// has not.
+func (c *Conn) gone() bool {
+	if c.raw == nil {
+		return false
+	}
+	if c.w > c.r {
+		return false
+	}
+	var closed bool
+	err := c.raw.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		closed = (n == 0 && err == nil) || (err != nil && !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR))
+	})
+	return err != nil || closed
+}
+
+// Buffers.
+
+var bufs = sync.Pool{New: func() any { b := make([]byte, 0, 48<<10); return &b }}
+
+func getBuf() *[]byte { return bufs.Get().(*[]byte) }
+
+func putBuf(b *[]byte) {
+	if cap(*b) == 48<<10 {
+		*b = (*b)[:0]
+		bufs.Put(b)
+	}
+}
+
+// Date header, formatted once a second.
+
+type dateCache struct {
+	sec  int64
+	line []byte // "Date: ...\r\n"
+}
+
+var date atomic.Pointer[dateCache]
+
+func appendDate(b []byte) []byte {
+	now := time.Now()
+	d := date.Load()
+	if d == nil || d.sec != now.Unix() {
+		line := append([]byte("Date: "), now.UTC().AppendFormat(nil, "Mon, 02 Jan 2006 15:04:05 GMT")...)
+		d = &dateCache{sec: now.Unix(), line: append(line, "\r\n"...)}
+		date.Store(d)
+	}
+	return append(b, d.line...)
+}

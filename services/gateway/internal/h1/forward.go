@@ -1,0 +1,559 @@
+package h1
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+var errDeadline = os.ErrDeadlineExceeded
+
+// Result is how a forwarded request went.
+type Result struct {
+	// Answered: the upstream's response head went to the client. An
+	// error after that cut the response short and closed the
+	// connection: nothing more can be said to the client.
+	Answered bool
+	// Status is the upstream's status code, when Answered.
+	Status int
+	// Waited is the time from the request's start to the upstream's
+	// response head, or to the failure.
+	Waited time.Duration
+	// Err: the exchange failed.
+	Err error
+	// ClientGone: it failed because the client went away or failed to
+	// send its body; nobody reads an answer.
+	ClientGone bool
+}
+
+// Errors of the upstream's response.
+var (
+	ErrBadResponse = errors.New("h1: malformed upstream response")
+	errHeadTooBig  = fmt.Errorf("%w: head too large", ErrBadResponse)
+)
+
+// Forward sends req to the plain-http upstream up — its host, its base
+// path joined with req.Path, its query merged with req.Query, as
+// httputil.ProxyRequest.SetURL does — with X-Forwarded-For, -Host and
+// -Proto set as SetXForwarded does and every field marked Drop left out,
+// and relays the response: a fixed-length one with its head in as few
+// writes as it can (one for a small response), a chunked or
+// close-delimited one (SSE) chunk by chunk as each upstream read returns.
+// Hop-by-hop headers are removed both ways.
+//
+// When the result is not Answered and not ClientGone, the client has
+// been sent nothing and the handler answers (502).
+func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
+	c.take()
+	start := time.Now()
+	bp := getBuf()
+	defer putBuf(bp)
+	b := appendRequestHead((*bp)[:0], req, up, c.remoteIP)
+	b, err := c.appendBody(b)
+	if err != nil {
+		return Result{Waited: time.Since(start), Err: err, ClientGone: true}
+	}
+	out := b
+	addr := up.Host
+	if up.Port() == "" {
+		addr = net.JoinHostPort(up.Hostname(), "80")
+	}
+	var (
+		uc   *upConn
+		head []byte
+	)
+	for attempt := 0; ; attempt++ {
+		var reused bool
+		uc, reused, err = c.s.up.get(addr)
+		if err != nil {
+			return Result{Waited: time.Since(start), Err: err}
+		}
+		uc.client = c
+		wrote := false
+		if _, err = uc.nc.Write(out); err == nil {
+			wrote = true
+			head, err = uc.readHead()
+		}
+		if err == nil {
+			break
+		}
+		_ = uc.nc.Close()
+		if errors.Is(err, errClientGone) {
+			c.closeAfter = true
+			return Result{Waited: time.Since(start), Err: err, ClientGone: true}
+		}
+		// A reused connection the upstream closed before answering: try
+		// once more on a fresh one if the request never got out, or may
+		// be sent twice. (The body is in memory.)
+		if !reused || attempt > 0 || uc.br.Buffered() > 0 || (wrote && !idempotent(req.Method)) {
+			return Result{Waited: time.Since(start), Err: err}
+		}
+	}
+	res.Waited = time.Since(start)
+	resp, err := parseResponseHead(head)
+	if err != nil {
+		_ = uc.nc.Close()
+		res.Err = err
+		return res
+	}
+	res.Status = resp.status
+	noBody := req.Method == http.MethodHead || resp.status == http.StatusNoContent || resp.status == http.StatusNotModified
+	// The response head for the client, in the buffer the request was in.
+	o := appendStatus((*bp)[:0], resp.status)
+	o = resp.appendFields(o, head, noBody && resp.status != http.StatusNoContent)
+	if !resp.hasDate {
+		o = appendDate(o)
+	}
+	mode := bodyNone
+	switch {
+	case noBody:
+	case resp.chunked:
+		mode = bodyChunked
+	case resp.length >= 0:
+		mode = bodyLength
+		o = append(o, "Content-Length: "...)
+		o = strconv.AppendInt(o, resp.length, 10)
+		o = append(o, "\r\n"...)
+	default:
+		mode = bodyUntilClose
+	}
+	if mode == bodyChunked || mode == bodyUntilClose {
+		o = append(o, "Transfer-Encoding: chunked\r\n"...)
+	}
+	o = c.appendConnection(o)
+	o = append(o, "\r\n"...)
+	_, _ = uc.br.Discard(len(head))
+	keep := !resp.close && mode != bodyUntilClose
+	res.Answered = true
+	switch mode {
+	case bodyNone:
+		err = c.write(o)
+	case bodyLength:
+		err = c.relayLength(uc, o, resp.length, bp)
+	default:
+		err = c.relayChunks(uc, o, mode == bodyChunked, bp)
+	}
+	if err != nil {
+		res.Err = err
+		res.ClientGone = errors.Is(err, errClientGone) || errors.Is(err, errClientWrite)
+		c.closeAfter = true
+		_ = uc.nc.Close()
+		return res
+	}
+	if keep && uc.br.Buffered() == 0 {
+		c.s.up.put(uc)
+	} else {
+		_ = uc.nc.Close()
+	}
+	return res
+}
+
+// errClientWrite wraps a failed write to the client.
+var errClientWrite = errors.New("h1: write to client")
+
+func (c *Conn) write(b []byte) error {
+	if _, err := c.nc.Write(b); err != nil {
+		return fmt.Errorf("%w: %w", errClientWrite, err)
+	}
+	return nil
+}
+
+const (
+	bodyNone = iota
+	bodyLength
+	bodyChunked
+	bodyUntilClose
+)
+
+// relayLength sends the head o and a body of n bytes: what of it is
+// already read goes with the head, the rest as it arrives.
+func (c *Conn) relayLength(uc *upConn, o []byte, n int64, bp *[]byte) error {
+	if k := min(int64(uc.br.Buffered()), n, int64(cap(o)-len(o))); k > 0 {
+		p, _ := uc.br.Peek(int(k))
+		o = append(o, p...)
+		_, _ = uc.br.Discard(int(k))
+		n -= k
+	}
+	if err := c.write(o); err != nil {
+		return err
+	}
+	buf := (*bp)[:cap(*bp)]
+	for n > 0 {
+		k, err := uc.br.Read(buf[:min(int64(len(buf)), n)])
+		if k > 0 {
+			n -= int64(k)
+			if werr := c.write(buf[:k]); werr != nil {
+				return werr
+			}
+		}
+		if err != nil && n > 0 {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// relayChunks sends the head o, then the body — chunked, or up to the
+// upstream's close — as chunks to the client, one write per upstream
+// read, so streams (SSE) go out as they come.
+func (c *Conn) relayChunks(uc *upConn, o []byte, chunked bool, bp *[]byte) error {
+	var r io.Reader = uc.br
+	if chunked {
+		r = httputil.NewChunkedReader(uc.br)
+	}
+	buf := (*bp)[:cap(*bp)]
+	const hole = 8 // room for the chunk's size line
+	for {
+		at := len(o)
+		k, err := r.Read(buf[at+hole : len(buf)-7])
+		if k > 0 {
+			size := strconv.AppendInt(buf[at:at], int64(k), 16)
+			size = append(size, "\r\n"...)
+			copy(buf[at+len(size):], buf[at+hole:at+hole+k])
+			o = buf[:at+len(size)+k]
+			o = append(o, "\r\n"...)
+		}
+		if err == io.EOF {
+			if chunked {
+				if err := readTrailer(uc.br); err != nil {
+					return err
+				}
+			}
+			return c.write(append(o, "0\r\n\r\n"...))
+		}
+		if err != nil {
+			// Whatever was read still goes to the client.
+			_ = c.write(o)
+			return err
+		}
+		if len(o) > 0 {
+			if err := c.write(o); err != nil {
+				return err
+			}
+			o = buf[:0]
+		}
+	}
+}
+
+// readTrailer reads the trailer section after the last chunk and drops it
+// (the fast path does not pass trailers on).
+func readTrailer(br interface{ ReadSlice(byte) ([]byte, error) }) error {
+	for range maxFields {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		if len(line) < 2 || line[len(line)-2] != '\r' {
+			return ErrBadResponse
+		}
+		if len(line) == 2 {
+			return nil
+		}
+	}
+	return ErrBadResponse
+}
+
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
+}
+
+// appendRequestHead writes the upstream request's head.
+func appendRequestHead(b []byte, req *Request, up *url.URL, clientIP string) []byte {
+	b = append(b, req.Method...)
+	b = append(b, ' ')
+	// SetURL: the upstream's base path joined with the request's, one
+	// slash between them. req.Path has no escapes, so its raw form is
+	// itself.
+	base := up.EscapedPath()
+	switch {
+	case base == "":
+		b = append(b, req.Path...)
+	case strings.HasSuffix(base, "/"):
+		b = append(b, base...)
+		b = append(b, req.Path[1:]...)
+	default:
+		b = append(b, base...)
+		b = append(b, req.Path...)
+	}
+	switch {
+	case up.RawQuery != "" && req.Query != "":
+		b = append(b, '?')
+		b = append(b, up.RawQuery...)
+		b = append(b, '&')
+		b = append(b, req.Query...)
+	case up.RawQuery != "":
+		b = append(b, '?')
+		b = append(b, up.RawQuery...)
+	case req.Query != "":
+		b = append(b, '?')
+		b = append(b, req.Query...)
+	}
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, up.Host...)
+	b = append(b, "\r\n"...)
+	for i := range req.Header {
+		if f := &req.Header[i]; !f.Drop {
+			b = append(b, f.Name...)
+			b = append(b, ": "...)
+			b = append(b, f.Value...)
+			b = append(b, "\r\n"...)
+		}
+	}
+	switch {
+	case req.ContentLength >= 0:
+		b = append(b, "Content-Length: "...)
+		b = strconv.AppendInt(b, req.ContentLength, 10)
+		b = append(b, "\r\n"...)
+	case req.Method == http.MethodPost || req.Method == http.MethodPut || req.Method == http.MethodPatch:
+		// As http.Request.Write does for these methods.
+		b = append(b, "Content-Length: 0\r\n"...)
+	}
+	if clientIP != "" {
+		b = append(b, "X-Forwarded-For: "...)
+		b = append(b, clientIP...)
+		b = append(b, "\r\n"...)
+	}
+	b = append(b, "X-Forwarded-Host: "...)
+	b = append(b, req.Host...)
+	b = append(b, "\r\nX-Forwarded-Proto: http\r\n\r\n"...)
+	return b
+}
+
+// readHead returns the upstream's final response head (1xx answers other
+// than 101 are skipped), still in the reader's buffer: valid until the
+// next read.
+func (uc *upConn) readHead() ([]byte, error) {
+	for {
+		h, err := uc.peekHead()
+		if err != nil {
+			return nil, err
+		}
+		// "HTTP/1.1 1xx": informational, the real answer follows. 101
+		// is an error here: the fast path never asks for an upgrade.
+		if len(h) >= 12 && h[9] == '1' && !bytes.HasPrefix(h[9:], []byte("101")) {
+			_, _ = uc.br.Discard(len(h))
+			continue
+		}
+		return h, nil
+	}
+}
+
+var crlfcrlf = []byte("\r\n\r\n")
+
+func (uc *upConn) peekHead() ([]byte, error) {
+	for {
+		b, _ := uc.br.Peek(uc.br.Buffered())
+		if i := bytes.Index(b, crlfcrlf); i >= 0 {
+			return b[:i+4], nil
+		}
+		if len(b) == uc.br.Size() {
+			return nil, errHeadTooBig
+		}
+		if _, err := uc.br.Peek(len(b) + 1); err != nil {
+			if len(b) > 0 && err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return nil, err
+		}
+	}
+}
+
+// responseHead is what the proxy needs to know of an upstream response.
+type responseHead struct {
+	status  int
+	length  int64 // -1: none
+	chunked bool
+	close   bool
+	hasDate bool
+	// drop are the headers the Connection header names.
+	drop  [8][]byte
+	ndrop int
+}
+
+// parseResponseHead reads the status and the framing of head, strictly:
+// anything unclear is ErrBadResponse (and a 502), never a guess.
+func parseResponseHead(head []byte) (responseHead, error) {
+	r := responseHead{length: -1}
+	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	var http10 bool
+	switch {
+	case bytes.HasPrefix(line, []byte("HTTP/1.1 ")):
+	case bytes.HasPrefix(line, []byte("HTTP/1.0 ")):
+		http10 = true
+	default:
+		return r, ErrBadResponse
+	}
+	if len(line) < 12 || (len(line) > 12 && line[12] != ' ') {
+		return r, ErrBadResponse
+	}
+	for _, d := range line[9:12] {
+		if d < '0' || d > '9' {
+			return r, ErrBadResponse
+		}
+		r.status = r.status*10 + int(d-'0')
+	}
+	if r.status < 200 || !respValue(line[12:]) {
+		return r, ErrBadResponse
+	}
+	keepAlive, closeTok := false, false
+	for {
+		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		if len(line) == 0 {
+			break
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok || !token(name) || !respValue(value) {
+			return r, ErrBadResponse
+		}
+		value = trimOWSBytes(value)
+		switch {
+		case asciiEqualFold(name, "Content-Length"):
+			n, ok := digits(value)
+			if !ok || (r.length >= 0 && r.length != n) {
+				return r, ErrBadResponse
+			}
+			r.length = n
+		case asciiEqualFold(name, "Transfer-Encoding"):
+			if r.chunked || !asciiEqualFold(value, "chunked") {
+				return r, ErrBadResponse
+			}
+			r.chunked = true
+		case asciiEqualFold(name, "Connection"):
+			for v := value; len(v) > 0; {
+				var tok []byte
+				tok, v, _ = bytes.Cut(v, []byte(","))
+				switch tok = trimOWSBytes(tok); {
+				case len(tok) == 0:
+				case asciiEqualFold(tok, "close"):
+					closeTok = true
+				case asciiEqualFold(tok, "keep-alive"):
+					keepAlive = true
+				default:
+					if r.ndrop == len(r.drop) {
+						return r, ErrBadResponse
+					}
+					r.drop[r.ndrop] = tok
+					r.ndrop++
+				}
+			}
+		case asciiEqualFold(name, "Date"):
+			r.hasDate = true
+		}
+	}
+	r.close = closeTok || (http10 && !keepAlive)
+	if r.chunked {
+		// Transfer-Encoding wins over Content-Length (RFC 9112 6.3);
+		// the client gets the response re-framed either way.
+		r.length = -1
+	}
+	return r, nil
+}
+
+// appendFields copies the response's fields to o, less hop-by-hop ones,
+// those the Connection header names and the framing (written apart);
+// keepLength keeps Content-Length (HEAD and 304 answers, which have no
+// body to frame).
+func (r *responseHead) appendFields(o, head []byte, keepLength bool) []byte {
+	_, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	for {
+		var line []byte
+		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		if len(line) == 0 {
+			return o
+		}
+		name, _, _ := bytes.Cut(line, []byte(":"))
+		if hopByHop(name) || (!keepLength && asciiEqualFold(name, "Content-Length")) {
+			continue
+		}
+		named := false
+		for _, d := range r.drop[:r.ndrop] {
+			if bytes.EqualFold(name, d) {
+				named = true
+				break
+			}
+		}
+		if !named {
+			o = append(o, line...)
+			o = append(o, "\r\n"...)
+		}
+	}
+}
+
+func hopByHop(name []byte) bool {
+	switch len(name) {
+	case 2:
+		return asciiEqualFold(name, "TE")
+	case 7:
+		return asciiEqualFold(name, "Trailer") || asciiEqualFold(name, "Upgrade")
+	case 10:
+		return asciiEqualFold(name, "Connection") || asciiEqualFold(name, "Keep-Alive")
+	case 16:
+		return asciiEqualFold(name, "Proxy-Connection")
+	case 17:
+		return asciiEqualFold(name, "Transfer-Encoding")
+	case 18:
+		return asciiEqualFold(name, "Proxy-Authenticate")
+	case 19:
+		return asciiEqualFold(name, "Proxy-Authorization")
+	}
+	return false
+}
+
+func asciiEqualFold[T []byte | string](b T, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		x, y := b[i], s[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+func trimOWSBytes(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t') {
+		b = b[1:]
+	}
+	for len(b) > 0 && (b[len(b)-1] == ' ' || b[len(b)-1] == '\t') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// respValue: an upstream's field value or reason phrase — no control
+// characters but tab (so no CR or LF); obs-text is let through, as
+// net/http's client does.
+func respValue(b []byte) bool {
+	for _, c := range b {
+		if (c < 0x20 && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func statusText(code int) string { return http.StatusText(code) }

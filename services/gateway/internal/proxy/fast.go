@@ -1,0 +1,134 @@
+package proxy
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/infergate/infergate/services/gateway/internal/h1"
+	"github.com/infergate/infergate/services/gateway/internal/route"
+	"github.com/infergate/infergate/services/internal/authmap"
+)
+
+// FastPath serves the common request to a deployment on the HTTP/1.1
+// fast path (package h1) with the same decisions, answers, metrics and
+// logs as Serve: a request to a deployment whose upstream is plain http.
+// Everything else — the gateway's own endpoints, https upstreams — it
+// leaves to net/http and Serve.
+type FastPath struct {
+	h          *Handler
+	baseDomain string
+}
+
+var _ h1.Handler = (*FastPath)(nil)
+
+// FastPath returns the fast path for requests routed under baseDomain
+// (lower case).
+func (h *Handler) FastPath(baseDomain string) *FastPath {
+	return &FastPath{h: h, baseDomain: baseDomain}
+}
+
+const errorHeader = "Content-Type: application/json\r\nCache-Control: no-store\r\n"
+
+func answerError(c *h1.Conn, status int, code Code) {
+	_ = c.Answer(status, errorHeader, errorBodies[code])
+}
+
+// ServeH1 implements h1.Handler.
+func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
+	h := f.h
+	// req.Path has no escapes: decoded and raw are the same.
+	t, kind := route.Of(req.Host, req.Path, "", f.baseDomain)
+	switch kind {
+	case route.Deployment:
+	case route.Unroutable:
+		h.cfg.Metrics.Decided(authmap.ResultDeploymentNotFound)
+		answerError(c, http.StatusNotFound, CodeDeploymentNotFound)
+		return true
+	default:
+		return false // the gateway's own endpoints
+	}
+	if !h.cfg.Ready() {
+		h.cfg.Metrics.RefusedNotReady()
+		answerError(c, http.StatusServiceUnavailable, CodeGatewayNotReady)
+		return true
+	}
+	key, authKey := fieldCredentials(req)
+	d := h.cfg.Map.Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
+	if d.Result.Allowed() && d.Upstream != nil && d.Upstream.Scheme != "http" {
+		// https (or anything else): http.Transport's job. Nothing is
+		// counted yet; Serve counts it.
+		return false
+	}
+	h.cfg.Metrics.Decided(d.Result)
+	switch d.Result {
+	case authmap.ResultAllowed, authmap.ResultAuthDisabled:
+	case authmap.ResultMissingAPIKey:
+		answerError(c, http.StatusUnauthorized, CodeMissingAPIKey)
+		return true
+	case authmap.ResultInvalidAPIKey:
+		h.cfg.Log.Debug("refused", "project", t.Project, "deployment", t.Deployment, "reason", d.Reason.String())
+		answerError(c, http.StatusUnauthorized, CodeInvalidAPIKey)
+		return true
+	case authmap.ResultDeploymentNotReady:
+		answerError(c, http.StatusServiceUnavailable, CodeDeploymentNotReady)
+		return true
+	default:
+		answerError(c, http.StatusNotFound, CodeDeploymentNotFound)
+		return true
+	}
+	if d.Upstream == nil {
+		h.cfg.Log.Warn("deployment has an unusable upstream URL", "project", t.Project, "deployment", t.Deployment)
+		answerError(c, http.StatusBadGateway, CodeUpstreamUnavailable)
+		return true
+	}
+	// No key of ours goes upstream, wherever auth is off too: X-API-Key,
+	// and every Authorization when one carries a key (as Serve).
+	stripAuth := authKey != ""
+	for i := range req.Header {
+		switch fl := &req.Header[i]; {
+		case strings.EqualFold(fl.Name, "X-Api-Key"):
+			fl.Drop = true
+		case !stripAuth && strings.EqualFold(fl.Name, "Authorization"):
+			stripAuth = bearerKey(fl.Value) != ""
+		}
+	}
+	if stripAuth {
+		for i := range req.Header {
+			if fl := &req.Header[i]; strings.EqualFold(fl.Name, "Authorization") {
+				fl.Drop = true
+			}
+		}
+	}
+	// The path to send upstream: for path routing, the rest after
+	// /d/<project>/<deployment>.
+	req.Path = t.Path
+	res := c.Forward(req, d.Upstream)
+	h.cfg.Metrics.Upstream(res.Waited)
+	switch {
+	case res.Err == nil:
+	case res.Answered:
+		// The response was cut short; the connection is closed.
+		h.cfg.Log.Debug("proxied response cut short", "project", t.Project, "deployment", t.Deployment, "client_gone", res.ClientGone, "err", res.Err)
+	case res.ClientGone:
+		h.cfg.Metrics.UpstreamError(true)
+		h.cfg.Log.Debug("client canceled a proxied request", "project", t.Project, "deployment", t.Deployment)
+	default:
+		h.cfg.Metrics.UpstreamError(false)
+		h.cfg.Log.Warn("upstream failed", "project", t.Project, "deployment", t.Deployment, "upstream", d.Upstream.Host, "err", res.Err)
+		answerError(c, http.StatusBadGateway, CodeUpstreamUnavailable)
+	}
+	return true
+}
+
+// fieldCredentials is credentials for a fast-path request: X-API-Key (its
+// first field, when not empty), else a well-formed infergate key in the
+// first Authorization field's Bearer token.
+func fieldCredentials(req *h1.Request) (key, authKey string) {
+	if v, ok := req.Get("Authorization"); ok {
+		authKey = bearerKey(v)
+	}
+	if v, ok := req.Get("X-Api-Key"); ok && v != "" {
+		return v, authKey
+	}
+	return authKey, authKey
+}
