@@ -20,7 +20,9 @@
 # one-connection pass.
 # Tunables (environment): KEYS, DURATION (s per measurement), ROUNDS,
 # CONNS, LIGHT_CONNS (connections of the latency pass), SERVER_CPU, CLIENT_CPU, PIN (0: no taskset),
-# TARGETS (add gateway-nethttp for the gateway with its HTTP/1.1 fast path
+# FORWARDED=1 (HAProxy and nginx also set X-Forwarded-For, -Host and
+# -Proto upstream, as the gateway always does, so every front door sends
+# the upstream the same headers), TARGETS (add gateway-nethttp for the gateway with its HTTP/1.1 fast path
 # off, --http1-fastpath=false, as an A/B in the same run), WORK (scratch dir, kept with
 # KEEP=1), GATEWAY_PPROF=1 (run services/bench/cmd/bench-gateway — the
 # same gateway package plus net/http/pprof — and take a 10 s CPU profile of
@@ -38,6 +40,7 @@ LIGHT_CONNS=${LIGHT_CONNS:-1}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 TARGETS=${TARGETS:-direct haproxy nginx gateway}
+FORWARDED=${FORWARDED:-0}
 WORK=${WORK:-$(mktemp -d /tmp/infergate-load.XXXXXX)}
 PORT_UP=18001 PORT_HAPROXY=18002 PORT_NGINX=18003 PORT_GATEWAY=18004 PORT_NATS=14222 PORT_PPROF=18005 PORT_GATEWAY_NETHTTP=18006
 HOST=model-chat.bench.localhost
@@ -122,6 +125,11 @@ start_servers() {
 		PIDS+=($!)
 	fi
 
+	local haproxy_fwd="" nginx_fwd=""
+	if [ "$FORWARDED" = 1 ]; then
+		haproxy_fwd=$'    option forwardfor\n    http-request set-header X-Forwarded-Host %[req.hdr(host)]\n    http-request set-header X-Forwarded-Proto http'
+		nginx_fwd=$'            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n            proxy_set_header X-Forwarded-Host $host;\n            proxy_set_header X-Forwarded-Proto $scheme;'
+	fi
 	cat >"$WORK/haproxy.cfg" <<-CFG
 	global
 	    maxconn 8000
@@ -137,6 +145,7 @@ start_servers() {
 	    bind 127.0.0.1:$PORT_HAPROXY
 	    http-request return status 401 content-type application/json string '{"error":{"message":"Invalid API key for this deployment.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}' unless { req.hdr(x-api-key),map($WORK/haproxy-keys.map) -m found }
 	    http-request del-header x-api-key
+	$haproxy_fwd
 	    default_backend model
 	backend model
 	    server up 127.0.0.1:$PORT_UP
@@ -181,6 +190,7 @@ start_servers() {
 	            proxy_http_version 1.1;
 	            proxy_set_header Connection "";
 	            proxy_set_header X-API-Key "";
+	$nginx_fwd
 	        }
 	    }
 	}
