@@ -324,6 +324,8 @@ func (g *Gateway) streamMetrics() metrics.Stream {
 		Stale:            s.Stale,
 		SinceLastEvent:   s.SinceLastEvent,
 		SinceLastContact: s.SinceLastContact,
+		SnapshotStart:    g.snapshotSeq.Load(),
+		MapOffHeapBytes:  g.authMap.OffHeapBytes(),
 	}
 }
 

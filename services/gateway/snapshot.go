@@ -102,10 +102,12 @@ func (g *Gateway) maybeSave(ctx context.Context, every uint64) {
 	info, err := g.cfg.Snapshots.Save(ctx, g.authMap, state)
 	if err != nil {
 		if ctx.Err() == nil {
+			g.metrics.SnapshotSaved(0, err)
 			g.cfg.Log.Warn("saving a snapshot failed", "err", err)
 		}
 		return
 	}
+	g.metrics.SnapshotSaved(info.Sequence, nil)
 	g.cfg.Log.Info("saved a snapshot", "sequence", info.Sequence, "bytes", info.Size,
 		"took", time.Since(start).Round(time.Millisecond))
 }

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"context"
+	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -69,12 +70,17 @@ func TestStartFromSnapshot(t *testing.T) {
 
 	// A gateway saves a snapshot once it is SnapshotEvery records past the
 	// latest (none yet).
-	saver, _, stopSaver := runGateway(t, b, gateway.Config{Snapshots: snaps, SnapshotEvery: 3, SnapshotCheck: 20 * time.Millisecond})
+	saver, saverSrv, stopSaver := runGateway(t, b, gateway.Config{Snapshots: snaps, SnapshotEvery: 3, SnapshotCheck: 20 * time.Millisecond})
 	waitApplied(t, saver, before)
 	var info snapshots.Info
 	eventually(t, "a snapshot saved", func() bool {
 		info, err = snaps.Latest(t.Context())
 		return err == nil && info.Sequence == before
+	})
+	eventually(t, "the save counted in /metrics", func() bool {
+		body := scrape(t, saverSrv)
+		return strings.Contains(body, `infergate_gateway_snapshot_saves_total{result="saved"}`) &&
+			strings.Contains(body, "infergate_gateway_snapshot_saved_sequence "+itoa(before)+"\n")
 	})
 	stopSaver()
 	if saver.Status().SnapshotSequence != 0 {
@@ -108,6 +114,9 @@ func TestStartFromSnapshot(t *testing.T) {
 	check("from the snapshot", fresh, srv)
 	if got := fresh.Status().SnapshotSequence; got != before {
 		t.Errorf("SnapshotSequence = %d, want %d", got, before)
+	}
+	if body := scrape(t, srv); !strings.Contains(body, "infergate_gateway_snapshot_start_sequence "+itoa(before)+"\n") {
+		t.Errorf("/metrics does not give the snapshot the gateway started from:\n%s", body)
 	}
 
 	// One without snapshots replays everything and answers the same.
@@ -143,6 +152,21 @@ func TestStartFromSnapshot(t *testing.T) {
 	if got := other.Status().SnapshotSequence; got != 0 {
 		t.Errorf("started from another stream's snapshot %d", got)
 	}
+}
+
+// scrape returns the gateway's /metrics page.
+func scrape(t *testing.T, srv *httptest.Server) string {
+	t.Helper()
+	resp, err := srv.Client().Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 func itoa(n uint64) string {

@@ -27,6 +27,11 @@ type Stream struct {
 	Stale            bool
 	SinceLastEvent   time.Duration // -1 when none yet
 	SinceLastContact time.Duration // -1 when none yet
+	// SnapshotStart is the sequence of the snapshot the map started from;
+	// 0 when it replayed the stream from the start.
+	SnapshotStart uint64
+	// MapOffHeapBytes is the auth map's memory outside the Go heap.
+	MapOffHeapBytes int
 }
 
 // Metrics holds the gateway's collectors.
@@ -38,6 +43,8 @@ type Metrics struct {
 	notReady       prometheus.Counter
 	upstream       prometheus.Histogram
 	upstreamErrors *prometheus.CounterVec
+	snapshotSaves  *prometheus.CounterVec
+	snapshotSaved  prometheus.Gauge
 }
 
 // New registers the collectors; stream is called at every scrape.
@@ -62,6 +69,14 @@ func New(stream func() Stream) *Metrics {
 		Name: "infergate_gateway_upstream_errors_total",
 		Help: "Proxied requests that got no response from the upstream (502), by cause: unreachable, or canceled by the client.",
 	}, []string{"cause"})
+	m.snapshotSaves = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "infergate_gateway_snapshot_saves_total",
+		Help: "Auth map snapshots this gateway tried to save to the snapshot bucket, by result: saved or failed.",
+	}, []string{"result"})
+	m.snapshotSaved = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "infergate_gateway_snapshot_saved_sequence",
+		Help: "Stream sequence of the last auth map snapshot this gateway saved; 0 before the first.",
+	})
 	gauge := func(name, help string, f func(Stream) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stream()) })
 	}
@@ -78,7 +93,11 @@ func New(stream func() Stream) *Metrics {
 		return d.Seconds()
 	}
 	reg.MustRegister(
-		decisions, m.upstream, m.upstreamErrors,
+		decisions, m.upstream, m.upstreamErrors, m.snapshotSaves, m.snapshotSaved,
+		gauge("infergate_gateway_snapshot_start_sequence", "Stream sequence of the auth map snapshot the gateway started from; 0: it replayed the stream from the start.",
+			func(s Stream) float64 { return float64(s.SnapshotStart) }),
+		gauge("infergate_gateway_authmap_offheap_bytes", "Memory the auth map holds outside the Go heap (its key table, on huge pages), which the go_memstats metrics do not count.",
+			func(s Stream) float64 { return float64(s.MapOffHeapBytes) }),
 		gauge("infergate_gateway_applied_sequence", "Stream sequence of the last event record applied to the auth map.",
 			func(s Stream) float64 { return float64(s.Applied) }),
 		gauge("infergate_gateway_stream_last_sequence", "The stream's last sequence, as last read from NATS.",
@@ -113,6 +132,16 @@ func (m *Metrics) RefusedNotReady() { m.notReady.Inc() }
 
 // Upstream records how long the upstream took to answer.
 func (m *Metrics) Upstream(d time.Duration) { m.upstream.Observe(d.Seconds()) }
+
+// SnapshotSaved records an attempt to save a snapshot at seq.
+func (m *Metrics) SnapshotSaved(seq uint64, err error) {
+	if err != nil {
+		m.snapshotSaves.WithLabelValues("failed").Inc()
+		return
+	}
+	m.snapshotSaves.WithLabelValues("saved").Inc()
+	m.snapshotSaved.Set(float64(seq))
+}
 
 // UpstreamError counts a proxied request that got no response.
 func (m *Metrics) UpstreamError(canceled bool) {
