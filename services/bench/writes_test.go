@@ -146,3 +146,58 @@ func BenchmarkLinkKey(b *testing.B) {
 	reportWrites(b, lat, wall)
 	b.ReportMetric(float64(unconfirmed.Load()), "unconfirmed")
 }
+
+// bigDeploymentKeys is how many keys are linked to the deployment of
+// BenchmarkLinkKeyBigDeployment.
+const bigDeploymentKeys = 2000
+
+// BenchmarkLinkKeyBigDeployment measures LinkKey and UnlinkKey of one key,
+// one call at a time, on a deployment that already has 2,000 keys linked:
+// what a change costs on a big deployment (each call waits for the
+// stack's gateway to confirm).
+func BenchmarkLinkKeyBigDeployment(b *testing.B) {
+	s := stack(b, 1)
+	ctx := context.Background()
+	once(b, "link-key-big", func() bool {
+		names := make([]string, bigDeploymentKeys)
+		for i := range names {
+			names[i] = fmt.Sprintf("big-%04d", i)
+			if _, err := s.CreateKey(ctx, project, names[i]); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if _, err := s.CreateKey(ctx, project, "big-extra"); err != nil {
+			b.Fatal(err)
+		}
+		if err := s.Deploy(ctx, project, "big", s.UpstreamURL); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.Deployments.UpdateDeploymentAuth(ctx, connect.NewRequest(&deploymentv1.UpdateDeploymentAuthRequest{
+			Project: project, Name: "big", AuthEnabled: true, ApiKeys: names,
+		})); err != nil {
+			b.Fatal(err)
+		}
+		return true
+	})
+	calls := once(b, "link-key-big-calls", func() *int { return new(int) })
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		var err error
+		if *calls%2 == 0 {
+			_, err = s.Deployments.LinkKey(ctx, connect.NewRequest(&deploymentv1.LinkKeyRequest{Project: project, Deployment: "big", Key: "big-extra"}))
+		} else {
+			_, err = s.Deployments.UnlinkKey(ctx, connect.NewRequest(&deploymentv1.UnlinkKeyRequest{Project: project, Deployment: "big", Key: "big-extra"}))
+		}
+		*calls++
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.StopTimer()
+	s50, s99 := stats.Percentile(lat, 50), stats.Percentile(lat, 99)
+	b.ReportMetric(float64(s50.Microseconds()), "p50-µs")
+	b.ReportMetric(float64(s99.Microseconds()), "p99-µs")
+}

@@ -144,8 +144,11 @@ func (s *Server) fail(ctx context.Context, err error) error { return rpcerr.From
 
 // change runs one command on a deployment and waits for the read model and
 // the gateways. decide gets the folded deployment and the live keys among
-// keys and the deployment's current links.
-func (s *Server) change(ctx context.Context, header http.Header, procedure, project, name string, keys []string, timeout *durationpb.Duration,
+// keys and, with allLinks, the deployment's current links: only a command
+// that recomputes the whole link set (UpdateDeploymentAuth) needs those,
+// and checking them is one load per linked key — on a deployment with
+// thousands of keys, thousands of stream reads for every LinkKey.
+func (s *Server) change(ctx context.Context, header http.Header, procedure, project, name string, keys []string, allLinks bool, timeout *durationpb.Duration,
 	decide func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error),
 ) (*deploymentv1.Deployment, *propagationv1.Propagation, error) {
 	wait, err := command.PropagationTimeout(timeout, s.cfg.PropagationTimeout)
@@ -159,7 +162,11 @@ func (s *Server) change(ctx context.Context, header http.Header, procedure, proj
 		func(records []eventstore.Record) ([]*eventv1.Event, error) {
 			d := aggregate.DeploymentFrom(name, eventstore.Events(records))
 			regions = d.Regions
-			live, err := s.liveKeys(ctx, project, keys, slices.Collect(maps.Keys(d.Links)))
+			var links []string
+			if allLinks {
+				links = slices.Collect(maps.Keys(d.Links))
+			}
+			live, err := s.liveKeys(ctx, project, keys, links)
 			if err != nil {
 				return nil, err
 			}
@@ -196,7 +203,7 @@ func (s *Server) CreateDeployment(ctx context.Context, req *connect.Request[depl
 	if err := aggregate.ValidateNewDeployment(m.GetProject(), nd); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), m.GetPropagationTimeout(),
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Create(meta, nd, live)
 		})
@@ -251,7 +258,7 @@ func (s *Server) UpdateDeploymentAuth(ctx context.Context, req *connect.Request[
 	); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), m.GetPropagationTimeout(),
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), true, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.UpdateAuth(meta, m.GetAuthEnabled(), m.GetApiKeys(), live)
 		})
@@ -267,7 +274,7 @@ func (s *Server) LinkKey(ctx context.Context, req *connect.Request[deploymentv1.
 	if err := s.validateLink(m.GetProject(), m.GetDeployment(), m.GetKey()); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, m.GetPropagationTimeout(),
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Link(meta, m.GetKey(), live)
 		})
@@ -283,7 +290,7 @@ func (s *Server) UnlinkKey(ctx context.Context, req *connect.Request[deploymentv
 	if err := s.validateLink(m.GetProject(), m.GetDeployment(), m.GetKey()); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, m.GetPropagationTimeout(),
+	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Unlink(meta, m.GetKey(), live)
 		})
@@ -299,7 +306,7 @@ func (s *Server) DeleteDeployment(ctx context.Context, req *connect.Request[depl
 	if err := errors.Join(aggregate.ValidateProject("project", m.GetProject()), aggregate.ValidateDeploymentName("name", m.GetName())); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	_, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), nil, m.GetPropagationTimeout(),
+	_, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), nil, false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, _ aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Delete(meta)
 		})
