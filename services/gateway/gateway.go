@@ -207,6 +207,8 @@ func New(cfg Config) (*Gateway, error) {
 		case route.Unroutable:
 			g.metrics.Decided(authmap.ResultDeploymentNotFound)
 			proxy.WriteError(w, http.StatusNotFound, proxy.CodeDeploymentNotFound)
+		case route.BadPath:
+			proxy.WriteError(w, http.StatusBadRequest, proxy.CodeInvalidPath)
 		default:
 			mux.ServeHTTP(w, r)
 		}

@@ -142,6 +142,29 @@ func testAuthAndRouting(t *testing.T, front frontEnd) {
 		}
 	})
 
+	t.Run("dot-segments are refused, not sent upstream", func(t *testing.T) {
+		up.mu.Lock()
+		before := len(up.reqs)
+		up.mu.Unlock()
+		for _, tc := range []struct{ host, path string }{
+			{host("chat"), "/v1/../admin"},
+			{host("chat"), "/.."},
+			{host("open"), "/./v1/models"},
+			{"", "/d/team-a/chat/../admin"},
+			{"", "/d/team-a/open/v1/%2e%2e/%2E%2E/admin"},
+		} {
+			a := get(t, srv, tc.host, tc.path, "X-API-Key", alpha)
+			if a.status != 400 || a.code != "invalid_path" || a.typ != "invalid_request_error" {
+				t.Errorf("%s %s: %d %q, want 400 invalid_path (%s)", tc.host, tc.path, a.status, a.code, a.body)
+			}
+		}
+		up.mu.Lock()
+		defer up.mu.Unlock()
+		if len(up.reqs) != before {
+			t.Errorf("the upstream got %d requests with dot-segments", len(up.reqs)-before)
+		}
+	})
+
 	t.Run("hosts", func(t *testing.T) {
 		for _, tc := range []struct {
 			host   string

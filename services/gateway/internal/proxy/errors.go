@@ -17,6 +17,7 @@ const (
 	CodeDeploymentNotReady
 	CodeGatewayNotReady
 	CodeUpstreamUnavailable
+	CodeInvalidPath
 	numCodes
 )
 
@@ -33,6 +34,8 @@ var errorTexts = [numCodes]struct{ code, typ, message string }{
 		"The gateway is starting and has not caught up with its configuration yet. Retry shortly."},
 	CodeUpstreamUnavailable: {"upstream_unavailable", "server_error",
 		"The deployment's upstream did not answer."},
+	CodeInvalidPath: {"invalid_path", "invalid_request_error",
+		"The request path has a '.' or '..' segment; the gateway does not forward such paths."},
 }
 
 // errorBodies are the answers' JSON, made once: writing an error allocates

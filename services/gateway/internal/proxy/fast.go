@@ -44,6 +44,9 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		h.cfg.Metrics.Decided(authmap.ResultDeploymentNotFound)
 		answerError(c, http.StatusNotFound, CodeDeploymentNotFound)
 		return true
+	case route.BadPath:
+		answerError(c, http.StatusBadRequest, CodeInvalidPath)
+		return true
 	default:
 		return false // the gateway's own endpoints
 	}

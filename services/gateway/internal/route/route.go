@@ -19,6 +19,10 @@ const (
 	// Unroutable: meant for a deployment (a model-* host, a /d/ path) but
 	// naming none.
 	Unroutable
+	// BadPath: for a deployment, but the path to send upstream has a "."
+	// or ".." segment (also escaped, %2e): joined under the upstream's
+	// base path it could climb out of it, so it is refused, not sent.
+	BadPath
 )
 
 // Target is the deployment a request is for and the path to send it
@@ -47,12 +51,33 @@ func Parse(r *http.Request, baseDomain string) (Target, Kind) {
 func Of(host, path, rawPath, baseDomain string) (Target, Kind) {
 	host = hostname(host)
 	if len(host) >= len(HostPrefix) && strings.EqualFold(host[:len(HostPrefix)], HostPrefix) {
-		return fromHost(strings.ToLower(host[len(HostPrefix):]), baseDomain, path, rawPath)
+		return checkPath(fromHost(strings.ToLower(host[len(HostPrefix):]), baseDomain, path, rawPath))
 	}
 	if path == "/d" || strings.HasPrefix(path, "/d/") {
-		return fromPath(path, rawPath)
+		return checkPath(fromPath(path, rawPath))
 	}
 	return Target{}, Gateway
+}
+
+// checkPath makes a deployment target whose path has dot-segments a
+// BadPath.
+func checkPath(t Target, k Kind) (Target, Kind) {
+	if k == Deployment && dotSegment(t.Path) {
+		return t, BadPath
+	}
+	return t, k
+}
+
+// dotSegment reports whether the decoded path has a "." or ".." segment.
+func dotSegment(p string) bool {
+	for p != "" {
+		var seg string
+		seg, p, _ = strings.Cut(p, "/")
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }
 
 // hostname is host without its port and trailing dot.
