@@ -71,7 +71,8 @@ bench: ## Go benchmarks: gateway decision, audit CheckAccess, propagation, contr
 	cd services/internal && $(BENCH_GO) -bench 'BenchmarkDecision|BenchmarkHeapPerKey' -benchtime=2s ./authmap
 	cd services/audit && $(BENCH_GO) -bench CheckAccess -benchtime=20x ./internal/auditservice
 	cd services/bench && $(BENCH_GO) -bench 'BenchmarkPropagation|BenchmarkUnlinkKeyRPC' -benchtime=2000x -timeout 30m .
-	cd services/bench && $(BENCH_GO) -bench 'BenchmarkCreateKey|BenchmarkLinkKey' -benchtime=8000x -count=3 -timeout 30m .
+	cd services/bench && $(BENCH_GO) -bench 'BenchmarkCreateKey$$|BenchmarkLinkKey$$' -benchtime=8000x -count=3 -timeout 30m .
+	cd services/bench && $(BENCH_GO) -bench 'BenchmarkLinkKeyBigDeployment' -benchtime=400x -timeout 30m .
 	cd services/bench && $(BENCH_GO) -bench BenchmarkStreamingTTFB -benchtime=400x -timeout 30m .
 
 COLDSTART_KEYS ?= 1000000
