@@ -73,6 +73,15 @@ func (d *Deployment) Apply(e *eventv1.Event) {
 	}
 }
 
+// Clone returns a copy of d that Apply can change without changing d.
+func (d Deployment) Clone() Deployment {
+	d.Regions = slices.Clone(d.Regions)
+	if d.Links != nil {
+		d.Links = maps.Clone(d.Links)
+	}
+	return d
+}
+
 // LiveKeys maps key names to the ids of the keys that are live now. The
 // service builds it from the keys' own events.
 type LiveKeys map[string]string

@@ -29,7 +29,7 @@ func newAggCache(max int) *aggCache {
 }
 
 // get returns the cached records and version of a subject. The slice must
-// not be appended to in place.
+// not be appended to in place, except by extend.
 func (c *aggCache) get(subject string) ([]Record, uint64) {
 	if c.max <= 0 {
 		return nil, 0
@@ -43,6 +43,34 @@ func (c *aggCache) get(subject string) ([]Record, uint64) {
 	c.order.MoveToFront(el)
 	e := el.Value.(*cacheEntry)
 	return e.records, e.version
+}
+
+// extend returns base (the records of subject up to baseVersion, as get
+// returned them) followed by fresh, up to version, and caches that. When
+// the cached entry is still base, fresh is appended to it in place —
+// amortized O(len(fresh)), not a copy of the whole history: slices handed
+// out before end at their own length and capacity, so what is written
+// past them is invisible to them.
+func (c *aggCache) extend(subject string, base []Record, baseVersion uint64, fresh []Record, version uint64) []Record {
+	if c.max > 0 && base != nil {
+		c.mu.Lock()
+		if el, ok := c.bySubject[subject]; ok {
+			e := el.Value.(*cacheEntry)
+			if e.version == baseVersion && len(e.records) == len(base) {
+				e.records = append(e.records, fresh...)
+				e.version = version
+				c.order.MoveToFront(el)
+				records := e.records
+				c.mu.Unlock()
+				return records
+			}
+		}
+		c.mu.Unlock()
+	}
+	records := make([]Record, 0, len(base)+len(fresh))
+	records = append(append(records, base...), fresh...)
+	c.put(subject, records, version)
+	return records
 }
 
 // put stores records at version, unless a newer version is cached.

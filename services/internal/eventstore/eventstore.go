@@ -330,9 +330,7 @@ func (s *Store) Load(ctx context.Context, agg Aggregate) ([]Record, uint64, erro
 		// Nothing new: the cached slice is never written to, share it.
 		return cached[:len(cached):len(cached)], version, nil
 	}
-	records := make([]Record, 0, len(cached)+len(fresh))
-	records = append(append(records, cached...), fresh...)
-	s.cache.put(subject, records, version)
+	records := s.cache.extend(subject, cached, cachedVersion, fresh, version)
 	return records[:len(records):len(records)], version, nil
 }
 

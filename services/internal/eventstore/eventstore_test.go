@@ -493,3 +493,50 @@ func TestLoadSeesAppendsFromAnotherStore(t *testing.T) {
 		t.Errorf("stale append: %v", err)
 	}
 }
+
+// TestLoadsAppendInPlace: a cached aggregate's records grow in place as it
+// is loaded again and again (with concurrent loads, under -race), and a
+// slice handed out earlier never changes.
+func TestLoadsAppendInPlace(t *testing.T) {
+	t.Parallel()
+	s := openStore(t)
+	ctx := t.Context()
+	agg := keyAgg("growing")
+	var (
+		version uint64
+		held    [][]eventstore.Record
+	)
+	for i := range 40 {
+		r, err := s.Append(ctx, agg, version, []*eventv1.Event{updated(fmt.Sprint(i))})
+		if err != nil {
+			t.Fatal(err)
+		}
+		version = r.Sequence
+		var wg sync.WaitGroup
+		loads := make([][]eventstore.Record, 3)
+		for j := range loads {
+			wg.Go(func() {
+				recs, v, err := s.Load(ctx, agg)
+				if err != nil || v != version {
+					t.Errorf("Load: version %d, %v; want %d", v, err, version)
+				}
+				loads[j] = recs
+			})
+		}
+		wg.Wait()
+		for _, recs := range loads {
+			if len(recs) != i+1 || recs[i].Sequence != version {
+				t.Fatalf("load %d: %d records, last %d", i, len(recs), recs[len(recs)-1].Sequence)
+			}
+		}
+		held = append(held, loads[0])
+	}
+	for i, recs := range held {
+		if got := descriptions(recs); len(got) != i+1 || got[i] != fmt.Sprint(i) {
+			t.Fatalf("a slice handed out at %d changed: %v", i, got)
+		}
+		if cap(recs) != len(recs) {
+			t.Fatalf("a slice handed out at %d has room to grow into: len %d cap %d", i, len(recs), cap(recs))
+		}
+	}
+}

@@ -100,6 +100,7 @@ func (c *Config) Validate() error {
 type Server struct {
 	cfg     Config
 	gateway *url.URL
+	folds   folds
 }
 
 // New returns a Server.
@@ -160,7 +161,7 @@ func (s *Server) change(ctx context.Context, header http.Header, procedure, proj
 	var regions []string
 	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(header, meta, procedure, agg), 0,
 		func(records []eventstore.Record) ([]*eventv1.Event, error) {
-			d := aggregate.DeploymentFrom(name, eventstore.Events(records))
+			d := s.folds.fold(s.cfg.Events.Subject(agg), name, records)
 			regions = d.Regions
 			var links []string
 			if allLinks {
