@@ -192,50 +192,61 @@ func natsChild(dir string, port int) (string, func(), error) {
 	return strings.TrimSpace(strings.TrimPrefix(line, "ready ")), stop, nil
 }
 
-// connect opens the event store and the snapshot bucket at url.
-func connect(ctx context.Context, url string) (*nats.Conn, *eventstore.Store, *snapshots.Store, error) {
-	nc, err := nats.Connect(url, nats.Name("bench-coldstart-gateway"))
+// served is a store served by a NATS child process, with the event store
+// and the snapshot bucket open on it.
+type served struct {
+	nc    *nats.Conn
+	store *eventstore.Store
+	snaps *snapshots.Store
+	last  uint64 // the stream's last sequence when opened
+	stop  func()
+}
+
+// serve serves dir's store from a NATS child process and opens it.
+func serve(ctx context.Context, dir string, port int) (*served, error) {
+	url, stop, err := natsChild(dir, port)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, err
 	}
-	js, err := jetstream.New(nc)
+	s := &served{stop: stop}
+	if s.nc, err = nats.Connect(url, nats.Name("bench-coldstart-gateway")); err != nil {
+		stop()
+		return nil, err
+	}
+	js, err := jetstream.New(s.nc)
 	if err == nil {
-		var store *eventstore.Store
-		if store, err = eventstore.Open(ctx, js, eventstore.Config{}); err == nil {
-			var snaps *snapshots.Store
-			if snaps, err = snapshots.Open(ctx, js, snapshots.Config{}); err == nil {
-				return nc, store, snaps, nil
+		if s.store, err = eventstore.Open(ctx, js, eventstore.Config{}); err == nil {
+			if s.snaps, err = snapshots.Open(ctx, js, snapshots.Config{}); err == nil {
+				if s.last, err = s.store.LastSequence(ctx); err == nil {
+					return s, nil
+				}
 			}
 		}
 	}
-	nc.Close()
-	return nil, nil, nil, err
+	s.close()
+	return nil, err
+}
+
+func (s *served) close() {
+	s.nc.Close()
+	s.stop()
 }
 
 // snapshot has a gateway replay the whole stream and save a snapshot of
 // its map in the store's bucket, as a running gateway does every
 // --snapshot-every records.
 func snapshot(dir string, port int, at uint64) error {
-	url, stop, err := natsChild(dir, port)
-	if err != nil {
-		return err
-	}
-	defer stop()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	nc, store, snaps, err := connect(ctx, url)
+	sv, err := serve(ctx, dir, port)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	last, err := store.LastSequence(ctx)
-	if err != nil {
-		return err
-	}
+	defer sv.close()
 	if at > 0 {
-		return snapshotAt(ctx, store, snaps, at)
+		return snapshotAt(ctx, sv.store, sv.snaps, at)
 	}
-	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, ID: "snapshot", Snapshots: snaps, SnapshotEvery: 1, SnapshotCheck: 50 * time.Millisecond})
+	gw, err := gateway.New(gateway.Config{Events: sv.store, NATS: sv.nc, ID: "snapshot", Snapshots: sv.snaps, SnapshotEvery: 1, SnapshotCheck: 50 * time.Millisecond})
 	if err != nil {
 		return err
 	}
@@ -243,8 +254,8 @@ func snapshot(dir string, port int, at uint64) error {
 	done := make(chan error, 1)
 	go func() { done <- gw.Run(ctx) }()
 	for {
-		info, err := snaps.Latest(ctx)
-		if err == nil && info.Sequence >= last {
+		info, err := sv.snaps.Latest(ctx)
+		if err == nil && info.Sequence >= sv.last {
 			fmt.Printf("snapshot at sequence %d: %.1f MiB, saved %s after the gateway started (it replays the stream, then saves)\n",
 				info.Sequence, mib(info.Size), time.Since(start).Round(time.Millisecond))
 			break
@@ -289,30 +300,22 @@ func snapshotAt(ctx context.Context, store *eventstore.Store, snaps *snapshots.S
 }
 
 func measure(dir string, keys, port int, cpuProfile string, fromSnapshot bool) error {
-	url, stop, err := natsChild(dir, port)
-	if err != nil {
-		return err
-	}
-	defer stop()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	nc, store, snaps, err := connect(ctx, url)
+	sv, err := serve(ctx, dir, port)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	last, err := store.LastSequence(ctx)
-	if err != nil {
-		return err
-	}
-	cfg := gateway.Config{Events: store, NATS: nc, ID: "coldstart"}
+	defer sv.close()
+	last := sv.last
+	cfg := gateway.Config{Events: sv.store, NATS: sv.nc, ID: "coldstart"}
 	if fromSnapshot {
-		info, err := snaps.Latest(ctx)
+		info, err := sv.snaps.Latest(ctx)
 		if err != nil {
 			return fmt.Errorf("no snapshot (run bench-coldstart snapshot first): %w", err)
 		}
 		fmt.Printf("starting from the snapshot at sequence %d (%.1f MiB); the stream is at %d\n", info.Sequence, mib(info.Size), last)
-		cfg.Snapshots = snaps
+		cfg.Snapshots = sv.snaps
 	}
 	runtime.GC()
 	var before runtime.MemStats
