@@ -4,23 +4,19 @@ import (
 	"bufio"
 	"errors"
 	"net"
-	"sync"
-	"syscall"
 	"time"
+
+	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
 
-// upstreams is the fast path's keep-alive client pool: idle connections
-// by host:port, most recent last. A request is one write and its response
-// is read on the client connection's goroutine.
+// upstreams is the fast path's keep-alive client: idle connections by
+// host:port (keepalive.Pool). A request is one write and its response is
+// read on the client connection's goroutine.
 type upstreams struct {
-	mu sync.Mutex // mu protects idle
-	// idle are the idle connections by address.
-	idle map[string][]*upConn
+	idle keepalive.Pool[*upConn]
 }
 
 const (
-	maxIdlePerHost  = 1024
-	upIdleTimeout   = 90 * time.Second
 	dialTimeout     = 10 * time.Second
 	upReadBufSize   = 32 << 10
 	clientPollEvery = time.Second
@@ -29,106 +25,44 @@ const (
 var dialer = net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 
 type upConn struct {
-	nc       net.Conn
-	raw      syscall.RawConn
-	br       *bufio.Reader
-	addr     string
-	idleFrom time.Time
+	nc   net.Conn
+	br   *bufio.Reader
+	addr string
+	live *keepalive.Liveness
 	// client is the connection whose request this one carries; its
 	// reads give up when that client has gone.
 	client *Conn
 	// deadline is the read deadline set on nc.
 	deadline time.Time
-	// peek is open's non-blocking peek, made once per connection so that
-	// checking a pooled connection allocates nothing; it sets alive.
-	peek  func(fd uintptr)
-	alive bool
 }
 
 // get returns an idle connection to addr that is still open, or a new one.
 func (u *upstreams) get(addr string) (*upConn, bool, error) {
-	now := time.Now()
-	for {
-		u.mu.Lock()
-		list := u.idle[addr]
-		if len(list) == 0 {
-			u.mu.Unlock()
-			break
-		}
-		c := list[len(list)-1]
-		list[len(list)-1] = nil
-		u.idle[addr] = list[:len(list)-1]
-		u.mu.Unlock()
-		if now.Sub(c.idleFrom) < upIdleTimeout && c.open() {
-			return c, true, nil
-		}
-		_ = c.nc.Close()
+	if c, ok := u.idle.Get(addr); ok {
+		return c, true, nil
 	}
 	nc, err := dialer.Dial("tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}
-	c := &upConn{nc: nc, addr: addr}
+	c := &upConn{nc: nc, addr: addr, live: keepalive.NewLiveness(nc)}
 	c.br = bufio.NewReaderSize(pollReader{c}, upReadBufSize)
-	c.peek = func(fd uintptr) {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		c.alive = n < 0 && errors.Is(err, syscall.EAGAIN)
-	}
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
-	}
 	return c, false, nil
 }
 
-// open reports, with one non-blocking peek, whether the upstream has not
+// Usable reports, with one non-blocking peek, whether the upstream has not
 // closed an idle connection (nor sent anything unasked on it).
-func (c *upConn) open() bool {
-	if c.br.Buffered() > 0 || c.raw == nil {
-		return false
-	}
-	c.alive = false
-	err := c.raw.Control(c.peek)
-	return err == nil && c.alive
-}
+func (c *upConn) Usable() bool { return c.br.Buffered() == 0 && c.live.Open() }
+
+func (c *upConn) Close() error { return c.nc.Close() }
 
 // put returns c to the idle pool.
 func (u *upstreams) put(c *upConn) {
 	c.client = nil
-	c.idleFrom = time.Now()
-	u.mu.Lock()
-	if u.idle == nil {
-		u.idle = map[string][]*upConn{}
-	}
-	list := u.idle[c.addr]
-	if len(list) > 0 && c.idleFrom.Sub(list[0].idleFrom) > upIdleTimeout {
-		// The oldest has waited too long: let it go (one per put keeps
-		// the pool from holding a burst's connections for ever).
-		old := list[0]
-		list = list[1:]
-		defer old.nc.Close()
-	}
-	if len(list) >= maxIdlePerHost {
-		u.idle[c.addr] = list
-		u.mu.Unlock()
-		_ = c.nc.Close()
-		return
-	}
-	u.idle[c.addr] = append(list, c)
-	u.mu.Unlock()
+	u.idle.Put(c.addr, c)
 }
 
-func (u *upstreams) closeIdle() {
-	u.mu.Lock()
-	idle := u.idle
-	u.idle = nil
-	u.mu.Unlock()
-	for _, list := range idle {
-		for _, c := range list {
-			_ = c.nc.Close()
-		}
-	}
-}
+func (u *upstreams) closeIdle() { u.idle.CloseIdle() }
 
 // errClientGone ends an upstream read whose client has gone away.
 var errClientGone = errors.New("h1: client went away")

@@ -3,13 +3,13 @@ package proxy
 import (
 	"bufio"
 	"context"
-	"errors"
 	"io"
 	"net"
 	"net/http"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
 
 // upstreamTransport carries the common request — plain http://, no body or
@@ -23,35 +23,26 @@ import (
 // read it keeps pending on every idle connection cost ~40 % of the
 // gateway's CPU (docs/benchmarks.md, gateway throughput). Here a request
 // is one write and one read; an idle connection's liveness is checked, on
-// reuse, with one non-blocking read.
+// reuse, with one non-blocking peek (keepalive).
 type upstreamTransport struct {
-	fallback    http.RoundTripper
-	dialer      net.Dialer
-	maxIdle     int
-	idleTimeout time.Duration
-
-	mu sync.Mutex // mu protects idle
-	// idle are the idle connections by host:port, most recent last.
-	idle map[string][]*upConn
+	fallback http.RoundTripper
+	dialer   net.Dialer
+	idle     keepalive.Pool[*upConn]
 }
 
 func newUpstreamTransport(fallback http.RoundTripper) *upstreamTransport {
 	return &upstreamTransport{
-		fallback:    fallback,
-		dialer:      net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
-		maxIdle:     1024,
-		idleTimeout: 90 * time.Second,
-		idle:        map[string][]*upConn{},
+		fallback: fallback,
+		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
 	}
 }
 
 type upConn struct {
-	conn     net.Conn
-	raw      syscall.RawConn
-	br       *bufio.Reader
-	bw       *bufio.Writer
-	addr     string
-	idleFrom time.Time
+	conn net.Conn
+	live *keepalive.Liveness
+	br   *bufio.Reader
+	bw   *bufio.Writer
+	addr string
 }
 
 // fast reports whether req can take the synchronous path.
@@ -212,88 +203,30 @@ func (b *upBody) finish(complete bool) {
 
 // conn returns an idle connection to addr that is still open, or a new one.
 func (t *upstreamTransport) conn(ctx context.Context, addr string) (*upConn, bool, error) {
-	now := time.Now()
-	for {
-		t.mu.Lock()
-		list := t.idle[addr]
-		if len(list) == 0 {
-			t.mu.Unlock()
-			break
-		}
-		c := list[len(list)-1]
-		list[len(list)-1] = nil
-		t.idle[addr] = list[:len(list)-1]
-		t.mu.Unlock()
-		if now.Sub(c.idleFrom) < t.idleTimeout && c.open() {
-			return c, true, nil
-		}
-		_ = c.conn.Close()
+	if c, ok := t.idle.Get(addr); ok {
+		return c, true, nil
 	}
 	nc, err := t.dialer.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}
-	c := &upConn{conn: nc, addr: addr, br: bufio.NewReaderSize(nc, 32<<10), bw: bufio.NewWriterSize(nc, 32<<10)}
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
-	}
-	return c, false, nil
+	return &upConn{conn: nc, live: keepalive.NewLiveness(nc), addr: addr,
+		br: bufio.NewReaderSize(nc, 32<<10), bw: bufio.NewWriterSize(nc, 32<<10)}, false, nil
 }
 
-// open reports, with one non-blocking read, whether the upstream has not
+// Usable reports, with one non-blocking peek, whether the upstream has not
 // closed an idle connection (nor sent anything unasked on it).
-func (c *upConn) open() bool {
-	if c.br.Buffered() > 0 || c.raw == nil {
-		return false
-	}
-	var (
-		buf   [1]byte
-		n     int
-		rerr  error
-		alive bool
-	)
-	err := c.raw.Read(func(fd uintptr) bool {
-		n, rerr = syscall.Read(int(fd), buf[:])
-		alive = n < 0 && (errors.Is(rerr, syscall.EAGAIN) || errors.Is(rerr, syscall.EWOULDBLOCK))
-		return true
-	})
-	return err == nil && alive
-}
+func (c *upConn) Usable() bool { return c.br.Buffered() == 0 && c.live.Open() }
 
-// put returns c to the idle pool, dropping connections idle too long.
-func (t *upstreamTransport) put(c *upConn) {
-	c.idleFrom = time.Now()
-	t.mu.Lock()
-	list := t.idle[c.addr]
-	if len(list) > 0 && c.idleFrom.Sub(list[0].idleFrom) > t.idleTimeout {
-		// The oldest has waited too long: let it go (one per put keeps
-		// the pool from holding a burst's connections for ever).
-		old := list[0]
-		list = list[1:]
-		defer old.conn.Close()
-	}
-	if len(list) >= t.maxIdle {
-		t.idle[c.addr] = list
-		t.mu.Unlock()
-		_ = c.conn.Close()
-		return
-	}
-	t.idle[c.addr] = append(list, c)
-	t.mu.Unlock()
-}
+func (c *upConn) Close() error { return c.conn.Close() }
+
+// put returns c to the idle pool.
+func (t *upstreamTransport) put(c *upConn) { t.idle.Put(c.addr, c) }
 
 // CloseIdleConnections closes every idle connection (http.Client and tests
 // call it).
 func (t *upstreamTransport) CloseIdleConnections() {
-	t.mu.Lock()
-	idle := t.idle
-	t.idle = map[string][]*upConn{}
-	t.mu.Unlock()
-	for _, list := range idle {
-		for _, c := range list {
-			_ = c.conn.Close()
-		}
-	}
+	t.idle.CloseIdle()
 	if ci, ok := t.fallback.(interface{ CloseIdleConnections() }); ok {
 		ci.CloseIdleConnections()
 	}
