@@ -262,9 +262,6 @@ func (m *Map) install(s *snapshotData) error {
 		m.keys.put(&w, k.info(num))
 	}
 	for _, d := range s.deps {
-		d.project = m.projName[d.projectID]
-		nd := newDepState(d.project, d.name, d.projectID)
-		d.names, d.inline, d.plen, d.nlen = nd.names, nd.inline, nd.plen, nd.nlen
 		m.deps.put(d)
 	}
 	m.applied.Store(s.sequence)
@@ -347,9 +344,13 @@ func decodeSnapshot(b []byte) (*snapshotData, error) {
 	ndeps := d.count(uint64(len(body)))
 	var links []uint32
 	for i := uint64(0); i < ndeps && d.err == nil; i++ {
-		dep := &depState{live: true}
-		dep.projectID = uint32(d.ref(nproj, "project"))
-		dep.name = d.str()
+		pid := uint32(d.ref(nproj, "project"))
+		var project string
+		if d.err == nil {
+			project = s.projects[pid]
+		}
+		dep := newDepState(project, d.str(), pid)
+		dep.live = true
 		dep.id = d.str()
 		dep.model = d.str()
 		dep.setUpstream(d.str())

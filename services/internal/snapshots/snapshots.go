@@ -203,20 +203,12 @@ func (s *Store) Restore(ctx context.Context, m *authmap.Map, stream eventstore.S
 	if err := usable(info, stream); err != nil {
 		return info, err
 	}
-	buf := make([]byte, 0, oi.Size+1)
-	for {
-		n, err := res.Read(buf[len(buf):cap(buf)])
-		buf = buf[:len(buf)+n]
-		if errors.Is(err, io.EOF) {
-			break // the object store has checked the digest by now
-		}
-		if err != nil {
-			return info, fmt.Errorf("snapshots: read: %w", err)
-		}
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
+	// Read to the end: that is where the object store checks the digest.
+	data := bytes.NewBuffer(make([]byte, 0, oi.Size+bytes.MinRead))
+	if _, err := data.ReadFrom(res); err != nil {
+		return info, fmt.Errorf("snapshots: read: %w", err)
 	}
+	buf := data.Bytes()
 	if seq, err := authmap.SnapshotSequence(bytes.NewReader(buf)); err != nil || seq != info.Sequence {
 		return info, fmt.Errorf("%w: header says sequence %d, metadata %d (%v)", authmap.ErrBadSnapshot, seq, info.Sequence, err)
 	}
