@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
 
 var errDeadline = os.ErrDeadlineExceeded
@@ -94,7 +96,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 		// A reused connection the upstream closed before answering: try
 		// once more on a fresh one if the request never got out, or may
 		// be sent twice. (The body is in memory.)
-		if !reused || attempt > 0 || uc.br.Buffered() > 0 || (wrote && !idempotent(req.Method)) {
+		if !reused || attempt > 0 || uc.br.Buffered() > 0 || (wrote && !keepalive.Idempotent(req.Method)) {
 			return Result{Waited: time.Since(start), Err: err}
 		}
 	}
@@ -263,14 +265,6 @@ func readTrailer(br interface{ ReadSlice(byte) ([]byte, error) }) error {
 		}
 	}
 	return ErrBadResponse
-}
-
-func idempotent(method string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	return false
 }
 
 // appendRequestHead writes the upstream request's head.

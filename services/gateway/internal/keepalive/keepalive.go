@@ -7,6 +7,7 @@ package keepalive
 import (
 	"errors"
 	"net"
+	"net/http"
 	"sync"
 	"syscall"
 	"time"
@@ -117,6 +118,17 @@ func (p *Pool[C]) CloseIdle() {
 			_ = e.c.Close()
 		}
 	}
+}
+
+// Idempotent reports whether a request of method may be sent a second
+// time, on a fresh connection, when the upstream closed a reused one after
+// the request was written but before any of the response came.
+func Idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
+		return true
+	}
+	return false
 }
 
 // Liveness checks a connection's socket with one non-blocking peek: open

@@ -92,7 +92,7 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		// check and this request: try once more on a fresh one (the body
 		// is in memory) if the request never got out, or if it may be
 		// sent twice.
-		if !reused || attempt > 0 || (wrote && !idempotent(req.Method)) {
+		if !reused || attempt > 0 || (wrote && !keepalive.Idempotent(req.Method)) {
 			return nil, err
 		}
 	}
@@ -103,14 +103,6 @@ func (t *upstreamTransport) ctxErr(ctx context.Context, err error) error {
 		return context.Cause(ctx)
 	}
 	return err
-}
-
-func idempotent(method string) bool {
-	switch method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
-		return true
-	}
-	return false
 }
 
 // exchange writes req on c and reads the response head; wrote says whether
