@@ -192,6 +192,14 @@ func startGateway(t *testing.T, b *backend, cfg gateway.Config) (*gateway.Gatewa
 // the port.
 func startGatewayOn(t *testing.T, b *backend, front frontEnd, cfg gateway.Config) (*gateway.Gateway, *httptest.Server) {
 	t.Helper()
+	g, srv, _ := runGatewayOn(t, b, front, cfg)
+	return g, srv
+}
+
+// runGatewayOn is startGatewayOn, and stop ends the gateway's Run (its
+// following of the stream, its snapshots) before the test does.
+func runGatewayOn(t *testing.T, b *backend, front frontEnd, cfg gateway.Config) (*gateway.Gateway, *httptest.Server, func()) {
+	t.Helper()
 	cfg.Events = b.store
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 50 * time.Millisecond
@@ -203,14 +211,18 @@ func startGatewayOn(t *testing.T, b *backend, front frontEnd, cfg gateway.Config
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- g.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != context.Canceled {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != context.Canceled {
+				t.Errorf("Run: %v", err)
+			}
+		})
+	}
+	t.Cleanup(stop)
 	srv := serveFront(t, g, front.fast)
-	return g, srv
+	return g, srv, stop
 }
 
 // serveFront serves g on a loopback port through gateway.Front until the

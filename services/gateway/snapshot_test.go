@@ -1,8 +1,6 @@
 package gateway_test
 
 import (
-	"context"
-	"io"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -17,36 +15,6 @@ import (
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/snapshots"
 )
-
-// runGateway runs a gateway until the returned stop is called (or the test
-// ends) and serves it.
-func runGateway(t *testing.T, b *backend, cfg gateway.Config) (*gateway.Gateway, *httptest.Server, func()) {
-	t.Helper()
-	cfg.Events = b.store
-	cfg.PollInterval = 50 * time.Millisecond
-	g, err := gateway.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.Run(ctx) }()
-	srv := httptest.NewServer(g.Handler())
-	stopped := false
-	stop := func() {
-		if stopped {
-			return
-		}
-		stopped = true
-		srv.Close()
-		cancel()
-		if err := <-done; err != context.Canceled {
-			t.Errorf("Run: %v", err)
-		}
-	}
-	t.Cleanup(stop)
-	return g, srv, stop
-}
 
 func TestStartFromSnapshot(t *testing.T) {
 	t.Parallel()
@@ -70,7 +38,7 @@ func TestStartFromSnapshot(t *testing.T) {
 
 	// A gateway saves a snapshot once it is SnapshotEvery records past the
 	// latest (none yet).
-	saver, saverSrv, stopSaver := runGateway(t, b, gateway.Config{Snapshots: snaps, SnapshotEvery: 3, SnapshotCheck: 20 * time.Millisecond})
+	saver, saverSrv, stopSaver := runGatewayOn(t, b, fronts[0], gateway.Config{Snapshots: snaps, SnapshotEvery: 3, SnapshotCheck: 20 * time.Millisecond})
 	waitApplied(t, saver, before)
 	var info snapshots.Info
 	eventually(t, "a snapshot saved", func() bool {
@@ -78,7 +46,7 @@ func TestStartFromSnapshot(t *testing.T) {
 		return err == nil && info.Sequence == before
 	})
 	eventually(t, "the save counted in /metrics", func() bool {
-		body := scrape(t, saverSrv)
+		body := metricsText(t, saverSrv)
 		return strings.Contains(body, `infergate_gateway_snapshot_saves_total{result="saved"}`) &&
 			strings.Contains(body, "infergate_gateway_snapshot_saved_sequence "+itoa(before)+"\n")
 	})
@@ -110,17 +78,17 @@ func TestStartFromSnapshot(t *testing.T) {
 	}
 
 	// A fresh gateway starts from the snapshot and replays only the rest.
-	fresh, srv, _ := runGateway(t, b, gateway.Config{Snapshots: snaps})
+	fresh, srv := startGatewayOn(t, b, fronts[0], gateway.Config{Snapshots: snaps})
 	check("from the snapshot", fresh, srv)
 	if got := fresh.Status().SnapshotSequence; got != before {
 		t.Errorf("SnapshotSequence = %d, want %d", got, before)
 	}
-	if body := scrape(t, srv); !strings.Contains(body, "infergate_gateway_snapshot_start_sequence "+itoa(before)+"\n") {
+	if body := metricsText(t, srv); !strings.Contains(body, "infergate_gateway_snapshot_start_sequence "+itoa(before)+"\n") {
 		t.Errorf("/metrics does not give the snapshot the gateway started from:\n%s", body)
 	}
 
 	// One without snapshots replays everything and answers the same.
-	full, srv, _ := runGateway(t, b, gateway.Config{})
+	full, srv := startGatewayOn(t, b, fronts[0], gateway.Config{})
 	check("full replay", full, srv)
 	if got := full.Status().SnapshotSequence; got != 0 {
 		t.Errorf("SnapshotSequence = %d without snapshots", got)
@@ -137,7 +105,7 @@ func TestStartFromSnapshot(t *testing.T) {
 	if _, err := obj.Put(t.Context(), jetstream.ObjectMeta{Name: "authmap", Metadata: meta}, body); err != nil {
 		t.Fatal(err)
 	}
-	corrupt, srv, _ := runGateway(t, b, gateway.Config{Snapshots: snaps})
+	corrupt, srv := startGatewayOn(t, b, fronts[0], gateway.Config{Snapshots: snaps})
 	check("corrupt snapshot", corrupt, srv)
 	if got := corrupt.Status().SnapshotSequence; got != 0 {
 		t.Errorf("started from a corrupt snapshot %d", got)
@@ -147,26 +115,11 @@ func TestStartFromSnapshot(t *testing.T) {
 	if _, err := snaps.Save(t.Context(), authmap.New(), otherStream); err != nil {
 		t.Fatal(err)
 	}
-	other, srv, _ := runGateway(t, b, gateway.Config{Snapshots: snaps})
+	other, srv := startGatewayOn(t, b, fronts[0], gateway.Config{Snapshots: snaps})
 	check("another stream's snapshot", other, srv)
 	if got := other.Status().SnapshotSequence; got != 0 {
 		t.Errorf("started from another stream's snapshot %d", got)
 	}
-}
-
-// scrape returns the gateway's /metrics page.
-func scrape(t *testing.T, srv *httptest.Server) string {
-	t.Helper()
-	resp, err := srv.Client().Get(srv.URL + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(body)
 }
 
 func itoa(n uint64) string {
