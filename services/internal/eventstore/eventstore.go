@@ -393,6 +393,29 @@ func (s *Store) LastSequence(ctx context.Context) (uint64, error) {
 	return info.State.LastSeq, nil
 }
 
+// Identity tells one life of a stream from another: a stream deleted and
+// created again under the same name starts its sequences over, and only
+// its creation time says so. Every consumer's checkpoint holds it.
+type Identity struct {
+	Stream  string
+	Created time.Time
+}
+
+// IsZero reports whether the identity is unknown.
+func (i Identity) IsZero() bool { return i.Stream == "" && i.Created.IsZero() }
+
+// Equal reports whether both name the same life of the same stream.
+func (i Identity) Equal(o Identity) bool {
+	return i.Stream == o.Stream && i.Created.Equal(o.Created)
+}
+
+func (i Identity) String() string {
+	if i.IsZero() {
+		return "none"
+	}
+	return i.Stream + "@" + i.Created.UTC().Format(time.RFC3339Nano)
+}
+
 // StreamState is the stream's identity and extent.
 type StreamState struct {
 	Stream string
@@ -403,6 +426,12 @@ type StreamState struct {
 	LastSeq  uint64
 	// Replicas is the stream's replica count, as configured.
 	Replicas int
+}
+
+// Identity is the life of the stream the state was read from. Its time is
+// kept to the microsecond, as PostgreSQL keeps a checkpoint's.
+func (st StreamState) Identity() Identity {
+	return Identity{Stream: st.Stream, Created: st.Created.UTC().Truncate(time.Microsecond)}
 }
 
 // State reads the stream's state now.

@@ -9,14 +9,16 @@ import (
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/follow"
 )
 
 // Memory is a Store held in memory: the one-process default when no
 // database is configured. It is rebuilt by replaying the stream at start.
 type Memory struct {
 	mu sync.RWMutex // mu guards checkpoint and projects, and everything they point to
-	// checkpoint is the sequence of the last applied record.
-	checkpoint uint64
+	// checkpoint is the stream's life and the sequence of the last
+	// applied record.
+	checkpoint follow.Checkpoint
 	// projects holds each project's rows, by project name.
 	projects map[string]*memProject
 }
@@ -44,21 +46,30 @@ func NewMemory() *Memory {
 func (m *Memory) Apply(ctx context.Context, rec eventstore.Record) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if rec.Sequence <= m.checkpoint {
+	if rec.Sequence <= m.checkpoint.Sequence {
 		return nil
 	}
 	for _, ev := range rec.Events {
 		m.apply(rec, ev)
 	}
-	m.checkpoint = rec.Sequence
+	m.checkpoint.Sequence = rec.Sequence
 	return nil
 }
 
 // Checkpoint implements Store.
-func (m *Memory) Checkpoint(ctx context.Context) (uint64, error) {
+func (m *Memory) Checkpoint(ctx context.Context) (follow.Checkpoint, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
 	return m.checkpoint, nil
+}
+
+// Reset implements Store.
+func (m *Memory) Reset(ctx context.Context, to eventstore.Identity) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.projects = make(map[string]*memProject)
+	m.checkpoint = follow.Checkpoint{Stream: to}
+	return nil
 }
 
 // GetKey implements Store.

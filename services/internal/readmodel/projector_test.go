@@ -278,8 +278,8 @@ func TestProjector(t *testing.T) {
 			if _, err := store.GetKey(ctx, "team-a", "notebook"); !errors.Is(err, readmodel.ErrNotFound) {
 				t.Errorf("GetKey(notebook) after its delete: err = %v; want ErrNotFound", err)
 			}
-			if got, err := store.Checkpoint(ctx); err != nil || got != seq {
-				t.Errorf("Checkpoint() = %d, %v; want %d", got, err, seq)
+			if got, err := store.Checkpoint(ctx); err != nil || got.Sequence != seq {
+				t.Errorf("Checkpoint() = %+v, %v; want sequence %d", got, err, seq)
 			}
 
 			// A sequence nobody appended is never reached.
@@ -321,12 +321,12 @@ func TestProjectorRestartResumesFromCheckpoint(t *testing.T) {
 	s.deployment("team-a", "embed", deploymentCreated("d3", "embed"), linked("d3", "k2", "notebook"), linked("d3", "k1b", "ci-runner"))
 
 	second := openPostgres(t, schema)
-	if got, err := second.Checkpoint(ctx); err != nil || got != stoppedAt {
-		t.Fatalf("Checkpoint() after reopening = %d, %v; want %d", got, err, stoppedAt)
+	if got, err := second.Checkpoint(ctx); err != nil || got.Sequence != stoppedAt {
+		t.Fatalf("Checkpoint() after reopening = %+v, %v; want sequence %d", got, err, stoppedAt)
 	}
 	seen := make(logs, 100)
 	p2 := startProjector(t, s.events, second, slog.New(seen))
-	if from := attr(waitLog(t, seen, "readmodel: following the stream"), "from").Uint64(); from != stoppedAt+1 {
+	if from := attr(waitLog(t, seen, "following the event stream"), "from").Uint64(); from != stoppedAt+1 {
 		t.Errorf("the restarted projector followed from %d; want %d (checkpoint + 1)", from, stoppedAt+1)
 	}
 	waitCaughtUp(t, p2)
@@ -375,8 +375,8 @@ func TestProjectorRestartResumesFromCheckpoint(t *testing.T) {
 	}
 	gotCP, _ := second.Checkpoint(ctx)
 	wantCP, _ := replay.Checkpoint(ctx)
-	if gotCP != wantCP {
-		t.Errorf("checkpoint after restart = %d; full replay = %d", gotCP, wantCP)
+	if gotCP.Sequence != wantCP.Sequence || !gotCP.Stream.Equal(wantCP.Stream) {
+		t.Errorf("checkpoint after restart = %+v; full replay = %+v", gotCP, wantCP)
 	}
 }
 
@@ -403,7 +403,7 @@ func TestProjectorRetries(t *testing.T) {
 		t.Fatal(err)
 	}
 	seq := s.key("team-a", "ci-runner", keyCreated("k1", "ci-runner", ""))
-	waitLog(t, seen, "readmodel: projection interrupted; will retry")
+	waitLog(t, seen, "following the event stream failed; retrying with backoff")
 	if got := p.Applied(); got >= seq {
 		t.Fatalf("Applied() = %d while the table is gone; want < %d", got, seq)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/follow"
 )
 
 // ErrNotFound means no live key or deployment has that name.
@@ -70,11 +71,15 @@ type Page struct {
 // Store is a read model: it applies stream records and answers queries.
 type Store interface {
 	// Apply applies every event of the record and records its sequence as
-	// the checkpoint, atomically. A record at or below the checkpoint is
+	// the checkpoint's, atomically. A record at or below the checkpoint is
 	// ignored (returns nil).
 	Apply(ctx context.Context, rec eventstore.Record) error
-	// Checkpoint is the sequence of the last record applied; 0 when none.
-	Checkpoint(ctx context.Context) (uint64, error)
+	// Checkpoint is the stream's life the store was built from and the
+	// sequence of the last record applied; zero when none.
+	Checkpoint(ctx context.Context) (follow.Checkpoint, error)
+	// Reset empties the store and sets the checkpoint to {to, 0}, in one
+	// transaction: the stream it was built from is gone or went back.
+	Reset(ctx context.Context, to eventstore.Identity) error
 
 	GetKey(ctx context.Context, project, name string) (Key, error)
 	// ListKeys returns up to p.Limit keys with names after p.After, ordered

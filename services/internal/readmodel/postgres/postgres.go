@@ -21,6 +21,7 @@ import (
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/follow"
 	"github.com/infergate/infergate/services/internal/readmodel"
 )
 
@@ -99,7 +100,7 @@ func (s *Store) Close() { s.pool.Close() }
 
 // queries are the statements the Store runs, with the schema filled in.
 type queries struct {
-	lockCheckpoint, setCheckpoint, checkpoint string
+	lockCheckpoint, setCheckpoint, checkpoint, truncate, resetCheckpoint string
 
 	deleteKeyByNameOrID, insertKey, updateKey, deleteKey string
 
@@ -125,7 +126,11 @@ func newQueries(schema string) queries {
 	return queries{
 		lockCheckpoint: r.Replace(`SELECT sequence FROM {{schema}}.checkpoint FOR UPDATE`),
 		setCheckpoint:  r.Replace(`UPDATE {{schema}}.checkpoint SET sequence = $1`),
-		checkpoint:     r.Replace(`SELECT sequence FROM {{schema}}.checkpoint`),
+		checkpoint:     r.Replace(`SELECT sequence, stream, stream_created FROM {{schema}}.checkpoint`),
+		// Links go with their keys and deployments (ON DELETE CASCADE);
+		// one statement empties all three tables.
+		truncate:        r.Replace(`TRUNCATE {{schema}}.links, {{schema}}.keys, {{schema}}.deployments`),
+		resetCheckpoint: r.Replace(`UPDATE {{schema}}.checkpoint SET sequence = 0, stream = $1, stream_created = $2`),
 
 		deleteKeyByNameOrID: r.Replace(`DELETE FROM {{schema}}.keys WHERE project = $1 AND (name = $2 OR id = $3)`),
 		insertKey: r.Replace(`INSERT INTO {{schema}}.keys
@@ -243,12 +248,43 @@ func (s *Store) queue(b *pgx.Batch, rec eventstore.Record, ev *eventv1.Event) {
 }
 
 // Checkpoint implements readmodel.Store.
-func (s *Store) Checkpoint(ctx context.Context) (uint64, error) {
-	var seq int64
-	if err := s.pool.QueryRow(ctx, s.q.checkpoint).Scan(&seq); err != nil {
-		return 0, fmt.Errorf("readmodel/postgres: checkpoint: %w", err)
+func (s *Store) Checkpoint(ctx context.Context) (follow.Checkpoint, error) {
+	var (
+		seq     int64
+		stream  string
+		created *time.Time
+	)
+	if err := s.pool.QueryRow(ctx, s.q.checkpoint).Scan(&seq, &stream, &created); err != nil {
+		return follow.Checkpoint{}, fmt.Errorf("readmodel/postgres: checkpoint: %w", err)
 	}
-	return uint64(seq), nil
+	cp := follow.Checkpoint{Stream: eventstore.Identity{Stream: stream}, Sequence: uint64(seq)}
+	if created != nil {
+		cp.Stream.Created = *created
+	}
+	return cp, nil
+}
+
+// Reset implements readmodel.Store: one transaction empties every table
+// and points the checkpoint at the start of the stream's life to.
+func (s *Store) Reset(ctx context.Context, to eventstore.Identity) error {
+	var created *time.Time
+	if !to.Created.IsZero() {
+		created = &to.Created
+	}
+	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, s.q.lockCheckpoint); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, s.q.truncate); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, s.q.resetCheckpoint, to.Stream, created)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("readmodel/postgres: reset to %s: %w", to, err)
+	}
+	return nil
 }
 
 // GetKey implements readmodel.Store.

@@ -40,6 +40,7 @@ func Run(t *testing.T, newStore func(t *testing.T) readmodel.Store) {
 		fn   func(t *testing.T, s readmodel.Store)
 	}{
 		{"Checkpoint", testCheckpoint},
+		{"Reset", testReset},
 		{"ReapplyIsNoOp", testReapply},
 		{"Paging", testPaging},
 		{"BadPage", testBadPage},
@@ -542,8 +543,8 @@ func testApply(t *testing.T, newStore func(t *testing.T) readmodel.Store) {
 			applyAll(t, s, recs)
 			checkState(t, s, tt.keys, tt.deployments)
 			want := uint64(len(recs))
-			if got, err := s.Checkpoint(t.Context()); err != nil || got != want {
-				t.Errorf("Checkpoint() = %d, %v; want %d", got, err, want)
+			if got, err := s.Checkpoint(t.Context()); err != nil || got.Sequence != want {
+				t.Errorf("Checkpoint() = %+v, %v; want sequence %d", got, err, want)
 			}
 		})
 	}
@@ -644,8 +645,8 @@ func testCheckpoint(t *testing.T, s readmodel.Store) {
 	ctx := t.Context()
 	check := func(want uint64) {
 		t.Helper()
-		if got, err := s.Checkpoint(ctx); err != nil || got != want {
-			t.Fatalf("Checkpoint() = %d, %v; want %d", got, err, want)
+		if got, err := s.Checkpoint(ctx); err != nil || got.Sequence != want {
+			t.Fatalf("Checkpoint() = %+v, %v; want sequence %d", got, err, want)
 		}
 	}
 	check(0)
@@ -673,6 +674,48 @@ func testCheckpoint(t *testing.T, s readmodel.Store) {
 	checkState(t, s, []readmodel.Key{ciRunner.row(1, "")}, []readmodel.Deployment{withAuth(chat.row(2))})
 }
 
+// testReset: a store built from one life of the stream, reset to another,
+// holds nothing of the first, and its checkpoint names the new life; the
+// new life's records then apply from sequence 1.
+func testReset(t *testing.T, s readmodel.Store) {
+	ctx := t.Context()
+	old := eventstore.Identity{Stream: "INFERGATE_EVENTS", Created: base}
+	if err := s.Reset(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	applyAll(t, s, Records(
+		[]*eventv1.Event{ciRunner.created("", nil)},
+		[]*eventv1.Event{chat.created()},
+		[]*eventv1.Event{chat.link(ciRunner)},
+	))
+	if got, err := s.Checkpoint(ctx); err != nil || !got.Stream.Equal(old) || got.Sequence != 3 {
+		t.Fatalf("Checkpoint() = %+v, %v; want %s at 3", got, err, old)
+	}
+	recreated := eventstore.Identity{Stream: "INFERGATE_EVENTS", Created: base.Add(time.Hour)}
+	if err := s.Reset(ctx, recreated); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Checkpoint(ctx); err != nil || !got.Stream.Equal(recreated) || got.Sequence != 0 {
+		t.Fatalf("Checkpoint() after Reset = %+v, %v; want %s at 0", got, err, recreated)
+	}
+	checkState(t, s, nil, nil)
+	for _, p := range []string{teamA, teamB} {
+		if keys, err := s.ListKeys(ctx, p, readmodel.Page{Limit: 10}); err != nil || len(keys) != 0 {
+			t.Fatalf("ListKeys(%s) after Reset = %v, %v; want none", p, keys, err)
+		}
+	}
+	applyAll(t, s, Records([]*eventv1.Event{embed.created()}))
+	checkState(t, s, nil, []readmodel.Deployment{embed.row(1)})
+	// The stream gone: the zero identity.
+	if err := s.Reset(ctx, eventstore.Identity{}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Checkpoint(ctx); err != nil || !got.Stream.IsZero() || got.Sequence != 0 {
+		t.Fatalf("Checkpoint() after Reset to none = %+v, %v; want zero", got, err)
+	}
+	checkState(t, s, nil, nil)
+}
+
 func testReapply(t *testing.T, s readmodel.Store) {
 	ctx := t.Context()
 	recs := Records(
@@ -698,8 +741,8 @@ func testReapply(t *testing.T, s readmodel.Store) {
 		t.Fatal(err)
 	}
 	checkState(t, s, nil, []readmodel.Deployment{chat.row(2)})
-	if got, err := s.Checkpoint(ctx); err != nil || got != 4 {
-		t.Fatalf("Checkpoint() = %d, %v; want 4", got, err)
+	if got, err := s.Checkpoint(ctx); err != nil || got.Sequence != 4 {
+		t.Fatalf("Checkpoint() = %+v, %v; want sequence 4", got, err)
 	}
 }
 
