@@ -24,12 +24,12 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/infergate/infergate/services/gateway/internal/follower"
 	"github.com/infergate/infergate/services/gateway/internal/metrics"
 	"github.com/infergate/infergate/services/gateway/internal/proxy"
 	"github.com/infergate/infergate/services/gateway/internal/route"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/follow"
 	"github.com/infergate/infergate/services/internal/receipts"
 	"github.com/infergate/infergate/services/internal/snapshots"
 )
@@ -128,8 +128,11 @@ func (c *Config) Validate() error {
 type Gateway struct {
 	cfg      Config
 	reporter *receipts.Reporter // nil without NATS
-	authMap  *authmap.Map
-	follower *follower.Follower
+	// authMap is the map requests are decided on; Reset swaps in a new
+	// one, so the map of a stream that no longer exists is never read
+	// again.
+	authMap  atomic.Pointer[authmap.Map]
+	follower *follow.Follower
 	metrics  *metrics.Metrics
 	proxy    *proxy.Handler
 	handler  http.Handler
@@ -146,15 +149,19 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	cfg.Log = cfg.Log.With("gateway", cfg.ID, "region", cfg.Region)
-	g := &Gateway{cfg: cfg, authMap: authmap.New()}
+	g := &Gateway{cfg: cfg}
+	g.authMap.Store(authmap.New())
 	var (
 		connected func() bool
-		onApplied func()
+		onApplied func(uint64)
 	)
 	if cfg.NATS != nil {
 		connected = cfg.NATS.IsConnected
 		rep, err := receipts.NewReporter(cfg.NATS, cfg.ID, cfg.Region, cfg.Heartbeat,
-			func() (uint64, bool) { return g.Applied(), g.Ready() }, cfg.Log)
+			func() receipts.State {
+				cp := g.follower.Checkpoint()
+				return receipts.State{Stream: cp.Stream, Sequence: cp.Sequence, Ready: g.Ready()}
+			}, cfg.Log)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
@@ -165,24 +172,30 @@ func New(cfg Config) (*Gateway, error) {
 		// NATS) per replayed record cost 8 % of a cold start's CPU
 		// (docs/benchmarks.md). The record that makes the gateway ready
 		// is reported at once: the follower is ready before OnApplied.
-		onApplied = func() {
+		onApplied = func(uint64) {
 			if g.follower.Ready() {
 				rep.Changed()
 			}
 		}
 	}
-	g.follower = follower.New(follower.Config{
-		Stream:       cfg.Events,
-		Map:          g.authMap,
+	var onReady func()
+	if g.reporter != nil {
+		onReady = g.reporter.Changed
+	}
+	g.follower = follow.New(follow.Config{
+		Name:         "gateway",
+		Source:       cfg.Events,
+		Consumer:     mapConsumer{g},
 		Log:          cfg.Log,
 		Now:          cfg.Now,
 		PollInterval: cfg.PollInterval,
 		Connected:    connected,
 		OnApplied:    onApplied,
+		OnReady:      onReady,
 	})
 	g.metrics = metrics.New(g.streamMetrics)
 	g.proxy = proxy.New(proxy.Config{
-		Map:       g.authMap,
+		Map:       g.authMap.Load,
 		Region:    cfg.Region,
 		Ready:     g.follower.Ready,
 		Now:       cfg.Now,
@@ -230,7 +243,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.reporter != nil {
 		wg.Go(func() { _ = g.reporter.Run(ctx) })
 	}
-	g.restore(ctx)
 	wg.Go(func() { g.saveSnapshots(ctx) })
 	return g.follower.Run(ctx)
 }
@@ -251,7 +263,7 @@ func (g *Gateway) Applied() uint64 { return g.follower.Applied() }
 // later one), or ctx ends: after it returns nil, the next request sees
 // every change up to seq.
 func (g *Gateway) WaitApplied(ctx context.Context, seq uint64) error {
-	return g.follower.WaitApplied(ctx, seq)
+	return g.follower.WaitFor(ctx, seq)
 }
 
 // Changed returns a channel closed when the next record is applied; a
@@ -269,8 +281,16 @@ func (g *Gateway) Region() string { return g.cfg.Region }
 type Status struct {
 	ID     string `json:"id"`
 	Region string `json:"region"`
-	// Ready: caught up with the stream as of start-up.
+	// Ready: caught up with the stream as of start-up, or as of the
+	// stream's new life after a reset.
 	Ready bool `json:"ready"`
+	// Stream names the life of the event stream the map is built from
+	// (name@creation time); "none" while the stream is gone.
+	Stream string `json:"stream"`
+	// Resets counts how often the map was dropped and rebuilt because the
+	// stream was another life of it, went back, or was gone (the first
+	// placement on a stream included).
+	Resets uint64 `json:"resets"`
 	// Stale: NATS is disconnected, or the stream has not answered for
 	// three poll intervals; the map may miss recent changes.
 	Stale              bool   `json:"stale"`
@@ -293,6 +313,8 @@ func (g *Gateway) Status() Status {
 		ID:                 g.cfg.ID,
 		Region:             g.cfg.Region,
 		Ready:              s.Ready,
+		Stream:             s.Stream.String(),
+		Resets:             s.Resets,
 		Stale:              s.Stale,
 		AppliedSequence:    s.Applied,
 		StreamLastSequence: s.StreamLast,
@@ -327,7 +349,8 @@ func (g *Gateway) streamMetrics() metrics.Stream {
 		SinceLastEvent:   s.SinceLastEvent,
 		SinceLastContact: s.SinceLastContact,
 		SnapshotStart:    g.snapshotSeq.Load(),
-		MapOffHeapBytes:  g.authMap.OffHeapBytes(),
+		MapOffHeapBytes:  g.authMap.Load().OffHeapBytes(),
+		Resets:           s.Resets,
 	}
 }
 

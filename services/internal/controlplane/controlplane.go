@@ -175,7 +175,7 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 	if p.Reads != nil {
 		p.Projector = readmodel.NewProjector(p.Events, p.Reads, p.Log)
 	}
-	if p.Tracker, err = receipts.NewTracker(nc); err != nil {
+	if p.Tracker, err = receipts.NewTracker(nc, p.Events.Identity); err != nil {
 		return err
 	}
 	p.closers = append(p.closers, p.Tracker.Close)

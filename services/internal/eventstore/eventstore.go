@@ -449,6 +449,15 @@ func (s *Store) State(ctx context.Context) (StreamState, error) {
 	}, nil
 }
 
+// Identity reads the life of the stream now.
+func (s *Store) Identity(ctx context.Context) (Identity, error) {
+	st, err := s.State(ctx)
+	if err != nil {
+		return Identity{}, err
+	}
+	return st.Identity(), nil
+}
+
 type followOptions struct {
 	subjects  []string
 	startTime *time.Time

@@ -5,7 +5,10 @@
 // of the change's regions has applied it.
 //
 // Reports are core NATS messages on infergate.gateways.<region>.<id>, JSON:
-// {"id","region","sequence","ready","interval_ms"}. A gateway whose reports
+// {"id","region","stream","stream_created","sequence","ready","interval_ms"}:
+// the sequence counts in the life of the stream named by stream and
+// stream_created, so a receipt from a gateway still on a stream that was
+// deleted and created again never confirms a write on the new one. A gateway whose reports
 // stop for more than a few heartbeat intervals is no longer live. A gateway
 // that is not ready (still replaying the stream at start-up) is not
 // counted: it serves no traffic yet.
@@ -15,6 +18,8 @@ import (
 	"encoding/json"
 	"errors"
 	"time"
+
+	"github.com/infergate/infergate/services/internal/eventstore"
 )
 
 // SubjectPrefix starts every report subject.
@@ -29,13 +34,21 @@ const missedHeartbeats = 3
 
 // Report is one gateway's receipt.
 type Report struct {
-	ID       string `json:"id"`
-	Region   string `json:"region"`
-	Sequence uint64 `json:"sequence"`
+	ID     string `json:"id"`
+	Region string `json:"region"`
+	// Stream and StreamCreated name the life of the stream Sequence
+	// counts in (eventstore.Identity); empty while the gateway has none.
+	Stream        string    `json:"stream"`
+	StreamCreated time.Time `json:"stream_created"`
+	Sequence      uint64    `json:"sequence"`
 	Ready    bool   `json:"ready"`
 	// IntervalMS is the gateway's heartbeat interval, so the tracker knows
 	// when it has gone quiet.
 	IntervalMS int64 `json:"interval_ms"`
+}
+
+func (r Report) identity() eventstore.Identity {
+	return eventstore.Identity{Stream: r.Stream, Created: r.StreamCreated}
 }
 
 func (r Report) validate() error {

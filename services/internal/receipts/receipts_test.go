@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natstest"
 	"github.com/infergate/infergate/services/internal/receipts"
 )
@@ -15,8 +16,9 @@ import (
 // gw is a pretend gateway's state, driven by the test, reported by a real
 // Reporter over a real NATS connection.
 type gw struct {
-	seq   atomic.Uint64
-	ready atomic.Bool
+	seq    atomic.Uint64
+	ready  atomic.Bool
+	stream atomic.Pointer[eventstore.Identity]
 	rep   *receipts.Reporter
 	stop  context.CancelFunc
 }
@@ -25,8 +27,9 @@ func startGateway(t *testing.T, nc *nats.Conn, id, region string) *gw {
 	t.Helper()
 	g := &gw{}
 	g.ready.Store(true)
-	rep, err := receipts.NewReporter(nc, id, region, 50*time.Millisecond, func() (uint64, bool) {
-		return g.seq.Load(), g.ready.Load()
+	g.stream.Store(&lifeOne)
+	rep, err := receipts.NewReporter(nc, id, region, 50*time.Millisecond, func() receipts.State {
+		return receipts.State{Stream: *g.stream.Load(), Sequence: g.seq.Load(), Ready: g.ready.Load()}
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -45,15 +48,34 @@ func (g *gw) apply(seq uint64) {
 	g.rep.Changed()
 }
 
+// Two lives of the event stream: the second is the stream deleted and
+// created again.
+var (
+	lifeOne = eventstore.Identity{Stream: "INFERGATE_EVENTS", Created: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)}
+	lifeTwo = eventstore.Identity{Stream: "INFERGATE_EVENTS", Created: time.Date(2026, 11, 2, 0, 0, 0, 0, time.UTC)}
+)
+
 func setup(t *testing.T) (*nats.Conn, *receipts.Tracker) {
 	t.Helper()
+	nc, tr, _ := setupLives(t)
+	return nc, tr
+}
+
+// setupLives also returns the stream's current life, which the test may
+// move.
+func setupLives(t *testing.T) (*nats.Conn, *receipts.Tracker, *atomic.Pointer[eventstore.Identity]) {
+	t.Helper()
 	s := natstest.Start(t)
-	tr, err := receipts.NewTracker(natstest.Connect(t, s))
+	var current atomic.Pointer[eventstore.Identity]
+	current.Store(&lifeOne)
+	tr, err := receipts.NewTracker(natstest.Connect(t, s), func(context.Context) (eventstore.Identity, error) {
+		return *current.Load(), nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(tr.Close)
-	return natstest.Connect(t, s), tr
+	return natstest.Connect(t, s), tr, &current
 }
 
 func waitGateways(t *testing.T, tr *receipts.Tracker, n int) {
@@ -129,5 +151,30 @@ func TestNoLiveGatewayIsNotConfirmed(t *testing.T) {
 	p = tr.Wait(t.Context(), 1, nil, 100*time.Millisecond)
 	if p.GetConfirmed() || p.GetGateways() != 0 {
 		t.Errorf("with only a gateway that is not ready: %v; want not confirmed, 0 gateways", p)
+	}
+}
+
+// A gateway still on a stream that was deleted and created again has
+// applied a high sequence of the old life; it must never confirm a write
+// at a lower sequence of the new one.
+func TestReceiptOfAnOldStreamNeverConfirms(t *testing.T) {
+	t.Parallel()
+	nc, tr, current := setupLives(t)
+	old := startGateway(t, nc, "gw-old", "eu")
+	moved := startGateway(t, nc, "gw-moved", "eu")
+	old.apply(500)
+	moved.apply(500)
+	waitGateways(t, tr, 2)
+	current.Store(&lifeTwo)
+	moved.stream.Store(&lifeTwo)
+	moved.apply(3)
+	p := tr.Wait(t.Context(), 3, nil, 300*time.Millisecond)
+	if p.GetConfirmed() || p.GetGateways() != 2 || p.GetGatewaysApplied() != 1 {
+		t.Fatalf("propagation = %v; want 1/2 (only the gateway on the new stream), not confirmed", p)
+	}
+	old.stream.Store(&lifeTwo)
+	old.apply(3)
+	if p := tr.Wait(t.Context(), 3, nil, 5*time.Second); !p.GetConfirmed() || p.GetGatewaysApplied() != 2 {
+		t.Fatalf("propagation once both follow the new stream = %v; want 2/2 confirmed", p)
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"github.com/infergate/infergate/services/internal/eventstore"
 )
 
 // Reporter publishes one gateway's receipts.
@@ -16,14 +18,23 @@ type Reporter struct {
 	id        string
 	region    string
 	heartbeat time.Duration
-	state     func() (sequence uint64, ready bool)
+	state     func() State
 	log       *slog.Logger
 	changed   chan struct{}
 }
 
+// State is what a gateway reports: the life of the stream it follows, the
+// last sequence of it applied, and whether it has caught up.
+type State struct {
+	Stream   eventstore.Identity
+	Sequence uint64
+	Ready    bool
+}
+
 // NewReporter returns a reporter for gateway id in region; state tells the
-// applied sequence and readiness. heartbeat 0 means DefaultHeartbeat.
-func NewReporter(nc *nats.Conn, id, region string, heartbeat time.Duration, state func() (uint64, bool), log *slog.Logger) (*Reporter, error) {
+// stream, applied sequence and readiness. heartbeat 0 means
+// DefaultHeartbeat.
+func NewReporter(nc *nats.Conn, id, region string, heartbeat time.Duration, state func() State, log *slog.Logger) (*Reporter, error) {
 	if heartbeat == 0 {
 		heartbeat = DefaultHeartbeat
 	}
@@ -50,19 +61,20 @@ func (r *Reporter) Run(ctx context.Context) error {
 	subject := SubjectPrefix + "." + r.region + "." + r.id
 	tick := time.NewTicker(r.heartbeat)
 	defer tick.Stop()
-	var last uint64
+	var last State
 	for {
-		seq, ready := r.state()
+		st := r.state()
 		if err := r.nc.Publish(subject, Report{
-			ID: r.id, Region: r.region, Sequence: seq, Ready: ready, IntervalMS: r.heartbeat.Milliseconds(),
+			ID: r.id, Region: r.region, Stream: st.Stream.Stream, StreamCreated: st.Stream.Created,
+			Sequence: st.Sequence, Ready: st.Ready, IntervalMS: r.heartbeat.Milliseconds(),
 		}.marshal()); err != nil && ctx.Err() == nil {
 			r.log.Warn("receipt not published", "err", err)
 		}
 		// Flush promptly after a change so the waiting caller hears it now,
 		// not when the connection's buffer next fills.
-		if seq != last {
+		if st.Sequence != last.Sequence || st.Ready != last.Ready || !st.Stream.Equal(last.Stream) {
 			_ = r.nc.FlushTimeout(time.Second)
-			last = seq
+			last = st
 		}
 		select {
 		case <-ctx.Done():

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	propagationv1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
+	"github.com/infergate/infergate/services/internal/eventstore"
 )
 
 // Tracker follows every gateway's reports and implements
@@ -19,6 +20,8 @@ import (
 type Tracker struct {
 	sub *nats.Subscription
 	now func() time.Time
+	// stream reads the life of the stream writes go to now.
+	stream func(ctx context.Context) (eventstore.Identity, error)
 
 	mu sync.Mutex // mu protects the fields below
 	// gateways are the latest report of each gateway, by id.
@@ -32,9 +35,11 @@ type seen struct {
 	at time.Time
 }
 
-// NewTracker subscribes to the reports; Close stops it.
-func NewTracker(nc *nats.Conn) (*Tracker, error) {
-	t := &Tracker{now: time.Now, gateways: map[string]seen{}, changed: make(chan struct{})}
+// NewTracker subscribes to the reports; Close stops it. stream reads the
+// life of the stream the writes go to: a receipt counts only if it is for
+// that life.
+func NewTracker(nc *nats.Conn, stream func(ctx context.Context) (eventstore.Identity, error)) (*Tracker, error) {
+	t := &Tracker{now: time.Now, stream: stream, gateways: map[string]seen{}, changed: make(chan struct{})}
 	sub, err := nc.Subscribe(SubjectPrefix+".>", t.receive)
 	if err != nil {
 		return nil, fmt.Errorf("receipts: subscribe: %w", err)
@@ -54,7 +59,7 @@ func (t *Tracker) receive(msg *nats.Msg) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	prev, ok := t.gateways[r.ID]
-	if ok && prev.Region == r.Region && r.Sequence < prev.Sequence && prev.Ready {
+	if ok && prev.Region == r.Region && r.Sequence < prev.Sequence && prev.Ready && r.identity().Equal(prev.identity()) {
 		// Out-of-order delivery cannot move a gateway backwards; a restarted
 		// gateway starts not ready and climbs again.
 		r.Sequence = prev.Sequence
@@ -101,15 +106,15 @@ func (g seen) live(now time.Time) bool {
 }
 
 // count reports, under t.mu, how many live ready gateways of the regions
-// there are and how many have applied seq.
-func (t *Tracker) count(seq uint64, regions []string) (total, applied uint32) {
+// there are and how many have applied seq of the stream's life id.
+func (t *Tracker) count(id eventstore.Identity, seq uint64, regions []string) (total, applied uint32) {
 	now := t.now()
 	for _, g := range t.gateways {
 		if !g.Ready || !g.live(now) || (len(regions) > 0 && !slices.Contains(regions, g.Region)) {
 			continue
 		}
 		total++
-		if g.Sequence >= seq {
+		if g.Sequence >= seq && !id.IsZero() && g.identity().Equal(id) {
 			applied++
 		}
 	}
@@ -123,6 +128,14 @@ func (t *Tracker) count(seq uint64, regions []string) (total, applied uint32) {
 // otherwise would let a caller trust a receipt nobody gave.
 func (t *Tracker) Wait(ctx context.Context, sequence uint64, regions []string, timeout time.Duration) *propagationv1.Propagation {
 	start := t.now()
+	// The stream's life now: the write just appended went to it (or to a
+	// later one, which no receipt of this one may confirm either).
+	sctx, cancel := context.WithTimeout(ctx, timeout)
+	id, err := t.stream(sctx)
+	cancel()
+	if err != nil {
+		id = eventstore.Identity{} // confirms nothing
+	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	// Re-check at least every 100 ms so a gateway that goes quiet drops out
@@ -131,7 +144,7 @@ func (t *Tracker) Wait(ctx context.Context, sequence uint64, regions []string, t
 	defer recheck.Stop()
 	for {
 		t.mu.Lock()
-		total, applied := t.count(sequence, regions)
+		total, applied := t.count(id, sequence, regions)
 		changed := t.changed
 		t.mu.Unlock()
 		done := total > 0 && applied == total

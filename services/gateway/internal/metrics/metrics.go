@@ -32,6 +32,9 @@ type Stream struct {
 	SnapshotStart uint64
 	// MapOffHeapBytes is the auth map's memory outside the Go heap.
 	MapOffHeapBytes int
+	// Resets counts auth maps dropped because the stream was another life
+	// of it, went back or was gone (the first placement included).
+	Resets uint64
 }
 
 // Metrics holds the gateway's collectors.
@@ -106,7 +109,10 @@ func New(stream func() Stream) *Metrics {
 			func(s Stream) float64 { return float64(s.Lag) }),
 		gauge("infergate_gateway_nats_connected", "1 while the gateway's NATS connection is up.",
 			func(s Stream) float64 { return b(s.Connected) }),
-		gauge("infergate_gateway_ready", "1 once the gateway has caught up with the stream as of its start.",
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "infergate_gateway_stream_resets_total",
+			Help: "Auth maps dropped and rebuilt because the event stream was another life of it (deleted and created again), went back, or was gone; the first placement on a stream counts as one."},
+			func() float64 { return float64(stream().Resets) }),
+		gauge("infergate_gateway_ready", "1 once the gateway has caught up with the stream as of its start, or of its new life after a reset.",
 			func(s Stream) float64 { return b(s.Ready) }),
 		gauge("infergate_gateway_stale", "1 while the gateway cannot confirm it is up to date with the stream (NATS down or unanswered); it keeps serving from its map.",
 			func(s Stream) float64 { return b(s.Stale) }),

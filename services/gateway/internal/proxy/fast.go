@@ -56,7 +56,7 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		return true
 	}
 	key, authKey := fieldCredentials(req)
-	d := h.cfg.Map.Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
+	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
 	if d.Result.Allowed() && d.Upstream != nil && d.Upstream.Scheme != "http" {
 		// https (or anything else): http.Transport's job. Nothing is
 		// counted yet; Serve counts it.

@@ -26,7 +26,9 @@ import (
 
 // Config is what the handler needs.
 type Config struct {
-	Map     *authmap.Map
+	// Map returns the auth map to decide on now: the gateway swaps in a
+	// new one when the stream it was built from is gone.
+	Map     func() *authmap.Map
 	Region  string
 	Ready   func() bool
 	Now     func() time.Time
@@ -107,7 +109,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) 
 		return
 	}
 	key, authKey := credentials(r.Header)
-	d := h.cfg.Map.Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
+	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
 	h.cfg.Metrics.Decided(d.Result)
 	switch d.Result {
 	case authmap.ResultAllowed, authmap.ResultAuthDisabled:
