@@ -158,10 +158,7 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.NATS != nil {
 		connected = cfg.NATS.IsConnected
 		rep, err := receipts.NewReporter(cfg.NATS, cfg.ID, cfg.Region, cfg.Heartbeat,
-			func() receipts.State {
-				cp := g.follower.Checkpoint()
-				return receipts.State{Stream: cp.Stream, Sequence: cp.Sequence, Ready: g.Ready()}
-			}, cfg.Log)
+			g.Receipt, cfg.Log)
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 		}
@@ -264,6 +261,13 @@ func (g *Gateway) Applied() uint64 { return g.follower.Applied() }
 // every change up to seq.
 func (g *Gateway) WaitApplied(ctx context.Context, seq uint64) error {
 	return g.follower.WaitFor(ctx, seq)
+}
+
+// Receipt is what the gateway reports to the control plane: the stream's
+// life its map is built from, the last sequence applied, and readiness.
+func (g *Gateway) Receipt() receipts.State {
+	cp := g.follower.Checkpoint()
+	return receipts.State{Stream: cp.Stream, Sequence: cp.Sequence, Ready: g.Ready()}
 }
 
 // Changed returns a channel closed when the next record is applied; a

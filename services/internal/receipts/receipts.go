@@ -41,7 +41,7 @@ type Report struct {
 	Stream        string    `json:"stream"`
 	StreamCreated time.Time `json:"stream_created"`
 	Sequence      uint64    `json:"sequence"`
-	Ready    bool   `json:"ready"`
+	Ready         bool      `json:"ready"`
 	// IntervalMS is the gateway's heartbeat interval, so the tracker knows
 	// when it has gone quiet.
 	IntervalMS int64 `json:"interval_ms"`

@@ -19,8 +19,8 @@ type gw struct {
 	seq    atomic.Uint64
 	ready  atomic.Bool
 	stream atomic.Pointer[eventstore.Identity]
-	rep   *receipts.Reporter
-	stop  context.CancelFunc
+	rep    *receipts.Reporter
+	stop   context.CancelFunc
 }
 
 func startGateway(t *testing.T, nc *nats.Conn, id, region string) *gw {

@@ -167,7 +167,7 @@ func (f *fleet) addGateway(t *testing.T, id string, ownReporter bool) *fleetGate
 func fleetReporter(t *testing.T, ctx context.Context, nc *nats.Conn, gw *gateway.Gateway) chan struct{} {
 	t.Helper()
 	rep, err := receipts.NewReporter(nc, gw.ID(), gw.Region(), 100*time.Millisecond,
-		func() (uint64, bool) { return gw.Applied(), gw.Ready() }, nil)
+		gw.Receipt, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
