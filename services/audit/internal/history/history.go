@@ -24,6 +24,7 @@ import (
 
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/follow"
 )
 
 // Config tunes an Index.
@@ -44,10 +45,15 @@ type Config struct {
 	Log *slog.Logger
 }
 
-// Index keeps the checkpoints.
+// Index keeps the checkpoints. It runs on the one follower primitive
+// (package follow): when the stream turns out to be another life of it
+// (deleted and created again) or went back, the index drops everything
+// and rebuilds from the new stream, so a question is never answered from
+// the history of a stream that no longer exists.
 type Index struct {
-	cfg     Config
-	applied atomic.Uint64
+	cfg      Config
+	follower *follow.Follower
+	applied  atomic.Uint64
 
 	mu sync.RWMutex // mu protects the fields below
 	// projects holds each project's checkpoints and live state.
@@ -56,8 +62,8 @@ type Index struct {
 	// the segments oldest first, to drop when over MaxRecords.
 	kept  int
 	order []*checkpoint
-	// changed is closed and replaced whenever applied moves.
-	changed chan struct{}
+	// stream is the life of the stream the index holds.
+	stream eventstore.Identity
 }
 
 type project struct {
@@ -96,24 +102,41 @@ func New(cfg Config) (*Index, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Index{cfg: cfg, projects: map[string]*project{}, changed: make(chan struct{})}, nil
+	x := &Index{cfg: cfg, projects: map[string]*project{}}
+	x.follower = follow.New(follow.Config{Name: "audit index", Source: cfg.Events, Consumer: (*indexConsumer)(x), Log: cfg.Log})
+	return x, nil
 }
 
 // Run follows the stream from the start until ctx ends, retrying (from
 // where it stopped) when the stream fails.
 func (x *Index) Run(ctx context.Context) error {
-	for {
-		err := x.cfg.Events.Follow(ctx, x.applied.Load()+1, x.apply)
-		if ctx.Err() != nil {
-			return nil
-		}
-		x.cfg.Log.Warn("history: following the stream failed; retrying", "err", err)
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-time.After(time.Second):
-		}
-	}
+	_ = x.follower.Run(ctx)
+	return nil
+}
+
+// indexConsumer is the Index as the follower's follow.Consumer.
+type indexConsumer Index
+
+func (c *indexConsumer) Checkpoint(context.Context) (follow.Checkpoint, error) {
+	x := (*Index)(c)
+	x.mu.RLock()
+	defer x.mu.RUnlock()
+	return follow.Checkpoint{Stream: x.stream, Sequence: x.applied.Load()}, nil
+}
+
+func (c *indexConsumer) Reset(_ context.Context, to eventstore.Identity) error {
+	x := (*Index)(c)
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.projects = map[string]*project{}
+	x.kept, x.order = 0, nil
+	x.stream = to
+	x.applied.Store(0)
+	return nil
+}
+
+func (c *indexConsumer) Apply(_ context.Context, rec eventstore.Record) error {
+	return (*Index)(c).apply(rec)
 }
 
 func (x *Index) apply(rec eventstore.Record) error {
@@ -152,40 +175,21 @@ func (x *Index) apply(rec eventstore.Record) error {
 		old.next, old.dropped = nil, true
 	}
 	x.applied.Store(rec.Sequence)
-	close(x.changed)
-	x.changed = make(chan struct{})
 	return nil
 }
 
-// waitFor blocks until the index has applied seq, or the timeout passes.
-func (x *Index) waitFor(ctx context.Context, seq uint64) bool {
-	timer := time.NewTimer(x.cfg.CatchUpTimeout)
-	defer timer.Stop()
-	for {
-		x.mu.RLock()
-		changed := x.changed
-		x.mu.RUnlock()
-		if x.applied.Load() >= seq {
-			return true
-		}
-		select {
-		case <-changed:
-		case <-timer.C:
-			return false
-		case <-ctx.Done():
-			return false
-		}
-	}
+// caughtUp blocks until the index holds everything appended to the
+// stream's current life before the call, or the timeout passes.
+func (x *Index) caughtUp(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, x.cfg.CatchUpTimeout)
+	defer cancel()
+	return x.follower.WaitCaughtUp(ctx) == nil
 }
 
 // StateAt returns the project's auth state as of time at — every record
 // of the project stored at or before at, applied — and the last sequence
 // taken into account. The map is the caller's to keep.
 func (x *Index) StateAt(ctx context.Context, projectName string, at time.Time) (*authmap.Map, uint64, error) {
-	last, err := x.cfg.Events.LastSequence(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
 	var (
 		state   = authmap.New()
 		from    uint64
@@ -193,7 +197,7 @@ func (x *Index) StateAt(ctx context.Context, projectName string, at time.Time) (
 		records []eventstore.Record
 		scan    = true
 	)
-	if x.waitFor(ctx, last) {
+	if x.caughtUp(ctx) {
 		x.mu.RLock()
 		if p := x.projects[projectName]; p != nil {
 			// The last checkpoint stored at or before at (the first one,

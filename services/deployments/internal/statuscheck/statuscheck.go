@@ -24,6 +24,7 @@ import (
 	"github.com/infergate/infergate/services/internal/aggregate"
 	"github.com/infergate/infergate/services/internal/command"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/follow"
 )
 
 // Config tunes the checker.
@@ -81,6 +82,12 @@ type Checker struct {
 	// pending are the deploying deployments by id.
 	pending map[string]pending
 	started bool
+	// stream and applied are the checker's checkpoint.
+	stream  eventstore.Identity
+	applied uint64
+	// runCtx and probes are Run's, for the probe loops it starts.
+	runCtx context.Context
+	probes *sync.WaitGroup
 }
 
 type pending struct {
@@ -99,34 +106,65 @@ func New(cfg Config) (*Checker, error) {
 	return &Checker{cfg: cfg, pending: map[string]pending{}}, nil
 }
 
-// Run follows the stream until ctx ends. Probes start once it has caught
-// up with the stream as it was when Run started, so a restart does not
-// probe deployments that were settled long ago.
+// Run follows the stream until ctx ends, on the one follower primitive
+// (package follow): stream failures are retried with backoff and never end
+// Run; a stream deleted and created again, or gone, drops every pending
+// probe and starts over from the new stream. Probes start once the
+// checker has caught up with the stream as it was when it started (or
+// when its new life began), so a restart does not probe deployments that
+// were settled long ago.
 func (c *Checker) Run(ctx context.Context) error {
-	last, err := c.cfg.Events.LastSequence(ctx)
-	if err != nil {
-		return err
-	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if last == 0 {
-		c.startAll(ctx, &wg)
-	}
-	err = c.cfg.Events.Follow(ctx, 0, func(rec eventstore.Record) error {
-		for _, e := range rec.Events {
-			c.apply(ctx, &wg, rec.Aggregate, e)
-		}
-		if rec.Sequence >= last {
-			c.startAll(ctx, &wg)
-		}
-		return nil
+	c.mu.Lock()
+	c.runCtx, c.probes = ctx, &wg
+	c.mu.Unlock()
+	f := follow.New(follow.Config{
+		Name:     "status checker",
+		Source:   c.cfg.Events,
+		Consumer: (*checkConsumer)(c),
+		Log:      c.cfg.Log,
+		OnReady:  func() { c.startAll(ctx, &wg) },
 	})
-	if ctx.Err() != nil {
-		return nil
+	_ = f.Run(ctx)
+	return nil
+}
+
+// checkConsumer is the Checker as its follower's follow.Consumer.
+type checkConsumer Checker
+
+func (cc *checkConsumer) Checkpoint(context.Context) (follow.Checkpoint, error) {
+	c := (*Checker)(cc)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return follow.Checkpoint{Stream: c.stream, Sequence: c.applied}, nil
+}
+
+func (cc *checkConsumer) Reset(_ context.Context, to eventstore.Identity) error {
+	c := (*Checker)(cc)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for id := range c.pending {
+		c.forget(id)
 	}
-	return err
+	c.started, c.stream, c.applied = false, to, 0
+	return nil
+}
+
+func (cc *checkConsumer) Apply(_ context.Context, rec eventstore.Record) error {
+	c := (*Checker)(cc)
+	c.mu.Lock()
+	ctx, wg := c.runCtx, c.probes
+	c.mu.Unlock()
+	for _, e := range rec.Events {
+		c.apply(ctx, wg, rec.Aggregate, e)
+	}
+	c.mu.Lock()
+	c.applied = rec.Sequence
+	c.mu.Unlock()
+	return nil
 }
 
 func (c *Checker) apply(ctx context.Context, wg *sync.WaitGroup, agg eventstore.Aggregate, e *eventv1.Event) {
