@@ -3,6 +3,7 @@ package readmodel_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"reflect"
 	"testing"
@@ -13,6 +14,8 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natstest"
 	"github.com/infergate/infergate/services/internal/pgtest"
@@ -24,6 +27,7 @@ import (
 // keeping each aggregate's version for optimistic concurrency.
 type stream struct {
 	t        *testing.T
+	js       jetstream.JetStream
 	events   *eventstore.Store
 	versions map[eventstore.Aggregate]uint64
 }
@@ -35,7 +39,7 @@ func newStream(t *testing.T) *stream {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &stream{t: t, events: events, versions: make(map[eventstore.Aggregate]uint64)}
+	return &stream{t: t, js: js, events: events, versions: make(map[eventstore.Aggregate]uint64)}
 }
 
 // append stores the payloads as one record on the aggregate and returns
@@ -414,5 +418,65 @@ func TestProjectorRetries(t *testing.T) {
 	waitFor(t, p, seq)
 	if _, err := store.GetKey(ctx, "team-a", "ci-runner"); err != nil {
 		t.Errorf("GetKey after the retry: %v", err)
+	}
+}
+
+// TestProjectorRebuildsOnANewStream: the stream deleted and created again
+// while the read model holds its state, once under a running projector
+// and once while none runs (a restarted service). Either way the read
+// model ends equal to a replay of the new stream: nothing of the old one
+// survives, in one transaction.
+func TestProjectorRebuildsOnANewStream(t *testing.T) {
+	t.Parallel()
+	for _, running := range []bool{true, false} {
+		t.Run(map[bool]string{true: "running", false: "restarted"}[running], func(t *testing.T) {
+			t.Parallel()
+			ctx := t.Context()
+			schema := pgtest.Schema(t)
+			s := newStream(t)
+			for i := range 20 {
+				s.key("team-a", fmt.Sprintf("old-%02d", i), keyCreated(fmt.Sprintf("k%d", i), fmt.Sprintf("old-%02d", i), ""))
+			}
+			store := openPostgres(t, schema)
+			p := startProjector(t, s.events, store, nil)
+			waitCaughtUp(t, p)
+			if !running {
+				p.stop(t)
+			}
+
+			js := s.js
+			if err := js.DeleteStream(ctx, "INFERGATE_EVENTS"); err != nil {
+				t.Fatal(err)
+			}
+			events, err := eventstore.Open(ctx, js, eventstore.Config{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.events, s.versions = events, map[eventstore.Aggregate]uint64{}
+			s.key("team-a", "new-key", keyCreated("kn", "new-key", "after the loss"))
+			if !running {
+				p = startProjector(t, s.events, openPostgres(t, schema), nil)
+			}
+			waitCaughtUp(t, p)
+
+			keys, err := store.ListKeys(ctx, "team-a", readmodel.Page{Limit: 100})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) != 1 || keys[0].Name != "new-key" {
+				t.Fatalf("keys after the stream was recreated = %d (%v…); want only new-key", len(keys), keys[0].Name)
+			}
+			cp, err := store.Checkpoint(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			st, err := s.events.State(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !cp.Stream.Equal(st.Identity()) || cp.Sequence != st.LastSeq {
+				t.Fatalf("checkpoint %+v; want %s at %d", cp, st.Identity(), st.LastSeq)
+			}
+		})
 	}
 }
