@@ -150,6 +150,12 @@ func (f *Follower) Run(ctx context.Context) error {
 // once brings the consumer to the stream's current life and follows it
 // until something fails.
 func (f *Follower) once(ctx context.Context) error {
+	// The checkpoint first: read after the state, a checkpoint moved on by
+	// another process sharing the store could look ahead of the stream.
+	cp, err := f.cfg.Consumer.Checkpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("follow: %s checkpoint: %w", f.cfg.Name, err)
+	}
 	st, err := f.state(ctx)
 	switch {
 	case errors.Is(err, jetstream.ErrStreamNotFound):
@@ -163,10 +169,6 @@ func (f *Follower) once(ctx context.Context) error {
 		return err
 	}
 	id := st.Identity()
-	cp, err := f.cfg.Consumer.Checkpoint(ctx)
-	if err != nil {
-		return fmt.Errorf("follow: %s checkpoint: %w", f.cfg.Name, err)
-	}
 	if !cp.Stream.Equal(id) || cp.Sequence > st.LastSeq {
 		if err := f.reset(ctx, id, st.LastSeq); err != nil {
 			return err
@@ -295,13 +297,17 @@ func (f *Follower) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		// What was applied before the state is read cannot be past the
+		// stream's last sequence unless the stream went back; read after,
+		// it could be (records appended and applied in between).
+		f.mu.Lock()
+		id, stop := f.identity, f.stop
+		f.mu.Unlock()
+		applied := f.applied.Load()
 		st, err := f.state(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		f.mu.Lock()
-		id, stop := f.identity, f.stop
-		f.mu.Unlock()
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
 			if stop != nil {
@@ -309,7 +315,7 @@ func (f *Follower) watch(ctx context.Context) {
 			}
 		case err != nil:
 			f.setErr(err)
-		case !st.Identity().Equal(id) || st.LastSeq < f.applied.Load():
+		case !st.Identity().Equal(id) || st.LastSeq < applied:
 			if stop != nil {
 				stop(fmt.Errorf("%w: %s is now %s at %d", ErrStreamChanged, id, st.Identity(), st.LastSeq))
 			}
