@@ -389,4 +389,3 @@ func TestUnknownPathsNeedAToken(t *testing.T) {
 		}
 	}
 }
-
