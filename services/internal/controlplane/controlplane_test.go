@@ -364,10 +364,32 @@ func TestReflectionAndHealth(t *testing.T) {
 }
 
 // TestUnknownPathsNeedAToken: nothing but health answers without a token,
-// not even "not found".
+// not even "not found", and health's open prefix leads nowhere else.
 func TestUnknownPathsNeedAToken(t *testing.T) {
 	t.Parallel()
 	p := startPlane(t)
+	for _, path := range []string{
+		"/grpc.health.v1.Health/../infergate.key.v1.KeyService/GetKey",
+		"/grpc.health.v1.Health/%2e%2e/infergate.key.v1.KeyService/GetKey",
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, p.url+path, strings.NewReader(`{"project":"team-a","name":"some-key"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		res, err := (&http.Client{
+			Transport:     p.h1.Transport,
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode == http.StatusOK || strings.Contains(string(body), "called by") {
+			t.Errorf("POST %s without a token: HTTP %d %s", path, res.StatusCode, body)
+		}
+	}
 	for token, want := range map[string]int{"": http.StatusUnauthorized, p.ops: http.StatusNotFound} {
 		req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, p.url+"/demo-model/v1/models", nil)
 		if err != nil {
