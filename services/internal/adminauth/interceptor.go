@@ -3,7 +3,6 @@ package adminauth
 import (
 	"context"
 	"fmt"
-	"strings"
 
 	"connectrpc.com/connect"
 )
@@ -13,9 +12,11 @@ type projectRequest interface {
 	GetProject() string
 }
 
-// NewInterceptor authenticates every call and checks the token's scope
-// against the request's project before the handler runs, so a call on a
-// project outside the scope learns nothing about it.
+// NewInterceptor checks the token's scope against the request's project
+// before the handler runs, so a call on a project outside the scope learns
+// nothing about it. It authenticates the call too, unless NewMiddleware
+// already did before the body was read (as every control-plane server
+// does); then it takes the middleware's principal.
 func NewInterceptor(tokens *Tokens) connect.Interceptor {
 	return &interceptor{tokens: tokens}
 }
@@ -24,14 +25,15 @@ type interceptor struct {
 	tokens *Tokens
 }
 
+// authorize takes the principal the middleware (NewMiddleware) found, or
+// authenticates the header itself where no middleware runs in front.
 func (i *interceptor) authorize(ctx context.Context, header interface{ Get(string) string }, msg any) (context.Context, error) {
-	token, ok := strings.CutPrefix(header.Get("Authorization"), "Bearer ")
+	p, ok := FromContext(ctx)
 	if !ok {
-		return nil, connect.NewError(connect.CodeUnauthenticated, ErrUnauthenticated)
-	}
-	p, err := i.tokens.Authenticate(strings.TrimSpace(token))
-	if err != nil {
-		return nil, connect.NewError(connect.CodeUnauthenticated, err)
+		var err error
+		if p, err = i.tokens.authenticateHeader(header); err != nil {
+			return nil, connect.NewError(connect.CodeUnauthenticated, err)
+		}
 	}
 	if r, ok := msg.(projectRequest); ok && !p.Allows(r.GetProject()) {
 		return nil, connect.NewError(connect.CodePermissionDenied,

@@ -190,32 +190,41 @@ func (p *Plane) Close() {
 }
 
 // HandlerOptions are the options every control-plane handler is built
-// with: the admin-token interceptor, and no gzip for answers under 1 KiB
-// (it saves nothing there and cost 15 % of CreateKey's CPU; see
+// with: the admin-token interceptor (the per-project scope check; Serve
+// has authenticated the token before the body was read), the message size
+// limits (limits.go), and no gzip for answers under 1 KiB (it saves
+// nothing there and cost 15 % of CreateKey's CPU; see
 // docs/benchmarks.md).
 func (p *Plane) HandlerOptions() []connect.HandlerOption {
-	return []connect.HandlerOption{
+	return append([]connect.HandlerOption{
 		connect.WithInterceptors(adminauth.NewInterceptor(p.Tokens)),
 		connect.WithCompressMinBytes(1024),
-	}
+	}, limitOptions()...)
 }
 
 // Mux serves the handlers plus gRPC health and reflection for the named
-// services.
+// services, the latter two with the same message limits as the handlers.
 func Mux(handlers map[string]http.Handler, services ...string) *http.ServeMux {
 	mux := http.NewServeMux()
 	for path, h := range handlers {
 		mux.Handle(path, h)
 	}
-	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(services...)))
+	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(services...), limitOptions()...))
 	reflector := grpcreflect.NewStaticReflector(services...)
-	mux.Handle(grpcreflect.NewHandlerV1(reflector))
-	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector))
+	mux.Handle(grpcreflect.NewHandlerV1(reflector, limitOptions()...))
+	mux.Handle(grpcreflect.NewHandlerV1Alpha(reflector, limitOptions()...))
 	return mux
 }
 
+// healthPath is the one path Serve answers without an admin token, so
+// load balancers and orchestrators can probe the process.
+const healthPath = "/" + grpchealth.HealthV1ServiceName + "/"
+
 // Serve runs the projector and serves handler on ln until ctx ends; it
-// waits for the read model to catch up before it accepts calls.
+// waits for the read model to catch up before it accepts calls. Every
+// request but gRPC health must carry a valid admin token, checked from the
+// headers before handler reads a byte of the body
+// (adminauth.NewMiddleware); reflection and unknown paths included.
 func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler, grace time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -230,7 +239,7 @@ func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler
 		}
 	}
 	p.Log.Info("serving", "addr", ln.Addr().String())
-	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), handler), ln, grace)
+	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), adminauth.NewMiddleware(p.Tokens, handler, healthPath)), ln, grace)
 	cancel()
 	if err := <-projErr; err != nil && !errors.Is(err, context.Canceled) {
 		return errors.Join(serveErr, err)

@@ -2,8 +2,14 @@ package devstack
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/base64"
 	"fmt"
+	"net"
 	"net/http"
+	"slices"
+	"strings"
 	"time"
 
 	"connectrpc.com/connect"
@@ -14,6 +20,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/demomodel"
+	"github.com/infergate/infergate/services/internal/httpserver"
 )
 
 // The demo's names.
@@ -30,10 +37,64 @@ type Demo struct {
 	Secret      string
 }
 
-// ensureDemo makes sure the demo deployment exists with auth enabled, and
-// gives it a fresh demo key (a secret cannot be shown twice, so a restart
-// replaces the key). It goes through the public API like any client.
-func ensureDemo(ctx context.Context, st *Stack, token, apiAddr string) (*Demo, error) {
+// demoUpstream is the demo model on a loopback port of its own. It
+// answers only under a path prefix made of 256 random bits, new in every
+// process, that nothing but the demo deployment's upstream_url carries: a
+// request that did not come through the gateway (which adds the prefix
+// when it proxies) is refused with 403. So the demo model, which has no
+// keys of its own, is reachable only with a key the gateway admits.
+//
+// The prefix is a capability, not a key: whoever can read the demo
+// deployment's upstream_url — an admin of its project, who can mint a key
+// for it anyway, or a holder of NATS credentials that read the event
+// stream — can call the demo model directly while this process runs.
+type demoUpstream struct {
+	ln     net.Listener
+	prefix string // "/" + the secret
+	model  http.Handler
+}
+
+func listenDemoUpstream() (*demoUpstream, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("demo model: %w", err)
+	}
+	secret := make([]byte, 32)
+	_, _ = rand.Read(secret) // crypto/rand.Read never fails
+	prefix := "/" + base64.RawURLEncoding.EncodeToString(secret)
+	return &demoUpstream{
+		ln:     ln,
+		prefix: prefix,
+		model:  (&demomodel.Server{ChunkDelay: 20 * time.Millisecond}).Handler(prefix),
+	}, nil
+}
+
+// url is the demo deployment's upstream_url.
+func (d *demoUpstream) url() string { return "http://" + d.ln.Addr().String() + d.prefix }
+
+func (d *demoUpstream) serve(ctx context.Context) error {
+	return httpserver.Serve(ctx, httpserver.New(d.ln.Addr().String(), d), d.ln, time.Second)
+}
+
+func (d *demoUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Constant time, so the answer's timing does not spell the prefix out.
+	got := r.URL.Path[:min(len(r.URL.Path), len(d.prefix))]
+	rest := r.URL.Path[len(got):]
+	if subtle.ConstantTimeCompare([]byte(got), []byte(d.prefix)) != 1 || !strings.HasPrefix(rest, "/") {
+		http.Error(w, "the infergate demo model answers only through the gateway, with an API key", http.StatusForbidden)
+		return
+	}
+	d.model.ServeHTTP(w, r)
+}
+
+// ensureDemo makes sure the demo deployment exists with auth enabled in
+// front of this process's demo model (upstream), and gives it a fresh demo
+// key (a secret cannot be shown twice, so a restart replaces the key). A
+// demo deployment left by an earlier process points at that process's
+// demo model; upstream_url cannot change, so it is deleted and made again
+// with the same linked keys. It goes through the public API like any
+// client.
+func ensureDemo(ctx context.Context, st *Stack, token, upstream string) (*Demo, error) {
 	if token == "" {
 		return nil, fmt.Errorf("--demo needs the generated admin token; it cannot be used with --admin-tokens-file")
 	}
@@ -52,12 +113,24 @@ func ensureDemo(ctx context.Context, st *Stack, token, apiAddr string) (*Demo, e
 		return nil, err
 	}
 	got, err := depsClient.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: DemoProject, Name: DemoDeployment}))
+	stale := err == nil && got.Msg.GetDeployment().GetUpstreamUrl() != upstream
+	if stale {
+		if _, err := depsClient.DeleteDeployment(ctx, connect.NewRequest(&deploymentv1.DeleteDeploymentRequest{Project: DemoProject, Name: DemoDeployment})); err != nil {
+			return nil, err
+		}
+	}
 	var seq uint64
 	switch {
-	case connect.CodeOf(err) == connect.CodeNotFound:
+	case stale || connect.CodeOf(err) == connect.CodeNotFound:
+		keys := []string{DemoKey}
+		if stale {
+			keys = append(keys, got.Msg.GetDeployment().GetApiKeys()...)
+			slices.Sort(keys)
+			keys = slices.Compact(keys)
+		}
 		res, err := depsClient.CreateDeployment(ctx, connect.NewRequest(&deploymentv1.CreateDeploymentRequest{
 			Project: DemoProject, Name: DemoDeployment, Model: demomodel.ModelID,
-			UpstreamUrl: "http://" + apiAddr + DemoPath, AuthEnabled: true, ApiKeys: []string{DemoKey},
+			UpstreamUrl: upstream, AuthEnabled: true, ApiKeys: keys,
 		}))
 		if err != nil {
 			return nil, err

@@ -1,8 +1,9 @@
 // Package devstack runs the whole of infergate in one process — what
 // `infergate dev` (and `make run`) starts: an embedded NATS server with
 // JetStream keeping its files under the data dir, the key, deployment and
-// audit services on one control-plane address, one edge gateway, and the
-// demo model upstream.
+// audit services on one control-plane address, one edge gateway, and with
+// --demo the demo model upstream, reachable only through the gateway
+// (demo.go).
 package devstack
 
 import (
@@ -29,7 +30,6 @@ import (
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/controlplane"
-	"github.com/infergate/infergate/services/internal/demomodel"
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/keys"
@@ -41,8 +41,6 @@ const (
 	TokenFile = "admin-token"
 	// APIURLFile holds the control-plane URL for the CLI.
 	APIURLFile = "api-url"
-	// DemoPath is where the control-plane port serves the demo model.
-	DemoPath = "/demo-model"
 )
 
 // Config is the one-process stack's configuration (SPEC §6).
@@ -104,6 +102,10 @@ type Stack struct {
 	Gateway *gateway.Gateway
 	// Demo is set when Config.Demo asked for a demo.
 	Demo *Demo
+	// DemoModelAddr is the demo model's own loopback listener, with
+	// Config.Demo; it refuses every request that does not come through
+	// the gateway (demo.go).
+	DemoModelAddr string
 
 	gatewayPort string
 }
@@ -158,6 +160,15 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		Token:       token,
 		gatewayPort: port(gwLn.Addr()),
 	}
+	var demoModel *demoUpstream
+	if cfg.Demo {
+		if demoModel, err = listenDemoUpstream(); err != nil {
+			apiLn.Close()
+			gwLn.Close()
+			return err
+		}
+		st.DemoModelAddr = demoModel.ln.Addr().String()
+	}
 
 	kpath, kh, err := keys.NewHandler(keys.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, Propagation: plane.Tracker,
@@ -193,7 +204,6 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	st.Gateway = gw
 	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah},
 		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName)
-	mux.Handle(DemoPath+"/", (&demomodel.Server{ChunkDelay: 20 * time.Millisecond}).Handler(DemoPath))
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -218,6 +228,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	run("status checker", func() error { return checker.Run(ctx) })
 	run("audit history", func() error { return hist.Run(ctx) })
 	run("gateway", func() error { return gw.Run(ctx) })
+	if demoModel != nil {
+		run("demo model", func() error { return demoModel.serve(ctx) })
+	}
 	run("gateway server", func() error {
 		front := gateway.NewFront(httpserver.New(gwLn.Addr().String(), gw.Handler()), !cfg.NoHTTP1FastPath)
 		front.Use(gw)
@@ -229,7 +242,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 			cancel()
 			errs = append(errs, err)
 		} else if cfg.Demo {
-			if st.Demo, err = ensureDemo(ctx, st, token, apiLn.Addr().String()); err != nil {
+			if st.Demo, err = ensureDemo(ctx, st, token, demoModel.url()); err != nil {
 				errs = append(errs, fmt.Errorf("demo: %w", err))
 				cancel()
 			}

@@ -60,8 +60,8 @@ type e2eStack struct {
 }
 
 // e2eStart runs devstack.Run on dataDir until stop or the test's end, and
-// returns once the stack is ready.
-func e2eStart(t *testing.T, dataDir string) *e2eStack {
+// returns once the stack is ready. configure may change the config.
+func e2eStart(t *testing.T, dataDir string, configure ...func(*devstack.Config)) *e2eStack {
 	t.Helper()
 	logs := &e2eLogWriter{t: t}
 	cfg := devstack.Config{
@@ -72,6 +72,9 @@ func e2eStart(t *testing.T, dataDir string) *e2eStack {
 		StatusInterval: 50 * time.Millisecond,
 		Out:            io.Discard,
 		Log:            slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn})),
+	}
+	for _, f := range configure {
+		f(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan *devstack.Stack, 1)
