@@ -91,6 +91,10 @@ type Follower struct {
 	lastContact atomic.Int64 // Unix ns of the last successful state read; 0: never
 	lastEvent   atomic.Int64 // Unix ns of the last record applied; 0: never
 	resets      atomic.Uint64
+	// syncedAt is Unix ns of the latest state read by which everything
+	// the stream then held had been applied: how current the consumer is
+	// known to be. 0: never.
+	syncedAt atomic.Int64
 
 	// mu guards the fields below.
 	mu       sync.Mutex
@@ -99,6 +103,11 @@ type Follower struct {
 	lastErr  error
 	failing  bool                    // the last attempt failed (logged once per transition)
 	stop     context.CancelCauseFunc // stops the current follow; nil between follows
+	// pendingSeq and pendingAt are the latest state read not yet caught
+	// up with: reaching pendingSeq makes the consumer synced as of
+	// pendingAt.
+	pendingSeq uint64
+	pendingAt  int64
 }
 
 // New returns a follower; it does nothing until Run.
@@ -188,6 +197,7 @@ func (f *Follower) once(ctx context.Context) error {
 	if cp.Sequence > f.applied.Load() {
 		f.advance(cp.Sequence) // a consumer reset may start from a snapshot
 	}
+	f.noteState(st, f.applied.Load(), f.lastContact.Load())
 	f.checkReady()
 	f.cfg.Log.Debug("following the event stream", "from", f.applied.Load()+1, "stream", id.String())
 
@@ -240,6 +250,8 @@ func (f *Follower) setLife(id eventstore.Identity, applied, target uint64) {
 	defer f.mu.Unlock()
 	f.ready.Store(false)
 	f.identity = id
+	f.syncedAt.Store(0)
+	f.pendingAt = 0
 	f.applied.Store(applied)
 	f.target.Store(target)
 	f.streamLast.Store(target)
@@ -254,8 +266,28 @@ func (f *Follower) advance(seq uint64) {
 		return
 	}
 	f.applied.Store(seq)
+	if f.pendingAt != 0 && seq >= f.pendingSeq {
+		f.syncedAt.Store(max(f.syncedAt.Load(), f.pendingAt))
+		f.pendingAt = 0
+	}
 	close(f.changed)
 	f.changed = make(chan struct{})
+}
+
+// noteState records a state read at readAt (Unix ns) by which applied
+// had been applied: the consumer is synced as of then if that covers the
+// stream's last sequence, else once it gets there.
+func (f *Follower) noteState(st eventstore.StreamState, applied uint64, readAt int64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !st.Identity().Equal(f.identity) {
+		return
+	}
+	if applied >= st.LastSeq || f.applied.Load() >= st.LastSeq {
+		f.syncedAt.Store(max(f.syncedAt.Load(), readAt))
+		return
+	}
+	f.pendingSeq, f.pendingAt = st.LastSeq, readAt
 }
 
 func (f *Follower) checkReady() {
@@ -277,12 +309,15 @@ func (f *Follower) checkReady() {
 func (f *Follower) state(ctx context.Context) (eventstore.StreamState, error) {
 	ctx, cancel := context.WithTimeout(ctx, max(f.cfg.PollInterval, 2*time.Second))
 	defer cancel()
+	// The time the question was asked: the answer is at least that
+	// current, so staleness counted from it is never understated.
+	asked := f.cfg.Now().UnixNano()
 	st, err := f.cfg.Source.State(ctx)
 	if err != nil {
 		return st, err
 	}
 	f.streamLast.Store(st.LastSeq)
-	f.lastContact.Store(f.cfg.Now().UnixNano())
+	f.lastContact.Store(asked)
 	return st, nil
 }
 
@@ -320,6 +355,7 @@ func (f *Follower) watch(ctx context.Context) {
 				stop(fmt.Errorf("%w: %s is now %s at %d", ErrStreamChanged, id, st.Identity(), st.LastSeq))
 			}
 		default:
+			f.noteState(st, applied, f.lastContact.Load())
 			f.setErr(nil)
 			f.checkReady()
 		}
@@ -385,6 +421,21 @@ func (f *Follower) Checkpoint() Checkpoint {
 	defer f.mu.Unlock()
 	return Checkpoint{Stream: f.identity, Sequence: f.applied.Load()}
 }
+
+// Synced is when the consumer was last known to hold everything the
+// stream held: the time of the latest state read it had caught up with.
+// The zero time when never (or not since the last reset). A consumer's
+// staleness is the time since.
+func (f *Follower) Synced() time.Time {
+	if ns := f.syncedAt.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
+
+// SyncedUnixNano is Synced as Unix nanoseconds (0: never), for a check
+// on every request that should not build a time.Time.
+func (f *Follower) SyncedUnixNano() int64 { return f.syncedAt.Load() }
 
 // Resets counts how many times the consumer was reset (the first
 // placement on a stream included).

@@ -262,3 +262,44 @@ func TestFailedApplyIsRetried(t *testing.T) {
 		t.Fatalf("Status().Err = %v after recovering; want nil", st.Err)
 	}
 }
+
+// Synced moves with every poll while the follower keeps up, and stops
+// when the stream cannot be reached: it is what staleness counts from.
+func TestSyncedStopsWhenTheStreamIsAway(t *testing.T) {
+	t.Parallel()
+	s, js := natstest.JetStream(t)
+	events, err := eventstore.Open(t.Context(), js, eventstore.Config{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{js: js, events: events}
+	e.appendKey(t, "k-one")
+	r := &recorder{}
+	f := newFollower(e, r)
+	run(t, f)
+	waitHeld(t, r, []uint64{1})
+	servicetest.WaitFor(t, "synced", func(context.Context) error {
+		if f.Synced().IsZero() {
+			return errors.New("never synced")
+		}
+		return nil
+	})
+	first := f.Synced()
+	servicetest.WaitFor(t, "synced again at a later poll", func(context.Context) error {
+		if !f.Synced().After(first) {
+			return errors.New("not moved")
+		}
+		return nil
+	})
+	s.Shutdown()
+	down := time.Now()
+	servicetest.WaitFor(t, "stale", func(context.Context) error {
+		if !f.Status().Stale {
+			return errors.New("not stale yet")
+		}
+		return nil
+	})
+	if got := f.Synced(); got.After(down) {
+		t.Fatalf("Synced = %s, after the server went down at %s", got, down)
+	}
+}
