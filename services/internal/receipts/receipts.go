@@ -45,6 +45,15 @@ type Report struct {
 	// IntervalMS is the gateway's heartbeat interval, so the tracker knows
 	// when it has gone quiet.
 	IntervalMS int64 `json:"interval_ms"`
+	// MaxStalenessMS is the gateway's staleness bound: once it has not been
+	// in step with the stream for that long it refuses requests to
+	// auth-enabled deployments. 0: it never does (serves forever).
+	MaxStalenessMS int64 `json:"max_staleness_ms"`
+	// Stale is true while it refuses as stale.
+	Stale bool `json:"stale"`
+	// Leaving is the last report of a gateway shutting down: it serves no
+	// more requests, so it no longer counts.
+	Leaving bool `json:"leaving,omitempty"`
 }
 
 func (r Report) identity() eventstore.Identity {

@@ -2,6 +2,7 @@ package receipts_test
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -9,8 +10,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natstest"
 	"github.com/infergate/infergate/services/internal/receipts"
+	"github.com/infergate/infergate/services/internal/servicetest"
 )
 
 // gw is a pretend gateway's state, driven by the test, reported by a real
@@ -18,6 +21,8 @@ import (
 type gw struct {
 	seq    atomic.Uint64
 	ready  atomic.Bool
+	stale  atomic.Bool
+	bound  time.Duration // its staleness bound; 0: none
 	stream atomic.Pointer[eventstore.Identity]
 	rep    *receipts.Reporter
 	stop   context.CancelFunc
@@ -25,11 +30,18 @@ type gw struct {
 
 func startGateway(t *testing.T, nc *nats.Conn, id, region string) *gw {
 	t.Helper()
-	g := &gw{}
+	return startBoundGateway(t, nc, id, region, 0)
+}
+
+// startBoundGateway is startGateway for a gateway with a staleness bound.
+func startBoundGateway(t *testing.T, nc *nats.Conn, id, region string, bound time.Duration) *gw {
+	t.Helper()
+	g := &gw{bound: bound}
 	g.ready.Store(true)
 	g.stream.Store(&lifeOne)
 	rep, err := receipts.NewReporter(nc, id, region, 50*time.Millisecond, func() receipts.State {
-		return receipts.State{Stream: *g.stream.Load(), Sequence: g.seq.Load(), Ready: g.ready.Load()}
+		return receipts.State{Stream: *g.stream.Load(), Sequence: g.seq.Load(), Ready: g.ready.Load(),
+			Stale: g.stale.Load(), MaxStaleness: g.bound}
 	}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -65,6 +77,13 @@ func setup(t *testing.T) (*nats.Conn, *receipts.Tracker) {
 // move.
 func setupLives(t *testing.T) (*nats.Conn, *receipts.Tracker, *atomic.Pointer[eventstore.Identity]) {
 	t.Helper()
+	nc, tr, current, _ := setupServer(t)
+	return nc, tr, current
+}
+
+// setupServer also returns the server, for connections of the test's own.
+func setupServer(t *testing.T) (*nats.Conn, *receipts.Tracker, *atomic.Pointer[eventstore.Identity], *natsembed.Server) {
+	t.Helper()
 	s := natstest.Start(t)
 	var current atomic.Pointer[eventstore.Identity]
 	current.Store(&lifeOne)
@@ -75,7 +94,7 @@ func setupLives(t *testing.T) (*nats.Conn, *receipts.Tracker, *atomic.Pointer[ev
 		t.Fatal(err)
 	}
 	t.Cleanup(tr.Close)
-	return natstest.Connect(t, s), tr, &current
+	return natstest.Connect(t, s), tr, &current, s
 }
 
 func waitGateways(t *testing.T, tr *receipts.Tracker, n int) {
@@ -176,5 +195,56 @@ func TestReceiptOfAnOldStreamNeverConfirms(t *testing.T) {
 	old.apply(3)
 	if p := tr.Wait(t.Context(), 3, nil, 5*time.Second); !p.GetConfirmed() || p.GetGatewaysApplied() != 2 {
 		t.Fatalf("propagation once both follow the new stream = %v; want 2/2 confirmed", p)
+	}
+}
+
+// A gateway that goes silent without saying goodbye (frozen, cut off,
+// killed) may still be admitting requests from its map until its
+// staleness bound has passed: until then it holds up confirmation and is
+// named as lagging; after it, it refuses as stale and no longer does. One
+// that says it refuses as stale does not hold up confirmation either, and
+// one that leaves stops counting at once.
+func TestSilentGatewayCountsUntilItsBound(t *testing.T) {
+	t.Parallel()
+	nc, tr, _, srv := setupServer(t)
+	a := startGateway(t, nc, "gw-a", "eu")
+	own := natstest.Connect(t, srv)
+	startBoundGateway(t, own, "gw-silent", "eu", 500*time.Millisecond)
+	waitGateways(t, tr, 2)
+	own.Close() // no goodbye: its reports just stop
+	a.apply(7)
+	p := tr.Wait(t.Context(), 7, nil, 100*time.Millisecond)
+	if p.GetConfirmed() || p.GetGateways() != 2 || len(p.GetLagging()) != 1 {
+		t.Fatalf("just after the silence: %v; want 1/2 not confirmed, gw-silent lagging", p)
+	}
+	if l := p.GetLagging()[0]; l.GetId() != "gw-silent" || l.GetRegion() != "eu" || l.GetRefusingAsStale() || l.GetLastHeard() == nil {
+		t.Fatalf("lagging = %v; want gw-silent in eu, not yet refusing, with its last report's time", l)
+	}
+	// Past its bound it refuses as stale: the change is confirmed.
+	if p := tr.Wait(t.Context(), 7, nil, 10*time.Second); !p.GetConfirmed() || !p.GetLagging()[0].GetRefusingAsStale() {
+		t.Fatalf("past the silent gateway's bound: %v; want confirmed, gw-silent refusing as stale", p)
+	}
+
+	// One that reports it is stale does not hold a change up.
+	b := startGateway(t, nc, "gw-stale", "us")
+	b.stale.Store(true)
+	b.rep.Changed()
+	servicetest.WaitFor(t, "gw-stale reports stale", func(context.Context) error {
+		for _, g := range tr.Gateways() {
+			if g.ID == "gw-stale" && g.Stale {
+				return nil
+			}
+		}
+		return errors.New("not yet")
+	})
+	a.apply(8)
+	if p := tr.Wait(t.Context(), 8, []string{"us"}, 5*time.Second); !p.GetConfirmed() || p.GetGatewaysApplied() != 0 {
+		t.Fatalf("us with only a stale gateway: %v; want confirmed, 0 applied", p)
+	}
+	// One that leaves stops counting as soon as its goodbye arrives.
+	b.stop()
+	waitGateways(t, tr, 1)
+	if p := tr.Wait(t.Context(), 8, []string{"us"}, 100*time.Millisecond); p.GetGateways() != 0 || p.GetConfirmed() {
+		t.Fatalf("us after its gateway left: %v; want 0 gateways, not confirmed", p)
 	}
 }

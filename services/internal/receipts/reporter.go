@@ -29,6 +29,20 @@ type State struct {
 	Stream   eventstore.Identity
 	Sequence uint64
 	Ready    bool
+	// Stale is true while the gateway refuses requests to auth-enabled
+	// deployments as stale.
+	Stale bool
+	// MaxStaleness is the gateway's staleness bound; 0: none (it serves
+	// forever).
+	MaxStaleness time.Duration
+}
+
+func (r *Reporter) report(st State, leaving bool) Report {
+	return Report{
+		ID: r.id, Region: r.region, Stream: st.Stream.Stream, StreamCreated: st.Stream.Created,
+		Sequence: st.Sequence, Ready: st.Ready, IntervalMS: r.heartbeat.Milliseconds(),
+		MaxStalenessMS: st.MaxStaleness.Milliseconds(), Stale: st.Stale, Leaving: leaving,
+	}
 }
 
 // NewReporter returns a reporter for gateway id in region; state tells the
@@ -64,20 +78,21 @@ func (r *Reporter) Run(ctx context.Context) error {
 	var last State
 	for {
 		st := r.state()
-		if err := r.nc.Publish(subject, Report{
-			ID: r.id, Region: r.region, Stream: st.Stream.Stream, StreamCreated: st.Stream.Created,
-			Sequence: st.Sequence, Ready: st.Ready, IntervalMS: r.heartbeat.Milliseconds(),
-		}.marshal()); err != nil && ctx.Err() == nil {
+		if err := r.nc.Publish(subject, r.report(st, false).marshal()); err != nil && ctx.Err() == nil {
 			r.log.Warn("receipt not published", "err", err)
 		}
 		// Flush promptly after a change so the waiting caller hears it now,
 		// not when the connection's buffer next fills.
-		if st.Sequence != last.Sequence || st.Ready != last.Ready || !st.Stream.Equal(last.Stream) {
+		if st.Sequence != last.Sequence || st.Ready != last.Ready || st.Stale != last.Stale || !st.Stream.Equal(last.Stream) {
 			_ = r.nc.FlushTimeout(time.Second)
 			last = st
 		}
 		select {
 		case <-ctx.Done():
+			// Say goodbye, so the control plane stops counting this
+			// gateway now rather than after its staleness bound.
+			_ = r.nc.Publish(subject, r.report(r.state(), true).marshal())
+			_ = r.nc.FlushTimeout(time.Second)
 			return nil
 		case <-tick.C:
 		case <-r.changed:

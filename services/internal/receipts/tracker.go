@@ -5,11 +5,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	propagationv1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
 	"github.com/infergate/infergate/services/internal/eventstore"
@@ -58,74 +60,106 @@ func (t *Tracker) receive(msg *nats.Msg) {
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	prev, ok := t.gateways[r.ID]
-	if ok && prev.Region == r.Region && r.Sequence < prev.Sequence && prev.Ready && r.identity().Equal(prev.identity()) {
-		// Out-of-order delivery cannot move a gateway backwards; a restarted
-		// gateway starts not ready and climbs again.
-		r.Sequence = prev.Sequence
+	if r.Leaving {
+		delete(t.gateways, r.ID)
+	} else {
+		t.gateways[r.ID] = seen{Report: r, at: t.now()}
 	}
-	t.gateways[r.ID] = seen{Report: r, at: t.now()}
 	close(t.changed)
 	t.changed = make(chan struct{})
 }
 
-// Gateway is a live gateway as the tracker sees it.
+// Gateway is a gateway as the tracker last heard of it.
 type Gateway struct {
 	ID       string
 	Region   string
+	Stream   eventstore.Identity
 	Sequence uint64
 	Ready    bool
+	Stale    bool
 	LastSeen time.Time
 }
 
-// Gateways returns the live gateways, sorted by id.
+// Gateways returns the gateways heard from within a few heartbeats,
+// sorted by id.
 func (t *Tracker) Gateways() []Gateway {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	var out []Gateway
 	now := t.now()
 	for _, g := range t.gateways {
-		if g.live(now) {
-			out = append(out, Gateway{ID: g.ID, Region: g.Region, Sequence: g.Sequence, Ready: g.Ready, LastSeen: g.at})
+		if g.heard(now) {
+			out = append(out, Gateway{ID: g.ID, Region: g.Region, Stream: g.identity(), Sequence: g.Sequence,
+				Ready: g.Ready, Stale: g.Stale, LastSeen: g.at})
 		}
 	}
-	slices.SortFunc(out, func(a, b Gateway) int {
-		if a.ID < b.ID {
-			return -1
-		}
-		if a.ID > b.ID {
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b Gateway) int { return strings.Compare(a.ID, b.ID) })
 	return out
 }
 
-func (g seen) live(now time.Time) bool {
+// heard reports whether the gateway's reports are still coming.
+func (g seen) heard(now time.Time) bool {
 	return now.Sub(g.at) <= missedHeartbeats*time.Duration(g.IntervalMS)*time.Millisecond
 }
 
-// count reports, under t.mu, how many live ready gateways of the regions
-// there are and how many have applied seq of the stream's life id.
-func (t *Tracker) count(id eventstore.Identity, seq uint64, regions []string) (total, applied uint32) {
-	now := t.now()
-	for _, g := range t.gateways {
-		if !g.Ready || !g.live(now) || (len(regions) > 0 && !slices.Contains(regions, g.Region)) {
-			continue
-		}
-		total++
-		if g.Sequence >= seq && !id.IsZero() && g.identity().Equal(id) {
-			applied++
-		}
-	}
-	return total, applied
+// silentPastBound reports whether the gateway has not reported for longer
+// than its staleness bound: whatever it did since, it now refuses requests
+// to auth-enabled deployments (it cannot have been in step with the stream
+// after its last report). Never true for a gateway without a bound.
+func (g seen) silentPastBound(now time.Time) bool {
+	return g.MaxStalenessMS > 0 && now.Sub(g.at) > time.Duration(g.MaxStalenessMS)*time.Millisecond
 }
 
-// Wait blocks until every live, ready gateway of the regions (every
-// region when empty) has applied sequence, or timeout passes, or ctx ends,
-// and says how far the change got. With no live gateway it returns at once
-// and the change is not confirmed: nothing enforces it yet, and claiming
-// otherwise would let a caller trust a receipt nobody gave.
+// forgotten is how long after its bound a silent gateway is kept, listed
+// as refusing, before the tracker forgets it.
+const forgotten = 10 * time.Minute
+
+// tally counts, under t.mu, the gateways of the regions that must enforce
+// the change at seq of the stream's life id: every ready gateway heard
+// from recently, and every one that went silent, until well past its
+// staleness bound (a frozen or cut-off gateway may still be serving from
+// its map until then, so it is not dropped). done is true when each has
+// applied the change or refuses as stale.
+func (t *Tracker) tally(id eventstore.Identity, seq uint64, regions []string) (p *propagationv1.Propagation, done bool) {
+	now := t.now()
+	p = &propagationv1.Propagation{Sequence: seq}
+	done = true
+	for gid, g := range t.gateways {
+		if g.silentPastBound(now) && now.Sub(g.at) > time.Duration(g.MaxStalenessMS)*time.Millisecond+forgotten {
+			delete(t.gateways, gid)
+			continue
+		}
+		if !g.Ready || (len(regions) > 0 && !slices.Contains(regions, g.Region)) {
+			continue // a gateway that is not ready refuses every request
+		}
+		p.Gateways++
+		if g.Sequence >= seq && !id.IsZero() && g.identity().Equal(id) {
+			p.GatewaysApplied++
+			continue
+		}
+		lag := &propagationv1.LaggingGateway{
+			Id:              g.ID,
+			Region:          g.Region,
+			AppliedSequence: g.Sequence,
+			LastHeard:       timestamppb.New(g.at),
+			RefusingAsStale: (g.heard(now) && g.Stale) || g.silentPastBound(now),
+		}
+		if !g.identity().Equal(id) {
+			lag.OtherStream = g.identity().String()
+		}
+		p.Lagging = append(p.Lagging, lag)
+		done = done && lag.RefusingAsStale
+	}
+	slices.SortFunc(p.Lagging, func(a, b *propagationv1.LaggingGateway) int { return strings.Compare(a.Id, b.Id) })
+	return p, done && p.Gateways > 0
+}
+
+// Wait blocks until every gateway of the regions (every region when
+// empty) that must enforce the change has applied sequence or refuses as
+// stale, or timeout passes, or ctx ends, and says how far the change got
+// and who lags. With no gateway to count it returns at once and the change
+// is not confirmed: nothing enforces it yet, and claiming otherwise would
+// let a caller trust a receipt nobody gave.
 func (t *Tracker) Wait(ctx context.Context, sequence uint64, regions []string, timeout time.Duration) *propagationv1.Propagation {
 	start := t.now()
 	// The stream's life now: the write just appended went to it (or to a
@@ -138,18 +172,16 @@ func (t *Tracker) Wait(ctx context.Context, sequence uint64, regions []string, t
 	}
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
-	// Re-check at least every 100 ms so a gateway that goes quiet drops out
-	// of the count even if nobody else reports.
+	// Re-check at least every 100 ms so a silent gateway passing its
+	// bound is seen even if nobody else reports.
 	recheck := time.NewTicker(100 * time.Millisecond)
 	defer recheck.Stop()
 	for {
 		t.mu.Lock()
-		total, applied := t.count(id, sequence, regions)
+		p, done := t.tally(id, sequence, regions)
 		changed := t.changed
 		t.mu.Unlock()
-		done := total > 0 && applied == total
-		// With no live gateway there is nothing to wait for: answer at once.
-		if !done && total > 0 {
+		if !done && p.Gateways > 0 {
 			select {
 			case <-changed:
 				continue
@@ -159,12 +191,8 @@ func (t *Tracker) Wait(ctx context.Context, sequence uint64, regions []string, t
 			case <-ctx.Done():
 			}
 		}
-		return &propagationv1.Propagation{
-			Sequence:        sequence,
-			Gateways:        total,
-			GatewaysApplied: applied,
-			Confirmed:       done,
-			Waited:          durationpb.New(t.now().Sub(start)),
-		}
+		p.Confirmed = done
+		p.Waited = durationpb.New(t.now().Sub(start))
+		return p
 	}
 }

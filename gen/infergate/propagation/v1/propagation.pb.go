@@ -13,6 +13,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
 	unsafe "unsafe"
@@ -26,24 +27,29 @@ const (
 )
 
 // Propagation tells the caller whether the edge gateways already enforce a
-// change. When confirmed is true, the next request to any of the counted
-// gateways is decided with the change applied.
+// change. When confirmed is true, no counted gateway admits a request on
+// the state before the change: each has applied it or refuses requests to
+// auth-enabled deployments as stale.
 type Propagation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The JetStream stream sequence of the change. Gateways report the last
 	// sequence they applied; a gateway at or past this value enforces it.
 	Sequence uint64 `protobuf:"varint,1,opt,name=sequence,proto3" json:"sequence,omitempty"`
-	// How many live gateways (in the deployment's regions) were expected to
-	// apply the change.
+	// How many gateways (in the deployment's regions) were expected to apply
+	// the change: every ready gateway heard from recently, and every one that
+	// stopped reporting whose staleness bound has not passed yet.
 	Gateways uint32 `protobuf:"varint,2,opt,name=gateways,proto3" json:"gateways,omitempty"`
 	// How many of those gateways had applied the change when the call
 	// returned.
 	GatewaysApplied uint32 `protobuf:"varint,3,opt,name=gateways_applied,json=gatewaysApplied,proto3" json:"gateways_applied,omitempty"`
-	// True when every live gateway applied the change before the call
-	// returned. False when the wait timed out or when no gateway was live.
+	// True when every counted gateway had applied the change or was refusing
+	// as stale when the call returned. False when the wait timed out or when
+	// no gateway was counted.
 	Confirmed bool `protobuf:"varint,4,opt,name=confirmed,proto3" json:"confirmed,omitempty"`
 	// How long the service waited for the gateways.
-	Waited        *durationpb.Duration `protobuf:"bytes,5,opt,name=waited,proto3" json:"waited,omitempty"`
+	Waited *durationpb.Duration `protobuf:"bytes,5,opt,name=waited,proto3" json:"waited,omitempty"`
+	// The counted gateways that had not applied the change, by id.
+	Lagging       []*LaggingGateway `protobuf:"bytes,6,rep,name=lagging,proto3" json:"lagging,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -113,17 +119,126 @@ func (x *Propagation) GetWaited() *durationpb.Duration {
 	return nil
 }
 
+func (x *Propagation) GetLagging() []*LaggingGateway {
+	if x != nil {
+		return x.Lagging
+	}
+	return nil
+}
+
+// LaggingGateway is a gateway that had not applied a change when the call
+// returned.
+type LaggingGateway struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Region string                 `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	// The last sequence it reported applied, of the stream named by stream.
+	AppliedSequence uint64 `protobuf:"varint,3,opt,name=applied_sequence,json=appliedSequence,proto3" json:"applied_sequence,omitempty"`
+	// When its last report arrived.
+	LastHeard *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=last_heard,json=lastHeard,proto3" json:"last_heard,omitempty"`
+	// True when it refuses requests to auth-enabled deployments as stale
+	// (it said so, or it has been silent past its staleness bound): it admits
+	// nothing on the old state, so it does not hold up confirmation.
+	RefusingAsStale bool `protobuf:"varint,5,opt,name=refusing_as_stale,json=refusingAsStale,proto3" json:"refusing_as_stale,omitempty"`
+	// The life of the event stream its sequence counts in
+	// (name@creation time), when that is not the stream the change went to.
+	OtherStream   string `protobuf:"bytes,6,opt,name=other_stream,json=otherStream,proto3" json:"other_stream,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LaggingGateway) Reset() {
+	*x = LaggingGateway{}
+	mi := &file_infergate_propagation_v1_propagation_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LaggingGateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LaggingGateway) ProtoMessage() {}
+
+func (x *LaggingGateway) ProtoReflect() protoreflect.Message {
+	mi := &file_infergate_propagation_v1_propagation_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LaggingGateway.ProtoReflect.Descriptor instead.
+func (*LaggingGateway) Descriptor() ([]byte, []int) {
+	return file_infergate_propagation_v1_propagation_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LaggingGateway) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LaggingGateway) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *LaggingGateway) GetAppliedSequence() uint64 {
+	if x != nil {
+		return x.AppliedSequence
+	}
+	return 0
+}
+
+func (x *LaggingGateway) GetLastHeard() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastHeard
+	}
+	return nil
+}
+
+func (x *LaggingGateway) GetRefusingAsStale() bool {
+	if x != nil {
+		return x.RefusingAsStale
+	}
+	return false
+}
+
+func (x *LaggingGateway) GetOtherStream() string {
+	if x != nil {
+		return x.OtherStream
+	}
+	return ""
+}
+
 var File_infergate_propagation_v1_propagation_proto protoreflect.FileDescriptor
 
 const file_infergate_propagation_v1_propagation_proto_rawDesc = "" +
 	"\n" +
-	"*infergate/propagation/v1/propagation.proto\x12\x18infergate.propagation.v1\x1a\x1egoogle/protobuf/duration.proto\"\xc1\x01\n" +
+	"*infergate/propagation/v1/propagation.proto\x12\x18infergate.propagation.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x85\x02\n" +
 	"\vPropagation\x12\x1a\n" +
 	"\bsequence\x18\x01 \x01(\x04R\bsequence\x12\x1a\n" +
 	"\bgateways\x18\x02 \x01(\rR\bgateways\x12)\n" +
 	"\x10gateways_applied\x18\x03 \x01(\rR\x0fgatewaysApplied\x12\x1c\n" +
 	"\tconfirmed\x18\x04 \x01(\bR\tconfirmed\x121\n" +
-	"\x06waited\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x06waitedBKZIgithub.com/infergate/infergate/gen/infergate/propagation/v1;propagationv1b\x06proto3"
+	"\x06waited\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x06waited\x12B\n" +
+	"\alagging\x18\x06 \x03(\v2(.infergate.propagation.v1.LaggingGatewayR\alagging\"\xed\x01\n" +
+	"\x0eLaggingGateway\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x12)\n" +
+	"\x10applied_sequence\x18\x03 \x01(\x04R\x0fappliedSequence\x129\n" +
+	"\n" +
+	"last_heard\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tlastHeard\x12*\n" +
+	"\x11refusing_as_stale\x18\x05 \x01(\bR\x0frefusingAsStale\x12!\n" +
+	"\fother_stream\x18\x06 \x01(\tR\votherStreamBKZIgithub.com/infergate/infergate/gen/infergate/propagation/v1;propagationv1b\x06proto3"
 
 var (
 	file_infergate_propagation_v1_propagation_proto_rawDescOnce sync.Once
@@ -137,18 +252,22 @@ func file_infergate_propagation_v1_propagation_proto_rawDescGZIP() []byte {
 	return file_infergate_propagation_v1_propagation_proto_rawDescData
 }
 
-var file_infergate_propagation_v1_propagation_proto_msgTypes = make([]protoimpl.MessageInfo, 1)
+var file_infergate_propagation_v1_propagation_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_infergate_propagation_v1_propagation_proto_goTypes = []any{
-	(*Propagation)(nil),         // 0: infergate.propagation.v1.Propagation
-	(*durationpb.Duration)(nil), // 1: google.protobuf.Duration
+	(*Propagation)(nil),           // 0: infergate.propagation.v1.Propagation
+	(*LaggingGateway)(nil),        // 1: infergate.propagation.v1.LaggingGateway
+	(*durationpb.Duration)(nil),   // 2: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
 }
 var file_infergate_propagation_v1_propagation_proto_depIdxs = []int32{
-	1, // 0: infergate.propagation.v1.Propagation.waited:type_name -> google.protobuf.Duration
-	1, // [1:1] is the sub-list for method output_type
-	1, // [1:1] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	2, // 0: infergate.propagation.v1.Propagation.waited:type_name -> google.protobuf.Duration
+	1, // 1: infergate.propagation.v1.Propagation.lagging:type_name -> infergate.propagation.v1.LaggingGateway
+	3, // 2: infergate.propagation.v1.LaggingGateway.last_heard:type_name -> google.protobuf.Timestamp
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_infergate_propagation_v1_propagation_proto_init() }
@@ -162,7 +281,7 @@ func file_infergate_propagation_v1_propagation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_infergate_propagation_v1_propagation_proto_rawDesc), len(file_infergate_propagation_v1_propagation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   1,
+			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
