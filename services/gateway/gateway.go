@@ -62,6 +62,15 @@ type Config struct {
 	// PollInterval is how often the stream's last sequence is read for
 	// lag and staleness; default 1 s.
 	PollInterval time.Duration
+	// MaxStaleness bounds how long the gateway serves auth-enabled
+	// deployments from a map it cannot confirm is current: past it (since
+	// it last knew it held everything the stream held) such requests get
+	// 503 gateway_stale with Retry-After until it has caught up. It is
+	// checked before every decision, so a process that was frozen admits
+	// nothing queued on old state. 0 means DefaultMaxStaleness; negative
+	// means never (serve forever from the last map: a trade-off of
+	// availability over revocation, see docs/gateway.md).
+	MaxStaleness time.Duration
 	// Snapshots, if set, is where the gateway starts its auth map from
 	// (the latest usable snapshot, then the records after it) and saves
 	// snapshots to; nil: replay the whole stream, save none.
@@ -78,6 +87,9 @@ type Config struct {
 	// Reports need NATS; without it there are none.
 	Heartbeat time.Duration
 }
+
+// DefaultMaxStaleness is the staleness bound when Config sets none.
+const DefaultMaxStaleness = 5 * time.Minute
 
 // ErrInvalidConfig wraps every configuration problem.
 var ErrInvalidConfig = errors.New("gateway: invalid config")
@@ -103,6 +115,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PollInterval <= 0 {
 		c.PollInterval = time.Second
+	}
+	if c.MaxStaleness == 0 {
+		c.MaxStaleness = DefaultMaxStaleness
 	}
 	if c.SnapshotCheck <= 0 {
 		c.SnapshotCheck = 10 * time.Second
@@ -267,7 +282,19 @@ func (g *Gateway) WaitApplied(ctx context.Context, seq uint64) error {
 // life its map is built from, the last sequence applied, and readiness.
 func (g *Gateway) Receipt() receipts.State {
 	cp := g.follower.Checkpoint()
-	return receipts.State{Stream: cp.Stream, Sequence: cp.Sequence, Ready: g.Ready()}
+	return receipts.State{Stream: cp.Stream, Sequence: cp.Sequence, Ready: g.Ready(),
+		Stale: g.StaleAt(g.cfg.Now()), MaxStaleness: max(g.cfg.MaxStaleness, 0)}
+}
+
+// StaleAt reports whether, at now, the gateway is past its staleness
+// bound: it has not known itself to hold everything the stream held for
+// longer than MaxStaleness. Requests to auth-enabled deployments are then
+// refused with 503 gateway_stale.
+func (g *Gateway) StaleAt(now time.Time) bool {
+	if g.cfg.MaxStaleness < 0 {
+		return false
+	}
+	return now.UnixNano()-g.follower.SyncedUnixNano() > int64(g.cfg.MaxStaleness)
 }
 
 // Changed returns a channel closed when the next record is applied; a
@@ -295,6 +322,14 @@ type Status struct {
 	// stream was another life of it, went back, or was gone (the first
 	// placement on a stream included).
 	Resets uint64 `json:"resets"`
+	// RefusingStale: past its staleness bound; requests to auth-enabled
+	// deployments get 503 gateway_stale until it has caught up.
+	RefusingStale bool `json:"refusing_stale"`
+	// SecondsSinceSynced is how long ago the gateway last knew it held
+	// everything the stream held (-1: never); MaxStalenessSeconds its
+	// bound (-1: none).
+	SecondsSinceSynced  float64 `json:"seconds_since_synced"`
+	MaxStalenessSeconds float64 `json:"max_staleness_seconds"`
 	// Stale: NATS is disconnected, or the stream has not answered for
 	// three poll intervals; the map may miss recent changes.
 	Stale              bool   `json:"stale"`
@@ -314,24 +349,41 @@ type Status struct {
 func (g *Gateway) Status() Status {
 	s := g.follower.Status()
 	st := Status{
-		ID:                 g.cfg.ID,
-		Region:             g.cfg.Region,
-		Ready:              s.Ready,
-		Stream:             s.Stream.String(),
-		Resets:             s.Resets,
-		Stale:              s.Stale,
-		AppliedSequence:    s.Applied,
-		StreamLastSequence: s.StreamLast,
-		Lag:                s.Lag,
-		SnapshotSequence:   g.snapshotSeq.Load(),
-		NATSConnected:      s.Connected,
-		SecondsSinceEvent:  seconds(s.SinceLastEvent),
-		SecondsSinceStream: seconds(s.SinceLastContact),
+		ID:                  g.cfg.ID,
+		Region:              g.cfg.Region,
+		Ready:               s.Ready,
+		Stream:              s.Stream.String(),
+		RefusingStale:       s.Ready && g.StaleAt(g.cfg.Now()),
+		SecondsSinceSynced:  sinceSynced(g.cfg.Now(), g.follower.Synced()),
+		MaxStalenessSeconds: -1,
+		Resets:              s.Resets,
+		Stale:               s.Stale,
+		AppliedSequence:     s.Applied,
+		StreamLastSequence:  s.StreamLast,
+		Lag:                 s.Lag,
+		SnapshotSequence:    g.snapshotSeq.Load(),
+		NATSConnected:       s.Connected,
+		SecondsSinceEvent:   seconds(s.SinceLastEvent),
+		SecondsSinceStream:  seconds(s.SinceLastContact),
+	}
+	if g.cfg.MaxStaleness > 0 {
+		st.MaxStalenessSeconds = g.cfg.MaxStaleness.Seconds()
 	}
 	if s.Err != nil {
 		st.Error = s.Err.Error()
 	}
 	return st
+}
+
+func sinceSynced(now, synced time.Time) float64 {
+	return seconds(sinceSyncedDuration(now, synced))
+}
+
+func sinceSyncedDuration(now, synced time.Time) time.Duration {
+	if synced.IsZero() {
+		return -1
+	}
+	return max(now.Sub(synced), 0)
 }
 
 func seconds(d time.Duration) float64 {
@@ -355,6 +407,8 @@ func (g *Gateway) streamMetrics() metrics.Stream {
 		SnapshotStart:    g.snapshotSeq.Load(),
 		MapOffHeapBytes:  g.authMap.Load().OffHeapBytes(),
 		Resets:           s.Resets,
+		SinceSynced:      sinceSyncedDuration(g.cfg.Now(), g.follower.Synced()),
+		RefusingStale:    s.Ready && g.StaleAt(g.cfg.Now()),
 	}
 }
 

@@ -32,6 +32,11 @@ type Stream struct {
 	SnapshotStart uint64
 	// MapOffHeapBytes is the auth map's memory outside the Go heap.
 	MapOffHeapBytes int
+	// SinceSynced is how long ago the gateway last knew it held everything
+	// the stream held; -1 when never.
+	SinceSynced time.Duration
+	// RefusingStale is true while past the staleness bound.
+	RefusingStale bool
 	// Resets counts auth maps dropped because the stream was another life
 	// of it, went back or was gone (the first placement included).
 	Resets uint64
@@ -112,6 +117,10 @@ func New(stream func() Stream) *Metrics {
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "infergate_gateway_stream_resets_total",
 			Help: "Auth maps dropped and rebuilt because the event stream was another life of it (deleted and created again), went back, or was gone; the first placement on a stream counts as one."},
 			func() float64 { return float64(stream().Resets) }),
+		gauge("infergate_gateway_seconds_since_synced", "Seconds since the gateway last knew its auth map held everything the stream held (its staleness); -1 before the first time.",
+			func(s Stream) float64 { return secs(s.SinceSynced) }),
+		gauge("infergate_gateway_refusing_stale", "1 while the gateway is past --max-staleness and answers requests to auth-enabled deployments with 503 gateway_stale.",
+			func(s Stream) float64 { return b(s.RefusingStale) }),
 		gauge("infergate_gateway_ready", "1 once the gateway has caught up with the stream as of its start, or of its new life after a reset.",
 			func(s Stream) float64 { return b(s.Ready) }),
 		gauge("infergate_gateway_stale", "1 while the gateway cannot confirm it is up to date with the stream (NATS down or unanswered); it keeps serving from its map.",
