@@ -7,7 +7,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"fmt"
 	"net/http"
 	"time"
 
@@ -17,7 +16,6 @@ import (
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/aggregate"
 	"github.com/infergate/infergate/services/internal/eventstore"
-	"github.com/infergate/infergate/services/internal/readmodel"
 )
 
 // IdempotencyHeader is the request header a client sets to make a write
@@ -61,13 +59,25 @@ func PropagationTimeout(d *durationpb.Duration, def time.Duration) (time.Duratio
 	return d.AsDuration(), nil
 }
 
-// WaitRead blocks, at most timeout, until the projector has applied seq, so
-// a read after a write sees the write.
-func WaitRead(ctx context.Context, p *readmodel.Projector, seq uint64, timeout time.Duration) error {
+// DefaultReadYourWritesTimeout is how long a write waits, by default, for
+// its read model to apply it before answering. It is short: the write is
+// durable once appended, and the answer is built from the aggregate; the
+// wait only lets a Get or List right after see the write.
+const DefaultReadYourWritesTimeout = time.Second
+
+// ReadProgress is how far a read model has applied the stream (a
+// readmodel.Projector).
+type ReadProgress interface {
+	// WaitFor blocks until seq has been applied or ctx ends.
+	WaitFor(ctx context.Context, seq uint64) error
+}
+
+// WaitRead waits, at most timeout, until the read model has applied seq,
+// and reports whether it had. A read model that is behind is not an error
+// after a write — the write is durable — so the caller says so in its
+// answer (read_model_behind) instead of failing.
+func WaitRead(ctx context.Context, p ReadProgress, seq uint64, timeout time.Duration) (caughtUp bool) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if err := p.WaitFor(ctx, seq); err != nil {
-		return fmt.Errorf("read model did not reach sequence %d: %w", seq, err)
-	}
-	return nil
+	return p.WaitFor(ctx, seq) == nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/readmodel/postgres"
 	"github.com/infergate/infergate/services/internal/receipts"
@@ -126,6 +127,7 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Plane, error) {
 		return nil, err
 	}
 	opts := []nats.Option{nats.Name("infergate"), nats.MaxReconnects(-1)}
+	opts = append(opts, natslog.Options(log, "writes fail as unavailable; reads are answered from the read model")...)
 	if cfg.NATSCreds != "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
 	}
@@ -160,6 +162,7 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 	if p.Events, err = eventstore.Open(ctx, js, eventstore.Config{Replicas: cfg.StreamReplicas}); err != nil {
 		return err
 	}
+	p.Events.SetLogger(p.Log)
 	switch {
 	case cfg.NoReadModel:
 	case cfg.DatabaseURL == "":

@@ -41,7 +41,9 @@ type Process struct {
 
 // Main runs the process: flags (with INFERGATE_* environment fallbacks),
 // NATS, event store, read model and projector, the service, until SIGINT
-// or SIGTERM, then a graceful shutdown. It exits non-zero on failure.
+// or SIGTERM, then a graceful shutdown. It exits non-zero on failure, and
+// 0 when SIGINT or SIGTERM stopped it, whatever it was doing or waiting
+// for then (NATS, the stream, the read model catching up).
 func (pr Process) Main() {
 	if err := pr.run(os.Args[1:]); err != nil {
 		fmt.Fprintf(os.Stderr, "%s: %v\n", pr.Name, err)
@@ -63,7 +65,18 @@ func (pr Process) run(args []string) error {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	err := pr.serve(ctx, cfg, log)
+	if ctx.Err() != nil {
+		// Asked to stop: whatever was under way ended because of it.
+		if err != nil {
+			log.Info("stopped by signal", "err", err)
+		}
+		return nil
+	}
+	return err
+}
 
+func (pr Process) serve(ctx context.Context, cfg Config, log *slog.Logger) error {
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return err

@@ -151,6 +151,7 @@ type Store struct {
 	stream jetstream.Stream
 	cfg    Config
 	cache  *aggCache
+	avail  availability
 }
 
 // Open creates the stream, or updates it to cfg, and returns a Store. It is
@@ -210,7 +211,8 @@ func (s *Store) aggregateOf(subject string) Aggregate {
 }
 
 type appendOptions struct {
-	msgID string
+	msgID   string
+	timeout time.Duration
 }
 
 // AppendOption changes how Append publishes.
@@ -221,6 +223,12 @@ type AppendOption func(*appendOptions)
 // reports the first one's sequence. The default is the first event's id.
 func WithMsgID(id string) AppendOption {
 	return func(o *appendOptions) { o.msgID = id }
+}
+
+// WithTimeout bounds the wait for JetStream's acknowledgement instead of
+// DefaultAppendTimeout.
+func WithTimeout(d time.Duration) AppendOption {
+	return func(o *appendOptions) { o.timeout = d }
 }
 
 // AppendResult says where the events went.
@@ -237,7 +245,10 @@ type AppendResult struct {
 // only if the aggregate's version is still expectedVersion (0 for an
 // aggregate with no events). A lost race returns ErrConflict. A retry of an
 // append that already succeeded (same message id) stores nothing and
-// returns the stored message's sequence with Duplicate set.
+// returns the stored message's sequence with Duplicate set. While the NATS
+// connection is down, or the stream is missing, it returns ErrUnavailable
+// at once; an acknowledgement that does not come within the bound
+// (WithTimeout) is ErrUnacknowledged.
 func (s *Store) Append(ctx context.Context, agg Aggregate, expectedVersion uint64, events []*eventv1.Event, opts ...AppendOption) (AppendResult, error) {
 	if err := agg.Validate(); err != nil {
 		return AppendResult{}, err
@@ -250,7 +261,7 @@ func (s *Store) Append(ctx context.Context, agg Aggregate, expectedVersion uint6
 			return AppendResult{}, fmt.Errorf("%w: event %d has no payload", ErrInvalid, i)
 		}
 	}
-	o := appendOptions{msgID: events[0].GetId()}
+	o := appendOptions{msgID: events[0].GetId(), timeout: DefaultAppendTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -261,12 +272,21 @@ func (s *Store) Append(ctx context.Context, agg Aggregate, expectedVersion uint6
 	if err != nil {
 		return AppendResult{}, fmt.Errorf("eventstore: marshal: %w", err)
 	}
-	ack, err := s.js.Publish(ctx, s.Subject(agg), data,
+	if err := s.checkConnected(); err != nil {
+		return AppendResult{}, err
+	}
+	pctx, cancel := publishContext(ctx, o.timeout)
+	ack, err := s.js.Publish(pctx, s.Subject(agg), data,
 		jetstream.WithMsgID(o.msgID),
 		jetstream.WithExpectStream(s.cfg.Stream),
 		jetstream.WithExpectLastSequencePerSubject(expectedVersion),
 	)
-	if err != nil {
+	if cause := context.Cause(pctx); err != nil && errors.Is(cause, ErrUnacknowledged) {
+		cancel()
+		return AppendResult{}, fmt.Errorf("append to %s: %w", agg, cause)
+	}
+	cancel()
+	if err = s.unavailable(err); err != nil {
 		if isWrongLastSequence(err) {
 			// JetStream checks the expected sequence before the duplicate
 			// window, so a retry of an append that already succeeded

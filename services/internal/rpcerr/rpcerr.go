@@ -36,6 +36,11 @@ func From(ctx context.Context, log *slog.Logger, err error) error {
 		return connect.NewError(connect.CodeAlreadyExists, err)
 	case errors.Is(err, eventstore.ErrConflict):
 		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, eventstore.ErrUnavailable):
+		// Safe to retry: nothing was applied, or — when the publish was
+		// not acknowledged — a retry with the same Idempotency-Key is
+		// recognised.
+		return connect.NewError(connect.CodeUnavailable, err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return connect.NewError(connect.CodeDeadlineExceeded, err)
 	case errors.Is(err, context.Canceled):

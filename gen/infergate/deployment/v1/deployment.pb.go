@@ -346,9 +346,14 @@ type CreateDeploymentResponse struct {
 	// The new deployment, in status DEPLOYING.
 	Deployment *Deployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
 	// Whether the gateways already know the deployment.
-	Propagation   *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Propagation *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,3,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CreateDeploymentResponse) Reset() {
@@ -393,6 +398,13 @@ func (x *CreateDeploymentResponse) GetPropagation() *v1.Propagation {
 		return x.Propagation
 	}
 	return nil
+}
+
+func (x *CreateDeploymentResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
 }
 
 // GetDeploymentRequest names a deployment.
@@ -704,9 +716,14 @@ type UpdateDeploymentAuthResponse struct {
 	// The deployment after the change.
 	Deployment *Deployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
 	// Whether the gateways already enforce the change.
-	Propagation   *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Propagation *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,3,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpdateDeploymentAuthResponse) Reset() {
@@ -751,6 +768,13 @@ func (x *UpdateDeploymentAuthResponse) GetPropagation() *v1.Propagation {
 		return x.Propagation
 	}
 	return nil
+}
+
+func (x *UpdateDeploymentAuthResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
 }
 
 // LinkKeyRequest links a key to a deployment.
@@ -832,9 +856,14 @@ type LinkKeyResponse struct {
 	// The deployment after the change.
 	Deployment *Deployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
 	// Whether the gateways already accept the key.
-	Propagation   *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Propagation *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,3,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *LinkKeyResponse) Reset() {
@@ -879,6 +908,13 @@ func (x *LinkKeyResponse) GetPropagation() *v1.Propagation {
 		return x.Propagation
 	}
 	return nil
+}
+
+func (x *LinkKeyResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
 }
 
 // UnlinkKeyRequest unlinks a key from a deployment.
@@ -960,9 +996,14 @@ type UnlinkKeyResponse struct {
 	// The deployment after the change.
 	Deployment *Deployment `protobuf:"bytes,1,opt,name=deployment,proto3" json:"deployment,omitempty"`
 	// Whether the gateways already refuse the key.
-	Propagation   *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Propagation *v1.Propagation `protobuf:"bytes,2,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,3,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UnlinkKeyResponse) Reset() {
@@ -1007,6 +1048,13 @@ func (x *UnlinkKeyResponse) GetPropagation() *v1.Propagation {
 		return x.Propagation
 	}
 	return nil
+}
+
+func (x *UnlinkKeyResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
 }
 
 // DeleteDeploymentRequest names the deployment to delete.
@@ -1077,9 +1125,14 @@ func (x *DeleteDeploymentRequest) GetPropagationTimeout() *durationpb.Duration {
 type DeleteDeploymentResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Whether the gateways already stopped serving the deployment.
-	Propagation   *v1.Propagation `protobuf:"bytes,1,opt,name=propagation,proto3" json:"propagation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Propagation *v1.Propagation `protobuf:"bytes,1,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,2,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DeleteDeploymentResponse) Reset() {
@@ -1119,6 +1172,13 @@ func (x *DeleteDeploymentResponse) GetPropagation() *v1.Propagation {
 	return nil
 }
 
+func (x *DeleteDeploymentResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
+}
+
 var File_infergate_deployment_v1_deployment_proto protoreflect.FileDescriptor
 
 const file_infergate_deployment_v1_deployment_proto_rawDesc = "" +
@@ -1148,12 +1208,13 @@ const file_infergate_deployment_v1_deployment_proto_rawDesc = "" +
 	"\aregions\x18\x05 \x03(\tR\aregions\x12!\n" +
 	"\fauth_enabled\x18\x06 \x01(\bR\vauthEnabled\x12\x19\n" +
 	"\bapi_keys\x18\a \x03(\tR\aapiKeys\x12J\n" +
-	"\x13propagation_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xa8\x01\n" +
+	"\x13propagation_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xd4\x01\n" +
 	"\x18CreateDeploymentResponse\x12C\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2#.infergate.deployment.v1.DeploymentR\n" +
 	"deployment\x12G\n" +
-	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\"D\n" +
+	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\"D\n" +
 	"\x14GetDeploymentRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\\\n" +
@@ -1174,42 +1235,46 @@ const file_infergate_deployment_v1_deployment_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12!\n" +
 	"\fauth_enabled\x18\x03 \x01(\bR\vauthEnabled\x12\x19\n" +
 	"\bapi_keys\x18\x04 \x03(\tR\aapiKeys\x12J\n" +
-	"\x13propagation_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xac\x01\n" +
+	"\x13propagation_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xd8\x01\n" +
 	"\x1cUpdateDeploymentAuthResponse\x12C\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2#.infergate.deployment.v1.DeploymentR\n" +
 	"deployment\x12G\n" +
-	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\"\xa8\x01\n" +
+	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\"\xa8\x01\n" +
 	"\x0eLinkKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x02 \x01(\tR\n" +
 	"deployment\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12J\n" +
-	"\x13propagation_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\x9f\x01\n" +
+	"\x13propagation_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xcb\x01\n" +
 	"\x0fLinkKeyResponse\x12C\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2#.infergate.deployment.v1.DeploymentR\n" +
 	"deployment\x12G\n" +
-	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\"\xaa\x01\n" +
+	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\"\xaa\x01\n" +
 	"\x10UnlinkKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x02 \x01(\tR\n" +
 	"deployment\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12J\n" +
-	"\x13propagation_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xa1\x01\n" +
+	"\x13propagation_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xcd\x01\n" +
 	"\x11UnlinkKeyResponse\x12C\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2#.infergate.deployment.v1.DeploymentR\n" +
 	"deployment\x12G\n" +
-	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\"\x93\x01\n" +
+	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\"\x93\x01\n" +
 	"\x17DeleteDeploymentRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12J\n" +
-	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"c\n" +
+	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\x8f\x01\n" +
 	"\x18DeleteDeploymentResponse\x12G\n" +
-	"\vpropagation\x18\x01 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation*\x94\x01\n" +
+	"\vpropagation\x18\x01 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind*\x94\x01\n" +
 	"\x10DeploymentStatus\x12!\n" +
 	"\x1dDEPLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bDEPLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1e\n" +

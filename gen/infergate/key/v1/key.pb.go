@@ -218,10 +218,21 @@ type CreateKeyResponse struct {
 	// The new key.
 	Key *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// The secret to send in the X-API-Key header. It is shown only here and
-	// cannot be read back.
-	Secret        string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// cannot be read back. Empty only when replayed is true.
+	Secret string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// True when this request's Idempotency-Key had already created this key:
+	// the call is answered as the first one was, except that the secret,
+	// shown only in the first answer and stored nowhere, is empty. If that
+	// answer was lost, delete the key and create it again. (Another request
+	// for a name in use gets ALREADY_EXISTS.)
+	Replayed bool `protobuf:"varint,3,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,4,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CreateKeyResponse) Reset() {
@@ -266,6 +277,20 @@ func (x *CreateKeyResponse) GetSecret() string {
 		return x.Secret
 	}
 	return ""
+}
+
+func (x *CreateKeyResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+func (x *CreateKeyResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
 }
 
 // GetKeyRequest names a key.
@@ -556,9 +581,14 @@ func (x *UpdateKeyRequest) GetDescription() string {
 type UpdateKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key after the update.
-	Key           *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Key *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,2,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *UpdateKeyResponse) Reset() {
@@ -596,6 +626,13 @@ func (x *UpdateKeyResponse) GetKey() *Key {
 		return x.Key
 	}
 	return nil
+}
+
+func (x *UpdateKeyResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
 }
 
 // DeleteKeyRequest names the key to delete.
@@ -667,9 +704,14 @@ func (x *DeleteKeyRequest) GetPropagationTimeout() *durationpb.Duration {
 type DeleteKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Whether the gateways already refuse the key.
-	Propagation   *v1.Propagation `protobuf:"bytes,1,opt,name=propagation,proto3" json:"propagation,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Propagation *v1.Propagation `protobuf:"bytes,1,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,2,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *DeleteKeyResponse) Reset() {
@@ -709,6 +751,13 @@ func (x *DeleteKeyResponse) GetPropagation() *v1.Propagation {
 	return nil
 }
 
+func (x *DeleteKeyResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
+}
+
 var File_infergate_key_v1_key_proto protoreflect.FileDescriptor
 
 const file_infergate_key_v1_key_proto_rawDesc = "" +
@@ -730,10 +779,12 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"T\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x9c\x01\n" +
 	"\x11CreateKeyResponse\x12'\n" +
 	"\x03key\x18\x01 \x01(\v2\x15.infergate.key.v1.KeyR\x03key\x12\x16\n" +
-	"\x06secret\x18\x02 \x01(\tR\x06secret\"=\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\x12\x1a\n" +
+	"\breplayed\x18\x03 \x01(\bR\breplayed\x12*\n" +
+	"\x11read_model_behind\x18\x04 \x01(\bR\x0freadModelBehind\"=\n" +
 	"\rGetKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"9\n" +
@@ -750,15 +801,17 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\x10UpdateKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"<\n" +
+	"\vdescription\x18\x03 \x01(\tR\vdescription\"h\n" +
 	"\x11UpdateKeyResponse\x12'\n" +
-	"\x03key\x18\x01 \x01(\v2\x15.infergate.key.v1.KeyR\x03key\"\x8c\x01\n" +
+	"\x03key\x18\x01 \x01(\v2\x15.infergate.key.v1.KeyR\x03key\x12*\n" +
+	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind\"\x8c\x01\n" +
 	"\x10DeleteKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12J\n" +
-	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\\\n" +
+	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\x88\x01\n" +
 	"\x11DeleteKeyResponse\x12G\n" +
-	"\vpropagation\x18\x01 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation2\xae\x03\n" +
+	"\vpropagation\x18\x01 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind2\xae\x03\n" +
 	"\n" +
 	"KeyService\x12T\n" +
 	"\tCreateKey\x12\".infergate.key.v1.CreateKeyRequest\x1a#.infergate.key.v1.CreateKeyResponse\x12K\n" +

@@ -40,8 +40,10 @@ type Config struct {
 	Events *eventstore.Store
 	// Reads is the read model the Projector fills. Required.
 	Reads readmodel.Store
-	// Projector keeps Reads up to date; writes wait for it. Required.
-	Projector *readmodel.Projector
+	// Projector keeps Reads up to date (a *readmodel.Projector); writes
+	// wait for it, briefly, so a read after a write sees the write.
+	// Required.
+	Projector command.ReadProgress
 	// GatewayURL is the public URL of the edge gateways, from which each
 	// deployment's endpoint_url is made: http://localhost:8000 gives
 	// http://model-<name>.<project>.localhost:8000. Required.
@@ -52,7 +54,8 @@ type Config struct {
 	// PropagationTimeout bounds that wait by default; default 2 s.
 	PropagationTimeout time.Duration
 	// ReadYourWritesTimeout bounds the wait for the read model after a
-	// write; default 5 s.
+	// write; default command.DefaultReadYourWritesTimeout. A read model
+	// still behind then does not fail the write: the answer says so.
 	ReadYourWritesTimeout time.Duration
 	// Log receives errors and events. Default slog.Default().
 	Log *slog.Logger
@@ -68,7 +71,7 @@ func (c *Config) setDefaults() {
 		c.PropagationTimeout = propagation.DefaultTimeout
 	}
 	if c.ReadYourWritesTimeout == 0 {
-		c.ReadYourWritesTimeout = 5 * time.Second
+		c.ReadYourWritesTimeout = command.DefaultReadYourWritesTimeout
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -143,51 +146,116 @@ func (s *Server) liveKeys(ctx context.Context, project string, names ...[]string
 
 func (s *Server) fail(ctx context.Context, err error) error { return rpcerr.From(ctx, s.cfg.Log, err) }
 
+// changed is what a command on a deployment did, for its answer.
+type changed struct {
+	// deployment is the deployment right after the change; nil when it
+	// was deleted.
+	deployment  *deploymentv1.Deployment
+	propagation *propagationv1.Propagation
+	behind      bool
+}
+
 // change runs one command on a deployment and waits for the read model and
 // the gateways. decide gets the folded deployment and the live keys among
 // keys and, with allLinks, the deployment's current links: only a command
 // that recomputes the whole link set (UpdateDeploymentAuth) needs those,
 // and checking them is one load per linked key — on a deployment with
 // thousands of keys, thousands of stream reads for every LinkKey.
+//
+// Once the append is acknowledged nothing turns the call into an error:
+// the answer is the deployment as the command left it, folded from its
+// records and the appended events, not a read model that may lag; the
+// read-model wait only lets a read right after see the write.
 func (s *Server) change(ctx context.Context, header http.Header, procedure, project, name string, keys []string, allLinks bool, timeout *durationpb.Duration,
 	decide func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error),
-) (*deploymentv1.Deployment, *propagationv1.Propagation, error) {
+) (changed, error) {
 	wait, err := command.PropagationTimeout(timeout, s.cfg.PropagationTimeout)
 	if err != nil {
-		return nil, nil, err
+		return changed{}, err
 	}
 	meta := command.Meta(ctx, project, s.cfg.Now())
 	agg := DeploymentAggregate(project, name)
-	var regions []string
+	var (
+		live    aggregate.LiveKeys
+		checked map[string]bool // the key names live was computed for
+	)
 	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(header, meta, procedure, agg), 0,
 		func(records []eventstore.Record) ([]*eventv1.Event, error) {
 			d := s.folds.fold(s.cfg.Events.Subject(agg), name, records)
-			regions = d.Regions
 			var links []string
 			if allLinks {
 				links = slices.Collect(maps.Keys(d.Links))
 			}
-			live, err := s.liveKeys(ctx, project, keys, links)
-			if err != nil {
+			var err error
+			if live, err = s.liveKeys(ctx, project, keys, links); err != nil {
 				return nil, err
+			}
+			checked = map[string]bool{}
+			for _, k := range slices.Concat(keys, links) {
+				checked[k] = true
 			}
 			return decide(meta, d, live)
 		})
 	if err != nil {
-		return nil, nil, err
+		return changed{}, err
 	}
-	if err := command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout); err != nil {
-		return nil, nil, err
+	// Committed: from here on nothing turns the call into an error.
+	d := s.folds.fold(s.cfg.Events.Subject(agg), name, res.Records).Clone()
+	for _, e := range res.Events {
+		d.Apply(e)
 	}
-	prop := s.cfg.Propagation.Wait(ctx, res.Sequence, regions, wait)
-	d, err := s.cfg.Reads.GetDeployment(ctx, project, name)
-	if errors.Is(err, readmodel.ErrNotFound) {
-		return nil, prop, nil // deleted
+	out := changed{behind: !command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout)}
+	out.propagation = s.cfg.Propagation.Wait(ctx, res.Sequence, d.Regions, wait)
+	if d.Live {
+		out.deployment = s.decidedProto(ctx, project, d, live, checked, out.behind)
 	}
-	if err != nil {
-		return nil, nil, err
+	return out, nil
+}
+
+// decidedProto shows a deployment as a command left it. Which of its links
+// still name a live key is known for the keys the command checked; for
+// the others it comes from the read model once that has applied the
+// command — while it is behind, every link is listed.
+func (s *Server) decidedProto(ctx context.Context, project string, d aggregate.Deployment, live aggregate.LiveKeys, checked map[string]bool, behind bool) *deploymentv1.Deployment {
+	var listed map[string]bool // by the read model; nil until needed
+	keys := []string{}
+	for name, id := range d.Links {
+		if checked[name] {
+			if live[name] == id {
+				keys = append(keys, name)
+			}
+			continue
+		}
+		if listed == nil && !behind {
+			listed = map[string]bool{}
+			if rd, err := s.cfg.Reads.GetDeployment(ctx, project, d.Name); err == nil && rd.ID == d.ID {
+				for _, k := range rd.APIKeys {
+					listed[k] = true
+				}
+			} else {
+				behind = true // it cannot tell: list them all
+			}
+		}
+		if behind || listed[name] {
+			keys = append(keys, name)
+		}
 	}
-	return s.toProto(d), prop, nil
+	slices.Sort(keys)
+	status, _ := readmodel.StatusOf(d.Status)
+	return &deploymentv1.Deployment{
+		Project:      project,
+		Name:         d.Name,
+		Id:           d.ID,
+		Model:        d.Model,
+		UpstreamUrl:  d.UpstreamURL,
+		Regions:      d.Regions,
+		Status:       statusToProto(status),
+		StatusReason: d.StatusReason,
+		EndpointUrl:  EndpointURL(s.gateway, project, d.Name),
+		AuthEnabled:  d.AuthEnabled,
+		ApiKeys:      keys,
+		CreatedAt:    timestamppb.New(readmodel.NormalTime(d.CreatedAt)),
+	}
 }
 
 // CreateDeployment creates a deployment in status DEPLOYING.
@@ -204,14 +272,14 @@ func (s *Server) CreateDeployment(ctx context.Context, req *connect.Request[depl
 	if err := aggregate.ValidateNewDeployment(m.GetProject(), nd); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), false, m.GetPropagationTimeout(),
+	c, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Create(meta, nd, live)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&deploymentv1.CreateDeploymentResponse{Deployment: d, Propagation: prop}), nil
+	return connect.NewResponse(&deploymentv1.CreateDeploymentResponse{Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind}), nil
 }
 
 // GetDeployment returns one deployment.
@@ -259,14 +327,14 @@ func (s *Server) UpdateDeploymentAuth(ctx context.Context, req *connect.Request[
 	); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), true, m.GetPropagationTimeout(),
+	c, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), true, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.UpdateAuth(meta, m.GetAuthEnabled(), m.GetApiKeys(), live)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&deploymentv1.UpdateDeploymentAuthResponse{Deployment: d, Propagation: prop}), nil
+	return connect.NewResponse(&deploymentv1.UpdateDeploymentAuthResponse{Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind}), nil
 }
 
 // LinkKey links one key.
@@ -275,14 +343,14 @@ func (s *Server) LinkKey(ctx context.Context, req *connect.Request[deploymentv1.
 	if err := s.validateLink(m.GetProject(), m.GetDeployment(), m.GetKey()); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, false, m.GetPropagationTimeout(),
+	c, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Link(meta, m.GetKey(), live)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&deploymentv1.LinkKeyResponse{Deployment: d, Propagation: prop}), nil
+	return connect.NewResponse(&deploymentv1.LinkKeyResponse{Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind}), nil
 }
 
 // UnlinkKey unlinks one key.
@@ -291,14 +359,14 @@ func (s *Server) UnlinkKey(ctx context.Context, req *connect.Request[deploymentv
 	if err := s.validateLink(m.GetProject(), m.GetDeployment(), m.GetKey()); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	d, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, false, m.GetPropagationTimeout(),
+	c, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetDeployment(), []string{m.GetKey()}, false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Unlink(meta, m.GetKey(), live)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&deploymentv1.UnlinkKeyResponse{Deployment: d, Propagation: prop}), nil
+	return connect.NewResponse(&deploymentv1.UnlinkKeyResponse{Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind}), nil
 }
 
 // DeleteDeployment deletes a deployment.
@@ -307,14 +375,14 @@ func (s *Server) DeleteDeployment(ctx context.Context, req *connect.Request[depl
 	if err := errors.Join(aggregate.ValidateProject("project", m.GetProject()), aggregate.ValidateDeploymentName("name", m.GetName())); err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	_, prop, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), nil, false, m.GetPropagationTimeout(),
+	c, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), nil, false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, _ aggregate.LiveKeys) ([]*eventv1.Event, error) {
 			return d.Delete(meta)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&deploymentv1.DeleteDeploymentResponse{Propagation: prop}), nil
+	return connect.NewResponse(&deploymentv1.DeleteDeploymentResponse{Propagation: c.propagation, ReadModelBehind: c.behind}), nil
 }
 
 func (s *Server) validateLink(project, deployment, key string) error {

@@ -26,9 +26,12 @@ import (
 	"github.com/infergate/infergate/services/internal/controlplane"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/internal/snapshots"
 )
 
+// main exits 0 when SIGINT or SIGTERM stops the gateway, whatever it was
+// waiting for (NATS, the stream), and 1 on any other failure.
 func main() {
 	if err := run(); err != nil {
 		fmt.Fprintln(os.Stderr, "infergate-gateway:", err)
@@ -89,9 +92,8 @@ func run() error {
 	opts := []nats.Option{
 		nats.Name("infergate-gateway"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.Warn("NATS disconnected; serving from the map", "err", err) }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted()) }),
 	}
+	opts = append(opts, natslog.Options(log, "serving from the map")...)
 	if natsCreds != "" {
 		opts = append(opts, nats.UserCredentials(natsCreds))
 	}
@@ -104,7 +106,7 @@ func run() error {
 	runErr := func() error {
 		store, err := openStore(ctx, nc, log)
 		if err != nil {
-			return err
+			return err // only ctx's end: asked to stop
 		}
 		var snaps *snapshots.Store
 		if *snapshotBucket != "" {
@@ -135,9 +137,18 @@ func run() error {
 		}
 		return nil
 	}()
+	signalled := ctx.Err() != nil
 	stop()
 	wg.Wait()
-	return errors.Join(runErr, <-serveErr)
+	err = errors.Join(runErr, <-serveErr)
+	if signalled {
+		// Asked to stop: whatever it was waiting for ended because of it.
+		if err != nil {
+			log.Info("stopped by signal", "err", err)
+		}
+		return nil
+	}
+	return err
 }
 
 // envUint is the environment variable name as a number, or def.
@@ -155,21 +166,30 @@ func envUint(name string, def uint64) uint64 {
 }
 
 // openStore opens the event store, retrying while NATS is unreachable or
-// no control-plane service has created the stream yet.
+// no control-plane service has created the stream yet. It logs the first
+// failure and the success after it, not every attempt.
 func openStore(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*eventstore.Store, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
 	}
-	for wait := 250 * time.Millisecond; ; wait = min(2*wait, 5*time.Second) {
+	for wait, failed := 250*time.Millisecond, false; ; wait = min(2*wait, 5*time.Second) {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		// Bind only: the control plane owns the stream's configuration.
 		store, err := eventstore.Open(octx, js, eventstore.Config{BindOnly: true})
 		cancel()
 		if err == nil {
+			if failed {
+				log.Info("event stream reachable")
+			}
 			return store, nil
 		}
-		log.Warn("event store not reachable yet; retrying", "in", wait, "err", err)
+		if !failed {
+			log.Warn("event stream not reachable yet; retrying until it is", "err", err)
+			failed = true
+		} else {
+			log.Debug("event stream still not reachable", "in", wait, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()

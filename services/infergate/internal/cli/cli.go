@@ -56,6 +56,10 @@ Run "infergate <command> -h" for a command's flags.
 // errUsage means the command line was wrong; the usage was printed.
 var errUsage = errors.New("usage")
 
+// errSecretLost means a CreateKey was applied but the one answer that
+// carried the secret did not arrive.
+var errSecretLost = errors.New("secret lost")
+
 // Main runs the command line and returns the exit code.
 func Main(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -143,7 +147,10 @@ func (c *common) endpoint() (string, []connect.ClientOption, error) {
 		}
 		token = strings.TrimSpace(string(b))
 	}
-	return strings.TrimRight(url, "/"), []connect.ClientOption{connect.WithInterceptors(adminauth.NewClientInterceptor(token))}, nil
+	return strings.TrimRight(url, "/"), []connect.ClientOption{connect.WithInterceptors(
+		adminauth.NewClientInterceptor(token),
+		newRequestIDInterceptor(retryAttempts, retryBackoff),
+	)}, nil
 }
 
 func (c *common) keysClient() (keyv1connect.KeyServiceClient, error) {
@@ -247,7 +254,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}
 	cfg.NoHTTP1FastPath = !*fastPath
 	cfg.Out = stdout
-	return devstack.Run(ctx, cfg, nil)
+	err := devstack.Run(ctx, cfg, nil)
+	if ctx.Err() != nil {
+		// SIGINT or SIGTERM: whatever was under way ended because of it.
+		return nil
+	}
+	return err
 }
 
 func runAdminToken(args []string, stdout, stderr io.Writer) error {

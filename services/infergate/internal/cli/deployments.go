@@ -71,6 +71,9 @@ func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	// show prints a deployment and, for changes, how far they have reached.
 	show := func(msg proto.Message, d *deploymentv1.Deployment, p *propagationv1.Propagation) error {
+		if m, ok := msg.(interface{ GetReadModelBehind() bool }); ok {
+			noteReadModel(stderr, m.GetReadModelBehind())
+		}
 		if c.output == "json" {
 			return printJSON(stdout, msg)
 		}
@@ -138,6 +141,7 @@ func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer
 		if err != nil {
 			return err
 		}
+		noteReadModel(stderr, res.Msg.GetReadModelBehind())
 		if c.output == "json" {
 			return printJSON(stdout, res.Msg)
 		}

@@ -79,12 +79,25 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
+		if res.Msg.GetReplayed() {
+			// The first attempt created the key, but its answer — the only
+			// one with the secret — was lost on the way.
+			if c.output == "json" {
+				_ = printJSON(stdout, res.Msg)
+			} else {
+				printKeys(stdout, res.Msg.GetKey())
+			}
+			return fmt.Errorf("%w: key %q was created by an earlier attempt of this command whose answer was lost; "+
+				"its secret cannot be shown again. Delete it and create it again: infergate keys delete %[2]s && infergate keys create %[2]s",
+				errSecretLost, pos[0])
+		}
 		fmt.Fprintln(stderr, "WARNING: the secret is shown only now. It cannot be shown again: store it safely.")
 		if c.output == "json" {
 			return printJSON(stdout, res.Msg)
 		}
 		printKeys(stdout, res.Msg.GetKey())
 		fmt.Fprintf(stdout, "\nSecret (send it as the X-API-Key header):\n  %s\n", res.Msg.GetSecret())
+		noteReadModel(stderr, res.Msg.GetReadModelBehind())
 		return nil
 	case "list":
 		keys, err := allPages(func(token string) ([]*keyv1.Key, string, error) {
@@ -118,6 +131,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
+		noteReadModel(stderr, res.Msg.GetReadModelBehind())
 		if c.output == "json" {
 			return printJSON(stdout, res.Msg)
 		}
@@ -128,6 +142,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if err != nil {
 			return err
 		}
+		noteReadModel(stderr, res.Msg.GetReadModelBehind())
 		if c.output == "json" {
 			return printJSON(stdout, res.Msg)
 		}

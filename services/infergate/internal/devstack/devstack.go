@@ -32,6 +32,7 @@ import (
 	"github.com/infergate/infergate/services/internal/controlplane"
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/keys"
 )
 
@@ -130,7 +131,8 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	defer ns.Shutdown()
-	nc, err := ns.Connect(nats.Name("infergate-dev"), nats.MaxReconnects(-1))
+	nc, err := ns.Connect(append([]nats.Option{nats.Name("infergate-dev"), nats.MaxReconnects(-1)},
+		natslog.Options(cfg.Log, "writes fail as unavailable; the gateway serves from its map")...)...)
 	if err != nil {
 		return err
 	}
@@ -240,10 +242,15 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err := st.waitReady(ctx, plane); err == nil {
 		if err := os.WriteFile(filepath.Join(cfg.DataDir, APIURLFile), []byte(st.APIURL+"\n"), 0o600); err != nil {
 			cancel()
+			mu.Lock()
 			errs = append(errs, err)
+			mu.Unlock()
 		} else if cfg.Demo {
-			if st.Demo, err = ensureDemo(ctx, st, token, demoModel.url()); err != nil {
+			// A demo cut short by ctx's end is no failure: asked to stop.
+			if st.Demo, err = ensureDemo(ctx, st, token, demoModel.url()); err != nil && ctx.Err() == nil {
+				mu.Lock()
 				errs = append(errs, fmt.Errorf("demo: %w", err))
+				mu.Unlock()
 				cancel()
 			}
 		}

@@ -27,26 +27,24 @@ import (
 
 var _ keyv1connect.KeyServiceHandler = (*Server)(nil)
 
-// ErrAlreadyApplied means a CreateKey was retried with an Idempotency-Key
-// that already created the key; its secret was shown once and is gone.
-var ErrAlreadyApplied = errors.New("this request was already applied (Idempotency-Key reused); the key exists and its secret was shown only once")
-
 // Config is what the service needs.
 type Config struct {
 	// Events is the event store. Required.
 	Events *eventstore.Store
 	// Reads is the read model the Projector fills. Required.
 	Reads readmodel.Store
-	// Projector keeps Reads up to date; writes wait for it so a read after
-	// a write sees the write. Required.
-	Projector *readmodel.Projector
+	// Projector keeps Reads up to date (a *readmodel.Projector); writes
+	// wait for it, briefly, so a read after a write sees the write.
+	// Required.
+	Projector command.ReadProgress
 	// Propagation reports how far a deletion has reached the gateways;
 	// default propagation.Unconfirmed.
 	Propagation propagation.Waiter
 	// PropagationTimeout bounds that wait by default; default 2 s.
 	PropagationTimeout time.Duration
 	// ReadYourWritesTimeout bounds the wait for the read model after a
-	// write; default 5 s.
+	// write; default command.DefaultReadYourWritesTimeout. A read model
+	// still behind then does not fail the write: the answer says so.
 	ReadYourWritesTimeout time.Duration
 	// Log receives errors and events; never a secret. Default slog.Default().
 	Log *slog.Logger
@@ -62,7 +60,7 @@ func (c *Config) setDefaults() {
 		c.PropagationTimeout = propagation.DefaultTimeout
 	}
 	if c.ReadYourWritesTimeout == 0 {
-		c.ReadYourWritesTimeout = 5 * time.Second
+		c.ReadYourWritesTimeout = command.DefaultReadYourWritesTimeout
 	}
 	if c.Log == nil {
 		c.Log = slog.Default()
@@ -105,13 +103,24 @@ func keyAggregate(project, name string) eventstore.Aggregate {
 	return eventstore.Aggregate{Project: project, Type: eventstore.TypeKey, Name: name}
 }
 
-func foldKey(name string, records []eventstore.Record) aggregate.Key {
-	return aggregate.KeyFrom(name, eventstore.Events(records))
+// foldKey is the key as a command left it: its records then plus the
+// events the command appended.
+func foldKey(name string, res eventstore.DecideResult) aggregate.Key {
+	return aggregate.KeyFrom(name, res.State())
+}
+
+// behind waits, briefly, for the read model to apply seq, and reports
+// whether it is still behind.
+func (s *Server) behind(ctx context.Context, seq uint64) bool {
+	return !command.WaitRead(ctx, s.cfg.Projector, seq, s.cfg.ReadYourWritesTimeout)
 }
 
 func (s *Server) fail(ctx context.Context, err error) error { return rpcerr.From(ctx, s.cfg.Log, err) }
 
-// CreateKey creates a key and returns its secret, once.
+// CreateKey creates a key and returns its secret, once. Once the
+// KeyCreated is appended the call succeeds and returns the secret, whatever
+// the read model does; a retry with the same Idempotency-Key is answered
+// with the key, replayed set and no secret.
 func (s *Server) CreateKey(ctx context.Context, req *connect.Request[keyv1.CreateKeyRequest]) (*connect.Response[keyv1.CreateKeyResponse], error) {
 	m := req.Msg
 	meta := command.Meta(ctx, m.GetProject(), s.cfg.Now())
@@ -138,20 +147,25 @@ func (s *Server) CreateKey(ctx context.Context, req *connect.Request[keyv1.Creat
 	agg := keyAggregate(m.GetProject(), m.GetName())
 	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(req.Header(), meta, req.Spec().Procedure, agg), 0,
 		func(records []eventstore.Record) ([]*eventv1.Event, error) {
-			return foldKey(m.GetName(), records).Create(meta, nk)
+			return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Create(meta, nk)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
+	// Committed: from here on nothing turns the call into an error.
+	out := &keyv1.CreateKeyResponse{
+		// A key just created is linked to nothing yet.
+		Key:             toProto(m.GetProject(), foldKey(m.GetName(), res), nil),
+		ReadModelBehind: s.behind(ctx, res.Sequence),
+	}
 	if res.Duplicate {
-		return nil, connect.NewError(connect.CodeAlreadyExists, ErrAlreadyApplied)
+		out.Replayed = true
+		s.cfg.Log.InfoContext(ctx, "key create replayed", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
+	} else {
+		out.Secret = secret
+		s.cfg.Log.InfoContext(ctx, "key created", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
 	}
-	key, err := s.readAfterWrite(ctx, res.Sequence, m.GetProject(), m.GetName())
-	if err != nil {
-		return nil, s.fail(ctx, err)
-	}
-	s.cfg.Log.InfoContext(ctx, "key created", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
-	return connect.NewResponse(&keyv1.CreateKeyResponse{Key: key, Secret: secret}), nil
+	return connect.NewResponse(out), nil
 }
 
 // GetKey returns one key.
@@ -164,7 +178,7 @@ func (s *Server) GetKey(ctx context.Context, req *connect.Request[keyv1.GetKeyRe
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&keyv1.GetKeyResponse{Key: toProto(k)}), nil
+	return connect.NewResponse(&keyv1.GetKeyResponse{Key: readProto(k)}), nil
 }
 
 // ListKeys returns a page of the project's keys.
@@ -184,7 +198,7 @@ func (s *Server) ListKeys(ctx context.Context, req *connect.Request[keyv1.ListKe
 	keys, next := paging.Trim(keys, page, func(k readmodel.Key) string { return k.Name })
 	out := &keyv1.ListKeysResponse{NextPageToken: next}
 	for _, k := range keys {
-		out.Keys = append(out.Keys, toProto(k))
+		out.Keys = append(out.Keys, readProto(k))
 	}
 	return connect.NewResponse(out), nil
 }
@@ -203,16 +217,17 @@ func (s *Server) UpdateKey(ctx context.Context, req *connect.Request[keyv1.Updat
 	agg := keyAggregate(m.GetProject(), m.GetName())
 	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(req.Header(), meta, req.Spec().Procedure, agg), 0,
 		func(records []eventstore.Record) ([]*eventv1.Event, error) {
-			return foldKey(m.GetName(), records).Update(meta, m.GetDescription())
+			return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Update(meta, m.GetDescription())
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	key, err := s.readAfterWrite(ctx, res.Sequence, m.GetProject(), m.GetName())
-	if err != nil {
-		return nil, s.fail(ctx, err)
-	}
-	return connect.NewResponse(&keyv1.UpdateKeyResponse{Key: key}), nil
+	behind := s.behind(ctx, res.Sequence)
+	k := foldKey(m.GetName(), res)
+	return connect.NewResponse(&keyv1.UpdateKeyResponse{
+		Key:             toProto(m.GetProject(), k, s.deploymentNames(ctx, m.GetProject(), k)),
+		ReadModelBehind: behind,
+	}), nil
 }
 
 // DeleteKey deletes a key; it stops working at every gateway.
@@ -229,32 +244,49 @@ func (s *Server) DeleteKey(ctx context.Context, req *connect.Request[keyv1.Delet
 	agg := keyAggregate(m.GetProject(), m.GetName())
 	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(req.Header(), meta, req.Spec().Procedure, agg), 0,
 		func(records []eventstore.Record) ([]*eventv1.Event, error) {
-			return foldKey(m.GetName(), records).Delete(meta)
+			return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Delete(meta)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	if err := command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout); err != nil {
-		return nil, s.fail(ctx, err)
-	}
+	behind := s.behind(ctx, res.Sequence)
 	s.cfg.Log.InfoContext(ctx, "key deleted", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
 	return connect.NewResponse(&keyv1.DeleteKeyResponse{
-		Propagation: s.cfg.Propagation.Wait(ctx, res.Sequence, nil, timeout),
+		Propagation:     s.cfg.Propagation.Wait(ctx, res.Sequence, nil, timeout),
+		ReadModelBehind: behind,
 	}), nil
 }
 
-func (s *Server) readAfterWrite(ctx context.Context, seq uint64, project, name string) (*keyv1.Key, error) {
-	if err := command.WaitRead(ctx, s.cfg.Projector, seq, s.cfg.ReadYourWritesTimeout); err != nil {
-		return nil, err
+// deploymentNames are the deployments the key is linked to. Links belong
+// to the deployments' aggregates, not the key's, so they come from the
+// read model — as far as it has got — when it holds this very key.
+func (s *Server) deploymentNames(ctx context.Context, project string, k aggregate.Key) []string {
+	rk, err := s.cfg.Reads.GetKey(ctx, project, k.Name)
+	if err != nil || rk.ID != k.ID {
+		return nil
 	}
-	k, err := s.cfg.Reads.GetKey(ctx, project, name)
-	if err != nil {
-		return nil, err
-	}
-	return toProto(k), nil
+	return rk.DeploymentNames
 }
 
-func toProto(k readmodel.Key) *keyv1.Key {
+// toProto shows a key as a command left it.
+func toProto(project string, k aggregate.Key, deployments []string) *keyv1.Key {
+	out := &keyv1.Key{
+		Project:         project,
+		Name:            k.Name,
+		Id:              k.ID,
+		Description:     k.Description,
+		CreatedAt:       timestamppb.New(readmodel.NormalTime(k.CreatedAt)),
+		DeploymentNames: deployments,
+		Hint:            k.Hint,
+	}
+	if k.ExpiresAt != nil {
+		out.ExpiresAt = timestamppb.New(readmodel.NormalTime(*k.ExpiresAt))
+	}
+	return out
+}
+
+// readProto shows a key as the read model has it.
+func readProto(k readmodel.Key) *keyv1.Key {
 	out := &keyv1.Key{
 		Project:         k.Project,
 		Name:            k.Name,

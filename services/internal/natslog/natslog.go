@@ -1,0 +1,38 @@
+// Package natslog logs a NATS connection's changes of state — connected,
+// disconnected, reconnected, closed — once per change, never per request,
+// so an operator sees when a process lost NATS and when it got it back.
+package natslog
+
+import (
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Options are the handlers to pass to nats.Connect. whileDown says, in the
+// disconnect line, what the process does meanwhile (e.g. "writes fail as
+// unavailable; reads are answered from the read model").
+func Options(log *slog.Logger, whileDown string) []nats.Option {
+	return []nats.Option{
+		// Called only when a connection deferred by RetryOnFailedConnect
+		// is first made.
+		nats.ConnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS connected", "url", nc.ConnectedUrlRedacted())
+		}),
+		// nats.go calls it once when a live connection drops, not again for
+		// every failed attempt to reconnect.
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("NATS disconnected; "+whileDown, "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			if err := nc.LastError(); err != nil {
+				log.Warn("NATS connection closed", "err", err)
+				return
+			}
+			log.Info("NATS connection closed")
+		}),
+	}
+}
