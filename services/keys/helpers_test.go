@@ -1,7 +1,13 @@
 package keys_test
 
-import "github.com/infergate/infergate/services/internal/eventstore"
+import (
+	"errors"
+
+	"github.com/infergate/infergate/services/internal/eventstore"
+)
 
 func keyAggregate(project, name string) eventstore.Aggregate {
 	return eventstore.Aggregate{Project: project, Type: eventstore.TypeKey, Name: name}
 }
+
+var errNotYet = errors.New("not yet")

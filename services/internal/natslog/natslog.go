@@ -14,14 +14,16 @@ import (
 // unavailable; reads are answered from the read model").
 func Options(log *slog.Logger, whileDown string) []nats.Option {
 	return []nats.Option{
-		// Called only when a connection deferred by RetryOnFailedConnect
-		// is first made.
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info("NATS connected", "url", nc.ConnectedUrlRedacted())
 		}),
 		// nats.go calls it once when a live connection drops, not again for
-		// every failed attempt to reconnect.
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+		// every failed attempt to reconnect; and on Close, which the closed
+		// handler reports.
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			if nc.IsClosed() {
+				return
+			}
 			log.Warn("NATS disconnected; "+whileDown, "err", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {

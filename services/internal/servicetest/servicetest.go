@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"github.com/nats-io/nats.go"
 
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/eventstore"
@@ -37,8 +38,10 @@ func Kinds() []string { return []string{Memory, Postgres} }
 
 // Backend is a running event store with a projected read model.
 type Backend struct {
-	Kind   string
-	NATS   *natsembed.Server
+	Kind string
+	NATS *natsembed.Server
+	// Conn is the connection Events uses.
+	Conn   *nats.Conn
 	Events *eventstore.Store
 	// Reads and Projector change on Restart.
 	Reads     readmodel.Store
@@ -60,6 +63,7 @@ func New(t *testing.T, kind string) *Backend {
 	b := &Backend{Kind: kind, Logs: &LogBuffer{}}
 	b.NATS = natstest.Start(t)
 	js := natstest.JetStreamOn(t, b.NATS)
+	b.Conn = js.Conn()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	events, err := eventstore.Open(ctx, js, eventstore.Config{})

@@ -190,10 +190,7 @@ func (s *Server) change(ctx context.Context, header http.Header, procedure, proj
 			if live, err = s.liveKeys(ctx, project, keys, links); err != nil {
 				return nil, err
 			}
-			checked = map[string]bool{}
-			for _, k := range slices.Concat(keys, links) {
-				checked[k] = true
-			}
+			checked = setOf(keys, links)
 			return decide(meta, d, live)
 		})
 	if err != nil {
@@ -204,12 +201,31 @@ func (s *Server) change(ctx context.Context, header http.Header, procedure, proj
 	for _, e := range res.Events {
 		d.Apply(e)
 	}
+	if res.Duplicate {
+		// A retry, answered as the first attempt was: the read model has
+		// moved on since, so check the links' keys themselves (a rare
+		// path; a failure only leaves the check to the read model).
+		links := slices.Collect(maps.Keys(d.Links))
+		if l, err := s.liveKeys(ctx, project, links); err == nil {
+			live, checked = l, setOf(links)
+		}
+	}
 	out := changed{behind: !command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout)}
 	out.propagation = s.cfg.Propagation.Wait(ctx, res.Sequence, d.Regions, wait)
 	if d.Live {
 		out.deployment = s.decidedProto(ctx, project, d, live, checked, out.behind)
 	}
 	return out, nil
+}
+
+func setOf(lists ...[]string) map[string]bool {
+	set := map[string]bool{}
+	for _, l := range lists {
+		for _, k := range l {
+			set[k] = true
+		}
+	}
+	return set
 }
 
 // decidedProto shows a deployment as a command left it. Which of its links
