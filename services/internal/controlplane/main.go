@@ -68,7 +68,7 @@ func (pr Process) run(args []string) error {
 	err := pr.serve(ctx, cfg, log)
 	if ctx.Err() != nil {
 		// Asked to stop: whatever was under way ended because of it.
-		if err != nil {
+		if err != nil && !errors.Is(err, context.Canceled) {
 			log.Info("stopped by signal", "err", err)
 		}
 		return nil

@@ -29,9 +29,11 @@ func Options(log *slog.Logger, whileDown string) []nats.Option {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
 		}),
+		// Closed is the process letting go (MaxReconnects is unlimited
+		// where this is used); the last error says what it was waiting on.
 		nats.ClosedHandler(func(nc *nats.Conn) {
 			if err := nc.LastError(); err != nil {
-				log.Warn("NATS connection closed", "err", err)
+				log.Info("NATS connection closed", "last_err", err)
 				return
 			}
 			log.Info("NATS connection closed")

@@ -143,7 +143,7 @@ func run() error {
 	err = errors.Join(runErr, <-serveErr)
 	if signalled {
 		// Asked to stop: whatever it was waiting for ended because of it.
-		if err != nil {
+		if err != nil && !errors.Is(err, context.Canceled) {
 			log.Info("stopped by signal", "err", err)
 		}
 		return nil

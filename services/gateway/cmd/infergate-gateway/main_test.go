@@ -48,3 +48,29 @@ func TestProcess(t *testing.T) {
 	}
 	p.Stop()
 }
+
+// TestStopWhileWaitingForNATS: a gateway that cannot reach NATS at start
+// serves /healthz meanwhile, and SIGTERM stops it with exit status 0.
+func TestStopWhileWaitingForNATS(t *testing.T) {
+	t.Parallel()
+	bin := servicetest.Build(t, "infergate-gateway")
+	nowhere := "nats://" + servicetest.FreeAddr(t) // nothing listens there
+	addr := servicetest.FreeAddr(t)
+	p := servicetest.StartProcess(t, bin, []string{"INFERGATE_NATS_URL=" + nowhere, "INFERGATE_ADDR=" + addr})
+	servicetest.WaitFor(t, "gateway listening", func(ctx context.Context) error {
+		req, err := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/healthz", nil)
+		if err != nil {
+			return err
+		}
+		res, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return fmt.Errorf("/healthz answered %d", res.StatusCode)
+		}
+		return nil
+	})
+	p.Stop()
+}

@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"testing"
 
@@ -43,6 +44,38 @@ func TestProcess(t *testing.T) {
 	res, err := client.GetKey(t.Context(), connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "from-process"}))
 	if err != nil || res.Msg.GetKey().GetName() != "from-process" {
 		t.Errorf("after restart: %v, %v", res, err)
+	}
+	p.Stop()
+}
+
+// TestNATSOutage runs the binary, stops NATS under it: writes answer
+// unavailable, reads keep working, and SIGTERM still ends it with exit
+// status 0.
+func TestNATSOutage(t *testing.T) {
+	t.Parallel()
+	bin := servicetest.Build(t, "infergate-keys")
+	nats := natstest.Start(t)
+	tokens, token := servicetest.TokensFile(t)
+	addr := servicetest.FreeAddr(t)
+	env := []string{"INFERGATE_NATS_URL=" + nats.ClientURL()}
+	p := servicetest.StartProcess(t, bin, env, "--addr", addr, "--admin-tokens-file", tokens)
+	client := keyv1connect.NewKeyServiceClient(http.DefaultClient, "http://"+addr, servicetest.ClientOptions(token)...)
+	servicetest.WaitFor(t, "service answers", func(ctx context.Context) error {
+		_, err := client.CreateKey(ctx, connect.NewRequest(&keyv1.CreateKeyRequest{Project: "team-a", Name: "before-outage"}))
+		return err
+	})
+
+	nats.Shutdown()
+	servicetest.WaitFor(t, "writes to fail as unavailable", func(ctx context.Context) error {
+		_, err := client.CreateKey(ctx, connect.NewRequest(&keyv1.CreateKeyRequest{Project: "team-a", Name: "during-outage"}))
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			return fmt.Errorf("CreateKey while NATS is down: %v, want unavailable", err)
+		}
+		return nil
+	})
+	res, err := client.GetKey(t.Context(), connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "before-outage"}))
+	if err != nil || res.Msg.GetKey().GetName() != "before-outage" {
+		t.Errorf("GetKey while NATS is down = %v, %v", res, err)
 	}
 	p.Stop()
 }
