@@ -59,6 +59,10 @@ func TestWritesFailFastWhileDisconnected(t *testing.T) {
 	if !errors.Is(err, eventstore.ErrUnavailable) || called {
 		t.Errorf("Decide while disconnected: %v (decided: %v), want ErrUnavailable before deciding", err, called)
 	}
+	// The audit service reads the stream itself: it says so too.
+	if _, err := s.Scan(ctx, 0, func(eventstore.Record) error { return nil }); !errors.Is(err, eventstore.ErrUnavailable) {
+		t.Errorf("Scan while disconnected: %v, want ErrUnavailable", err)
+	}
 }
 
 // TestMissingStreamIsUnavailableAndLoggedOnce: writes to a stream that was

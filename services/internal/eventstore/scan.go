@@ -22,8 +22,12 @@ func WithStartTime(t time.Time) FollowOption {
 // start) that was in the stream when Scan began, in order, then returns the
 // sequence of the last record it delivered (0 if none). Records appended
 // while it runs are not delivered, so a scan is a stable snapshot. fn may
-// return ErrStopScan to end early.
+// return ErrStopScan to end early. While the NATS connection is down it
+// returns ErrUnavailable at once.
 func (s *Store) Scan(ctx context.Context, from uint64, fn func(Record) error, opts ...FollowOption) (uint64, error) {
+	if err := s.checkConnected(); err != nil {
+		return 0, err
+	}
 	var o followOptions
 	for _, opt := range opts {
 		opt(s, &o)
@@ -39,7 +43,7 @@ func (s *Store) Scan(ctx context.Context, from uint64, fn func(Record) error, op
 	}
 	cons, err := s.js.OrderedConsumer(ctx, s.cfg.Stream, cfg)
 	if err != nil {
-		return 0, fmt.Errorf("eventstore: scan: %w", err)
+		return 0, fmt.Errorf("eventstore: scan: %w", s.unavailable(err))
 	}
 	info, err := cons.Info(ctx)
 	if err != nil {
