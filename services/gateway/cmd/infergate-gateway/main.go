@@ -93,7 +93,7 @@ func run() error {
 		nats.Name("infergate-gateway"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
 		nats.ReconnectWait(time.Second),
 	}
-	opts = append(opts, natslog.Options(log, "serving from the map")...)
+	opts = append(opts, natslog.Options(log, "serving from the map within its staleness bound")...)
 	if natsCreds != "" {
 		opts = append(opts, nats.UserCredentials(natsCreds))
 	}
