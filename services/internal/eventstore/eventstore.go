@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/proto"
 
@@ -476,6 +477,19 @@ func (s *Store) Identity(ctx context.Context) (Identity, error) {
 		return Identity{}, err
 	}
 	return st.Identity(), nil
+}
+
+// OnStreamChange calls fn (on a NATS goroutine; it must not block) when
+// JetStream announces the stream was deleted, created or updated, so a
+// follower checks the stream's life at once instead of at its next poll.
+// The announcements are core NATS advisories: a reader that misses one
+// still finds the change at its next poll.
+func (s *Store) OnStreamChange(fn func()) (stop func(), err error) {
+	sub, err := s.js.Conn().Subscribe("$JS.EVENT.ADVISORY.STREAM.*."+s.cfg.Stream, func(*nats.Msg) { fn() })
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: watch stream %s: %w", s.cfg.Stream, err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
 }
 
 type followOptions struct {

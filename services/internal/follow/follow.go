@@ -41,6 +41,14 @@ type Source interface {
 	Follow(ctx context.Context, from uint64, fn func(eventstore.Record) error, opts ...eventstore.FollowOption) error
 }
 
+// ChangeNotifier is what a Source may also do: call fn when the stream is
+// announced deleted, created or updated (eventstore.Store does, from
+// JetStream's advisories). The follower then checks the stream's life at
+// once, instead of at its next poll.
+type ChangeNotifier interface {
+	OnStreamChange(fn func()) (stop func(), err error)
+}
+
 // Consumer is what a follower feeds.
 type Consumer interface {
 	// Checkpoint says where the consumer stands; the zero Checkpoint when
@@ -96,6 +104,9 @@ type Follower struct {
 	// known to be. 0: never.
 	syncedAt atomic.Int64
 
+	// poke wakes the watcher for a check at once.
+	poke chan struct{}
+
 	// mu guards the fields below.
 	mu       sync.Mutex
 	identity eventstore.Identity
@@ -125,7 +136,15 @@ func New(cfg Config) *Follower {
 		cfg.Name = "consumer"
 	}
 	cfg.Log = cfg.Log.With("follower", cfg.Name)
-	return &Follower{cfg: cfg, changed: make(chan struct{})}
+	return &Follower{cfg: cfg, changed: make(chan struct{}), poke: make(chan struct{}, 1)}
+}
+
+// Poke asks for a check of the stream's life now (it never blocks).
+func (f *Follower) Poke() {
+	select {
+	case f.poke <- struct{}{}:
+	default:
+	}
 }
 
 // Run follows the stream until ctx ends, then returns ctx's error. Every
@@ -135,6 +154,13 @@ func (f *Follower) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if n, ok := f.cfg.Source.(ChangeNotifier); ok {
+		if stop, err := n.OnStreamChange(f.Poke); err != nil {
+			f.cfg.Log.Warn("cannot watch the stream's advisories; relying on polls", "err", err)
+		} else {
+			defer stop()
+		}
+	}
 	wg.Go(func() { f.watch(ctx) })
 	var b backoff
 	for {
@@ -331,6 +357,7 @@ func (f *Follower) watch(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-f.poke:
 		}
 		// What was applied before the state is read cannot be past the
 		// stream's last sequence unless the stream went back; read after,

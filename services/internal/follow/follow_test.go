@@ -303,3 +303,25 @@ func TestSyncedStopsWhenTheStreamIsAway(t *testing.T) {
 		t.Fatalf("Synced = %s, after the server went down at %s", got, down)
 	}
 }
+
+// JetStream's advisories wake the follower: with a poll interval far
+// beyond the test's deadline, a replaced stream is still noticed.
+func TestAdvisoryWakesTheFollower(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.appendKey(t, "k-one")
+	e.appendKey(t, "k-two")
+	r := &recorder{}
+	f := follow.New(follow.Config{Name: "test", Source: e.events, Consumer: r, PollInterval: time.Hour})
+	run(t, f)
+	waitHeld(t, r, []uint64{1, 2})
+	if err := e.js.DeleteStream(t.Context(), "INFERGATE_EVENTS"); err != nil {
+		t.Fatal(err)
+	}
+	e.open(t)
+	e.appendKey(t, "k-new")
+	waitHeld(t, r, []uint64{1})
+	if _, resets := r.held(); resets < 2 {
+		t.Fatalf("resets = %d; want the first placement and the new stream", resets)
+	}
+}
