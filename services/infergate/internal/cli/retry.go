@@ -19,9 +19,11 @@ const (
 )
 
 // newRequestIDInterceptor gives every call a request id in the
-// Idempotency-Key header and retries a call that failed as unavailable —
-// a transport error, or a control plane that cannot reach NATS — with the
-// same id. The control plane makes that id the append's Nats-Msg-Id, so a
+// Idempotency-Key header and retries a call that failed in transit — as
+// unavailable (no connection, or a control plane that cannot reach NATS),
+// or as canceled or unknown while the caller's own context is still live
+// (what connect-go reports for a connection reset mid-call, e.g. a
+// service killed while answering) — with the same id. The control plane makes that id the append's Nats-Msg-Id, so a
 // write whose answer was lost on the way is recognised and answered as the
 // first time instead of applied twice (a CreateKey answer then has
 // replayed set and no secret). Reads ignore the header.
@@ -34,7 +36,7 @@ func newRequestIDInterceptor(attempts int, backoff time.Duration) connect.UnaryI
 			wait := backoff
 			for attempt := 1; ; attempt++ {
 				res, err := next(ctx, req)
-				if err == nil || connect.CodeOf(err) != connect.CodeUnavailable || attempt >= attempts {
+				if err == nil || !retryable(ctx, err) || attempt >= attempts {
 					return res, err
 				}
 				t := time.NewTimer(wait)
@@ -48,6 +50,20 @@ func newRequestIDInterceptor(attempts int, backoff time.Duration) connect.UnaryI
 			}
 		}
 	}
+}
+
+// retryable reports whether err may be a call lost in transit, which the
+// same request id makes safe to send again.
+func retryable(ctx context.Context, err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeUnavailable:
+		return true
+	case connect.CodeCanceled, connect.CodeUnknown:
+		// Only when the server's answer did not say so itself: a wire
+		// error carries the server's code, a transport failure does not.
+		return ctx.Err() == nil && !connect.IsWireError(err)
+	}
+	return false
 }
 
 // noteReadModel tells the user, when a change's answer says so, that
