@@ -82,70 +82,6 @@ type Record struct {
 	Events    []*eventv1.Event
 }
 
-// Config names the stream and its subjects.
-type Config struct {
-	// Stream is the JetStream stream name; default INFERGATE_EVENTS.
-	Stream string
-	// SubjectPrefix is the first subject tokens; default infergate.events.
-	SubjectPrefix string
-	// Replicas of the stream; default 1. Use 3 on a production cluster.
-	Replicas int
-	// DuplicateWindow is how long JetStream remembers message ids for
-	// idempotent appends; default 2 minutes.
-	DuplicateWindow time.Duration
-	// Memory keeps the stream in memory instead of files (tests only).
-	Memory bool
-	// CachedAggregates is how many aggregates' records Load keeps to read
-	// only what is new next time; 0 means 10,000, negative disables.
-	CachedAggregates int
-	// BindOnly opens the stream as it is, without creating it or changing
-	// its configuration (Replicas, Memory and DuplicateWindow are then
-	// ignored): for readers such as gateways, which must not undo an
-	// operator's settings and need no permission to edit the stream.
-	// Open then fails, wrapping jetstream.ErrStreamNotFound, until some
-	// control-plane service has created the stream.
-	BindOnly bool
-}
-
-func (c *Config) setDefaults() {
-	if c.Stream == "" {
-		c.Stream = "INFERGATE_EVENTS"
-	}
-	if c.SubjectPrefix == "" {
-		c.SubjectPrefix = "infergate.events"
-	}
-	if c.Replicas == 0 {
-		c.Replicas = 1
-	}
-	if c.DuplicateWindow == 0 {
-		c.DuplicateWindow = 2 * time.Minute
-	}
-	if c.CachedAggregates == 0 {
-		c.CachedAggregates = 10_000
-	}
-}
-
-// Validate reports every problem with the config at once.
-func (c *Config) Validate() error {
-	var errs []error
-	if strings.ContainsAny(c.Stream, ".*> \t") || c.Stream == "" {
-		errs = append(errs, fmt.Errorf("%w: stream name %q", ErrInvalid, c.Stream))
-	}
-	for _, tok := range strings.Split(c.SubjectPrefix, ".") {
-		if validToken(tok) != nil {
-			errs = append(errs, fmt.Errorf("%w: subject prefix %q", ErrInvalid, c.SubjectPrefix))
-			break
-		}
-	}
-	if c.Replicas < 1 || c.Replicas > 5 {
-		errs = append(errs, fmt.Errorf("%w: replicas %d not in 1..5", ErrInvalid, c.Replicas))
-	}
-	if c.DuplicateWindow < 2*time.Minute {
-		errs = append(errs, fmt.Errorf("%w: duplicate window %s is below 2m", ErrInvalid, c.DuplicateWindow))
-	}
-	return errors.Join(errs...)
-}
-
 // Store appends events to and reads them from the stream.
 type Store struct {
 	js     jetstream.JetStream
@@ -153,43 +89,6 @@ type Store struct {
 	cfg    Config
 	cache  *aggCache
 	avail  availability
-}
-
-// Open creates the stream, or updates it to cfg, and returns a Store. It is
-// safe to call from many processes at once.
-func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
-	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	if cfg.BindOnly {
-		stream, err := js.Stream(ctx, cfg.Stream)
-		if err != nil {
-			return nil, fmt.Errorf("eventstore: open stream %s: %w", cfg.Stream, err)
-		}
-		return &Store{js: js, stream: stream, cfg: cfg, cache: newAggCache(cfg.CachedAggregates)}, nil
-	}
-	storage := jetstream.FileStorage
-	if cfg.Memory {
-		storage = jetstream.MemoryStorage
-	}
-	stream, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        cfg.Stream,
-		Description: "infergate events: the source of truth",
-		Subjects:    []string{cfg.SubjectPrefix + ".>"},
-		Storage:     storage,
-		Replicas:    cfg.Replicas,
-		Retention:   jetstream.LimitsPolicy,
-		Discard:     jetstream.DiscardOld,
-		Duplicates:  cfg.DuplicateWindow,
-		AllowDirect: true,
-		DenyDelete:  true,
-		DenyPurge:   true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("eventstore: create stream %s: %w", cfg.Stream, err)
-	}
-	return &Store{js: js, stream: stream, cfg: cfg, cache: newAggCache(cfg.CachedAggregates)}, nil
 }
 
 // Subject is the subject an aggregate's events are stored on.

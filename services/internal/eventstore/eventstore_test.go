@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
@@ -20,13 +19,7 @@ import (
 func openStore(t *testing.T) *eventstore.Store {
 	t.Helper()
 	_, js := natstest.JetStream(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := eventstore.Open(ctx, js, eventstore.Config{})
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	return s
+	return natstest.EventStore(t, js)
 }
 
 func keyAgg(name string) eventstore.Aggregate {
@@ -231,50 +224,6 @@ func TestAppendRejectsBadInput(t *testing.T) {
 	}
 }
 
-func TestOpenIsIdempotent(t *testing.T) {
-	t.Parallel()
-	_, js := natstest.JetStream(t)
-	for range 3 {
-		if _, err := eventstore.Open(t.Context(), js, eventstore.Config{}); err != nil {
-			t.Fatalf("Open: %v", err)
-		}
-	}
-	if _, err := eventstore.Open(t.Context(), js, eventstore.Config{DuplicateWindow: time.Second}); err == nil {
-		t.Error("Open accepted a duplicate window under 2 minutes")
-	}
-}
-
-// TestBindOnly: a reader opening the stream bind-only neither creates it
-// nor changes what its owner configured.
-func TestBindOnly(t *testing.T) {
-	t.Parallel()
-	_, js := natstest.JetStream(t)
-	if _, err := eventstore.Open(t.Context(), js, eventstore.Config{BindOnly: true}); !errors.Is(err, jetstream.ErrStreamNotFound) {
-		t.Fatalf("bind-only Open of a missing stream: %v, want ErrStreamNotFound", err)
-	}
-	if _, err := js.Stream(t.Context(), "INFERGATE_EVENTS"); !errors.Is(err, jetstream.ErrStreamNotFound) {
-		t.Fatalf("bind-only Open created the stream: %v", err)
-	}
-	if _, err := eventstore.Open(t.Context(), js, eventstore.Config{DuplicateWindow: 10 * time.Minute}); err != nil {
-		t.Fatal(err)
-	}
-	s, err := eventstore.Open(t.Context(), js, eventstore.Config{BindOnly: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := js.Stream(t.Context(), "INFERGATE_EVENTS")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if w := info.CachedInfo().Config.Duplicates; w != 10*time.Minute {
-		t.Errorf("bind-only Open changed the duplicate window to %v", w)
-	}
-	state, err := s.State(t.Context())
-	if err != nil || state.Stream != "INFERGATE_EVENTS" || state.Replicas != 1 || state.Created.IsZero() {
-		t.Errorf("State = %+v, %v", state, err)
-	}
-}
-
 // follower applies records and remembers them; it stops after limit
 // records to simulate a reader that crashes.
 type follower struct {
@@ -455,10 +404,7 @@ func TestLoadSeesAppendsFromAnotherStore(t *testing.T) {
 	t.Parallel()
 	srv, js := natstest.JetStream(t)
 	ctx := t.Context()
-	a, err := eventstore.Open(ctx, js, eventstore.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := natstest.EventStore(t, js)
 	b, err := eventstore.Open(ctx, natstest.JetStreamOn(t, srv), eventstore.Config{CachedAggregates: 2})
 	if err != nil {
 		t.Fatal(err)

@@ -1,13 +1,16 @@
 // Package natstest gives tests a real embedded NATS server with JetStream,
-// stopped when the test ends.
+// stopped when the test ends, and the event stream on it.
 package natstest
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natsembed"
 )
 
@@ -54,4 +57,22 @@ func JetStreamOn(t testing.TB, s *natsembed.Server) jetstream.JetStream {
 		t.Fatalf("natstest: %v", err)
 	}
 	return js
+}
+
+// EventStore creates the event stream as declared when it is missing (as
+// `infergate admin stream create` would; eventstore.EnsureStream) and opens
+// a store on js. Every test that needs the stream gets it here: services
+// and gateways only bind to it.
+func EventStore(t testing.TB, js jetstream.JetStream) *eventstore.Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	s, err := eventstore.Open(ctx, js, eventstore.Config{})
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	return s
 }
