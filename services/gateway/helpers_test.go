@@ -24,6 +24,7 @@ import (
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/natstest"
 )
 
 const project = "team-a"
@@ -59,9 +60,7 @@ func newBackend(t *testing.T) *backend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b.store, err = eventstore.Open(t.Context(), js, eventstore.Config{}); err != nil {
-		t.Fatal(err)
-	}
+	b.store = natstest.EventStore(t, js)
 	return b
 }
 

@@ -40,7 +40,9 @@ type Config struct {
 	NATSURL string
 	// NATSCreds is an optional NATS credentials file.
 	NATSCreds string
-	// StreamReplicas of the event stream (3 on a production cluster).
+	// StreamReplicas is the replica count the event stream must have (3 on
+	// a production cluster); 0 accepts what it has. A process never
+	// changes the stream: `infergate admin stream` does.
 	StreamReplicas int
 	// AdminTokensFile is the JSON file of admin tokens. Required.
 	AdminTokensFile string
@@ -69,12 +71,15 @@ func Env(name, def string) string {
 // RegisterFlags defines the shared flags on fs with defaults from the
 // environment; addr and schema are the service's own defaults.
 func (c *Config) RegisterFlags(fs *flag.FlagSet, addr, schema string) {
-	replicas, _ := strconv.Atoi(Env("INFERGATE_STREAM_REPLICAS", "1"))
+	replicas, err := strconv.Atoi(Env("INFERGATE_STREAM_REPLICAS", "0"))
+	if err != nil {
+		replicas = -1 // Validate reports it
+	}
 	grace, _ := time.ParseDuration(Env("INFERGATE_SHUTDOWN_GRACE", "15s"))
 	fs.StringVar(&c.Addr, "addr", Env("INFERGATE_ADDR", addr), "listen address of the API (env INFERGATE_ADDR)")
 	fs.StringVar(&c.NATSURL, "nats-url", Env("INFERGATE_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env INFERGATE_NATS_URL)")
 	fs.StringVar(&c.NATSCreds, "nats-creds", Env("INFERGATE_NATS_CREDS", ""), "NATS credentials file (env INFERGATE_NATS_CREDS)")
-	fs.IntVar(&c.StreamReplicas, "stream-replicas", replicas, "replicas of the event stream (env INFERGATE_STREAM_REPLICAS)")
+	fs.IntVar(&c.StreamReplicas, "stream-replicas", replicas, "replicas the event stream must have, else refuse to start; 0 accepts what it has. The stream is created and changed only by \"infergate admin stream\" (env INFERGATE_STREAM_REPLICAS)")
 	fs.StringVar(&c.AdminTokensFile, "admin-tokens-file", Env("INFERGATE_ADMIN_TOKENS_FILE", ""), "JSON file of admin tokens (env INFERGATE_ADMIN_TOKENS_FILE)")
 	fs.StringVar(&c.DatabaseURL, "database-url", Env("INFERGATE_DATABASE_URL", ""), "PostgreSQL URL for the read model; empty keeps it in memory (env INFERGATE_DATABASE_URL)")
 	fs.StringVar(&c.DatabaseSchema, "database-schema", Env("INFERGATE_DATABASE_SCHEMA", schema), "PostgreSQL schema of the read model (env INFERGATE_DATABASE_SCHEMA)")
@@ -95,8 +100,8 @@ func (c *Config) Validate() error {
 	if c.AdminTokensFile == "" {
 		errs = append(errs, errors.New("--admin-tokens-file is required"))
 	}
-	if c.StreamReplicas < 1 || c.StreamReplicas > 5 {
-		errs = append(errs, fmt.Errorf("--stream-replicas %d is not in 1..5", c.StreamReplicas))
+	if c.StreamReplicas < 0 || c.StreamReplicas > 5 {
+		errs = append(errs, fmt.Errorf("--stream-replicas %d is not in 0..5", c.StreamReplicas))
 	}
 	return errors.Join(errs...)
 }
@@ -159,10 +164,15 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 	if err != nil {
 		return err
 	}
+	// Bind and verify only: a process started with other settings fails
+	// here and leaves the stream as its owner made it.
 	if p.Events, err = eventstore.Open(ctx, js, eventstore.Config{Replicas: cfg.StreamReplicas}); err != nil {
 		return err
 	}
 	p.Events.SetLogger(p.Log)
+	bound := p.Events.Config()
+	p.Log.Info("event stream bound", "stream", bound.Stream, "replicas", bound.Replicas,
+		"replicas_checked", cfg.StreamReplicas != 0, "duplicate_window", bound.DuplicateWindow, "memory", bound.Memory)
 	switch {
 	case cfg.NoReadModel:
 	case cfg.DatabaseURL == "":

@@ -34,10 +34,7 @@ type stream struct {
 func newStream(t *testing.T) *stream {
 	t.Helper()
 	_, js := natstest.JetStream(t)
-	events, err := eventstore.Open(t.Context(), js, eventstore.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := natstest.EventStore(t, js)
 	return &stream{t: t, js: js, events: events, versions: make(map[eventstore.Aggregate]uint64)}
 }
 

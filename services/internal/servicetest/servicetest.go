@@ -64,13 +64,7 @@ func New(t *testing.T, kind string) *Backend {
 	b.NATS = natstest.Start(t)
 	js := natstest.JetStreamOn(t, b.NATS)
 	b.Conn = js.Conn()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	events, err := eventstore.Open(ctx, js, eventstore.Config{})
-	if err != nil {
-		t.Fatalf("servicetest: %v", err)
-	}
-	b.Events = events
+	b.Events = natstest.EventStore(t, js)
 	if kind == Postgres {
 		b.pgURL = pgtest.URL(t)
 		b.pgSchema = pgtest.Schema(t)
@@ -92,6 +86,7 @@ func New(t *testing.T, kind string) *Backend {
 		*tok.dst = token
 		entries = append(entries, entry)
 	}
+	var err error
 	if b.Tokens, err = adminauth.FromEntries(entries); err != nil {
 		t.Fatal(err)
 	}

@@ -48,10 +48,7 @@ func BenchmarkCheckAccess(b *testing.B) {
 func historyOf(b *testing.B, n int, checkpoints bool) (*Server, time.Time) {
 	b.Helper()
 	_, js := natstest.JetStream(b)
-	events, err := eventstore.Open(context.Background(), js, eventstore.Config{})
-	if err != nil {
-		b.Fatal(err)
-	}
+	events := natstest.EventStore(b, js)
 	ev := func(typ eventv1.AggregateType, name string) *eventv1.Event {
 		return &eventv1.Event{Id: uuid.NewString(), Time: timestamppb.Now(), Actor: "bench", Project: "bench",
 			Aggregate: &eventv1.Aggregate{Type: typ, Name: name}}

@@ -111,7 +111,15 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 		return nil, err
 	}
 	s.Token = token
-	if s.Plane, err = controlplane.OpenWith(ctx, nc, tokens, controlplane.Config{StreamReplicas: 1}, cfg.Log); err != nil {
+	// The stack owns its stream, as `infergate dev` does.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
+		return nil, err
+	}
+	if s.Plane, err = controlplane.OpenWith(ctx, nc, tokens, controlplane.Config{}, cfg.Log); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.Plane.Close)

@@ -51,6 +51,9 @@ func New(ctx context.Context, nc *nats.Conn, project string) (*Writer, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
+		return nil, err
+	}
 	if w.store, err = eventstore.Open(ctx, js, eventstore.Config{}); err != nil {
 		return nil, err
 	}

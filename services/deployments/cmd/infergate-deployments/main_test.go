@@ -19,6 +19,7 @@ func TestProcess(t *testing.T) {
 	t.Parallel()
 	bin := servicetest.Build(t, "infergate-deployments")
 	nats := natstest.Start(t)
+	natstest.EventStore(t, natstest.JetStreamOn(t, nats)) // an operator creates the stream
 	tokens, token := servicetest.TokensFile(t)
 	addr := servicetest.FreeAddr(t)
 	env := []string{

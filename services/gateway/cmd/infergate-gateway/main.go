@@ -165,9 +165,10 @@ func envUint(name string, def uint64) uint64 {
 	return n
 }
 
-// openStore opens the event store, retrying while NATS is unreachable or
-// no control-plane service has created the stream yet. It logs the first
-// failure and the success after it, not every attempt.
+// openStore binds to the event stream, retrying while NATS is unreachable
+// or no operator has created the stream yet; a stream that differs from
+// the declaration is an error at once. It logs the first failure and the
+// success after it, not every attempt.
 func openStore(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*eventstore.Store, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -175,14 +176,18 @@ func openStore(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*eventstor
 	}
 	for wait, failed := 250*time.Millisecond, false; ; wait = min(2*wait, 5*time.Second) {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		// Bind only: the control plane owns the stream's configuration.
-		store, err := eventstore.Open(octx, js, eventstore.Config{BindOnly: true})
+		// Bind and verify only: an operator owns the stream's
+		// configuration (infergate admin stream).
+		store, err := eventstore.Open(octx, js, eventstore.Config{})
 		cancel()
 		if err == nil {
 			if failed {
 				log.Info("event stream reachable")
 			}
 			return store, nil
+		}
+		if errors.Is(err, eventstore.ErrStreamMismatch) {
+			return nil, err
 		}
 		if !failed {
 			log.Warn("event stream not reachable yet; retrying until it is", "err", err)

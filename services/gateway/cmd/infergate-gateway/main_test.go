@@ -6,7 +6,6 @@ import (
 	"net/http"
 	"testing"
 
-	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natstest"
 	"github.com/infergate/infergate/services/internal/servicetest"
 )
@@ -18,10 +17,8 @@ func TestProcess(t *testing.T) {
 	t.Parallel()
 	bin := servicetest.Build(t, "infergate-gateway")
 	nats := natstest.Start(t)
-	// The control plane creates the stream; a gateway only binds to it.
-	if _, err := eventstore.Open(t.Context(), natstest.JetStreamOn(t, nats), eventstore.Config{}); err != nil {
-		t.Fatal(err)
-	}
+	// An operator creates the stream; a gateway only binds to it.
+	natstest.EventStore(t, natstest.JetStreamOn(t, nats))
 	addr := servicetest.FreeAddr(t)
 	p := servicetest.StartProcess(t, bin, []string{"INFERGATE_NATS_URL=" + nats.ClientURL(), "INFERGATE_ADDR=" + addr}, "--region", "eu")
 	get := func(ctx context.Context, path string) (int, error) {

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
@@ -30,6 +31,7 @@ import (
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/controlplane"
+	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natslog"
@@ -138,8 +140,18 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	}
 	defer nc.Close()
 
+	// The one-process stack is also the stream's owner: it creates the
+	// stream on first start (what `infergate admin stream create` does in
+	// production) and verifies it afterwards, like every other process.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
+		return err
+	}
 	plane, err := controlplane.OpenWith(ctx, nc, tokens, controlplane.Config{
-		DatabaseURL: cfg.DatabaseURL, DatabaseSchema: "infergate_dev", StreamReplicas: 1,
+		DatabaseURL: cfg.DatabaseURL, DatabaseSchema: "infergate_dev",
 	}, cfg.Log)
 	if err != nil {
 		return err

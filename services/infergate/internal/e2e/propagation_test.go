@@ -65,6 +65,7 @@ func newFleet(t *testing.T) *fleet {
 	if err != nil {
 		t.Fatal(err)
 	}
+	natstest.EventStore(t, natstest.JetStreamOn(t, f.nats))
 	plane, err := controlplane.OpenWith(ctx, natstest.Connect(t, f.nats), tokens, controlplane.Config{StreamReplicas: 1}, log)
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ func TestProcess(t *testing.T) {
 	t.Parallel()
 	bin := servicetest.Build(t, "infergate-keys")
 	nats := natstest.Start(t)
+	natstest.EventStore(t, natstest.JetStreamOn(t, nats)) // an operator creates the stream
 	tokens, token := servicetest.TokensFile(t)
 	addr := servicetest.FreeAddr(t)
 	env := []string{"INFERGATE_NATS_URL=" + nats.ClientURL(), "INFERGATE_DATABASE_URL=" + pgtest.URL(t)}
