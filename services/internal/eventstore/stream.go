@@ -123,15 +123,53 @@ func (c *Config) declared(replicas int, window time.Duration) jetstream.StreamCo
 	}
 }
 
+// MismatchError is one field of the stream that differs from the
+// declaration or the caller's expectation. It wraps ErrStreamMismatch.
+type MismatchError struct {
+	Stream, Field    string
+	Expected, Actual string
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("%v: stream %s: %s is %s, expected %s", ErrStreamMismatch, e.Stream, e.Field, e.Actual, e.Expected)
+}
+
+func (e *MismatchError) Unwrap() error { return ErrStreamMismatch }
+
+// Mismatches lists the MismatchErrors in err (as Verify and Open return
+// them), in order.
+func Mismatches(err error) []*MismatchError {
+	var out []*MismatchError
+	var walk func(error)
+	walk = func(err error) {
+		if m, ok := err.(*MismatchError); ok {
+			out = append(out, m)
+			return
+		}
+		switch u := err.(type) {
+		case interface{ Unwrap() []error }:
+			for _, e := range u.Unwrap() {
+				walk(e)
+			}
+		case interface{ Unwrap() error }:
+			walk(u.Unwrap())
+		}
+	}
+	if err != nil {
+		walk(err)
+	}
+	return out
+}
+
 // Verify reports how got, a stream's configuration, differs from the
 // declaration and from what c expects (replicas and duplicate window when
-// set; storage always): one ErrStreamMismatch per field, joined.
+// set; storage always): one *MismatchError per field, joined.
 func (c Config) Verify(got jetstream.StreamConfig) error {
 	c.setDefaults()
 	want := c.declared(c.Replicas, c.DuplicateWindow)
 	var errs []error
 	differ := func(field string, expected, actual any) {
-		errs = append(errs, fmt.Errorf("%w: stream %s: %s is %v, expected %v", ErrStreamMismatch, c.Stream, field, actual, expected))
+		errs = append(errs, &MismatchError{Stream: c.Stream, Field: field, Expected: fmt.Sprint(expected), Actual: fmt.Sprint(actual)})
 	}
 	if !slices.Equal(got.Subjects, want.Subjects) {
 		differ("subjects", want.Subjects, got.Subjects)

@@ -1,5 +1,6 @@
 // Package cli is the infergate command: the CLI for keys, deployments,
-// auth toggles and admin tokens, and the `dev` one-process stack.
+// auth toggles and admin tokens, the event stream's configuration, and the
+// `dev` one-process stack.
 package cli
 
 import (
@@ -41,6 +42,10 @@ Usage:
   infergate audit state [--at T]                          keys, deployments and links at T
       (times: RFC 3339, or relative like -2h)
   infergate admin-token new --name N --projects a,b
+  infergate admin stream create --replicas N [--duplicate-window D] [--memory]
+  infergate admin stream update [--replicas N] [--duplicate-window D]
+  infergate admin stream info                  the event stream, checked against its declaration
+      (admin stream talks to NATS: --nats-url, env INFERGATE_NATS_URL; --nats-creds, env INFERGATE_NATS_CREDS)
   infergate demo-upstream [--addr 127.0.0.1:8001]
 
 Common flags (every command that calls the control plane):
@@ -99,6 +104,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runAudit(ctx, rest, stdout, stderr)
 	case "admin-token":
 		return runAdminToken(rest, stdout, stderr)
+	case "admin":
+		return runAdmin(ctx, rest, stdout, stderr)
 	case "demo-upstream":
 		return runDemoUpstream(ctx, rest, stdout, stderr)
 	}

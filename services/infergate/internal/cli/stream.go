@@ -1,0 +1,171 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infergate/infergate/services/internal/eventstore"
+)
+
+const streamUsage = `usage:
+  infergate admin stream create --replicas N [--duplicate-window D] [--memory]
+  infergate admin stream update [--replicas N] [--duplicate-window D]
+  infergate admin stream info
+flags of each: --nats-url (env INFERGATE_NATS_URL), --nats-creds (env INFERGATE_NATS_CREDS), -o table|json`
+
+// runAdmin runs `infergate admin …`: the operator's commands that talk to
+// NATS directly, not to the control plane.
+func runAdmin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 || args[0] != "stream" {
+		fmt.Fprintln(stderr, streamUsage)
+		return errUsage
+	}
+	return runStream(ctx, args[1:], stdout, stderr)
+}
+
+// runStream creates, changes or shows the event stream: the only place its
+// configuration is written (services and gateways only bind and verify).
+func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, streamUsage)
+		return errUsage
+	}
+	sub, args := args[0], args[1:]
+	fs := flag.NewFlagSet("infergate admin stream "+sub, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	natsURL := fs.String("nats-url", envOr("INFERGATE_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env INFERGATE_NATS_URL)")
+	natsCreds := fs.String("nats-creds", os.Getenv("INFERGATE_NATS_CREDS"), "NATS credentials file of an identity that may manage the stream (env INFERGATE_NATS_CREDS)")
+	output := fs.String("o", "table", "output: table or json")
+	var cfg eventstore.Config
+	switch sub {
+	case "create", "update":
+		fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the stream: 3 on a production cluster, 1 on a single server (update: default keeps it)")
+		fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 0, "how long retried appends are recognised, at least 2m (create: default 2m; update: default keeps it)")
+		fs.BoolVar(&cfg.Memory, "memory", false, "keep the stream in memory, not in files (tests and demos only: a NATS restart loses every event; update never changes storage)")
+	case "info":
+	default:
+		fmt.Fprintf(stderr, "unknown admin stream command %q\n%s\n", sub, streamUsage)
+		return errUsage
+	}
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *output != "table" && *output != "json" {
+		return fmt.Errorf("-o must be table or json, not %q", *output)
+	}
+	if sub == "create" && cfg.Replicas == 0 {
+		fmt.Fprintln(stderr, "--replicas is required: 3 on a production cluster, 1 on a single server")
+		return errUsage
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	opts := []nats.Option{nats.Name("infergate-admin")}
+	if *natsCreds != "" {
+		opts = append(opts, nats.UserCredentials(*natsCreds))
+	}
+	nc, err := nats.Connect(*natsURL, opts...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	var info *jetstream.StreamInfo
+	switch sub {
+	case "create":
+		info, err = eventstore.CreateStream(ctx, js, cfg)
+	case "update":
+		info, err = eventstore.UpdateStream(ctx, js, cfg)
+	case "info":
+		info, err = eventstore.Info(ctx, js, cfg)
+	}
+	if err != nil {
+		return err
+	}
+	return printStream(stdout, *output, info, eventstore.Mismatches(cfg.Verify(info.Config)))
+}
+
+// streamView is what `admin stream` prints.
+type streamView struct {
+	Stream          string    `json:"stream"`
+	Subjects        []string  `json:"subjects"`
+	Storage         string    `json:"storage"`
+	Replicas        int       `json:"replicas"`
+	Cluster         []string  `json:"cluster,omitempty"`
+	DuplicateWindow string    `json:"duplicate_window"`
+	Created         time.Time `json:"created"`
+	Messages        uint64    `json:"messages"`
+	FirstSeq        uint64    `json:"first_seq"`
+	LastSeq         uint64    `json:"last_seq"`
+	Bytes           uint64    `json:"bytes"`
+	Matches         bool      `json:"matches_declaration"`
+	Differences     []string  `json:"differences,omitempty"`
+}
+
+func printStream(w io.Writer, output string, info *jetstream.StreamInfo, diffs []*eventstore.MismatchError) error {
+	c := info.Config
+	v := streamView{
+		Stream: c.Name, Subjects: c.Subjects, Storage: strings.ToLower(c.Storage.String()), Replicas: c.Replicas,
+		DuplicateWindow: c.Duplicates.String(), Created: info.Created.UTC(),
+		Messages: info.State.Msgs, FirstSeq: info.State.FirstSeq, LastSeq: info.State.LastSeq, Bytes: info.State.Bytes,
+		Matches: len(diffs) == 0,
+	}
+	if cl := info.Cluster; cl != nil {
+		if cl.Leader != "" {
+			v.Cluster = append(v.Cluster, cl.Leader+" (leader)")
+		}
+		for _, p := range cl.Replicas {
+			state := "current"
+			if !p.Current {
+				state = fmt.Sprintf("behind by %d", p.Lag)
+			}
+			if p.Offline {
+				state = "offline"
+			}
+			v.Cluster = append(v.Cluster, p.Name+" ("+state+")")
+		}
+	}
+	for _, d := range diffs {
+		v.Differences = append(v.Differences, fmt.Sprintf("%s is %s, expected %s", d.Field, d.Actual, d.Expected))
+	}
+	if output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "stream\t%s\n", v.Stream)
+	fmt.Fprintf(tw, "subjects\t%s\n", strings.Join(v.Subjects, ", "))
+	fmt.Fprintf(tw, "storage\t%s\n", v.Storage)
+	fmt.Fprintf(tw, "replicas\t%d\n", v.Replicas)
+	if len(v.Cluster) > 0 {
+		fmt.Fprintf(tw, "cluster\t%s\n", strings.Join(v.Cluster, ", "))
+	}
+	fmt.Fprintf(tw, "duplicate window\t%s\n", v.DuplicateWindow)
+	fmt.Fprintf(tw, "created\t%s\n", v.Created.Format(time.RFC3339))
+	fmt.Fprintf(tw, "messages\t%d (sequences %d..%d, %d bytes)\n", v.Messages, v.FirstSeq, v.LastSeq, v.Bytes)
+	if v.Matches {
+		fmt.Fprintf(tw, "declaration\tmatches\n")
+	}
+	for i, d := range v.Differences {
+		label := ""
+		if i == 0 {
+			label = "declaration"
+		}
+		fmt.Fprintf(tw, "%s\tdiffers: %s\n", label, d)
+	}
+	return tw.Flush()
+}

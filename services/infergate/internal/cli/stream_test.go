@@ -1,0 +1,107 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natstest"
+)
+
+// TestAdminStream runs `infergate admin stream` against an embedded NATS
+// server as an operator would: info before the stream exists, create,
+// info, update, and the changes it refuses.
+func TestAdminStream(t *testing.T) {
+	t.Parallel()
+	srv, js := natstest.JetStream(t)
+	stream := func(args ...string) (string, error) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		err := run(t.Context(), append(append([]string{"admin", "stream"}, args...), "--nats-url", srv.ClientURL()), &out, &errOut)
+		return out.String() + errOut.String(), err
+	}
+	config := func() jetstream.StreamConfig {
+		t.Helper()
+		s, err := js.Stream(t.Context(), eventstore.DefaultStream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.CachedInfo().Config
+	}
+
+	if _, err := stream("info"); !errors.Is(err, jetstream.ErrStreamNotFound) || !strings.Contains(err.Error(), "infergate admin stream create") {
+		t.Errorf("info of a missing stream: %v", err)
+	}
+	if out, err := stream("create"); !errors.Is(err, errUsage) || !strings.Contains(out, "--replicas is required") {
+		t.Errorf("create without --replicas: %v\n%s", err, out)
+	}
+	out, err := stream("create", "--replicas", "1")
+	if err != nil {
+		t.Fatalf("create: %v\n%s", err, out)
+	}
+	for _, want := range []string{"INFERGATE_EVENTS", "infergate.events.>", "storage           file", "replicas          1", "duplicate window  2m0s", "declaration       matches"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("create printed no %q:\n%s", want, out)
+		}
+	}
+
+	if out, err := stream("update", "--duplicate-window", "10m"); err != nil || !strings.Contains(out, "duplicate window  10m0s") {
+		t.Errorf("update --duplicate-window 10m: %v\n%s", err, out)
+	}
+	if out, err := stream("update", "--memory"); !errors.Is(err, eventstore.ErrStreamMismatch) || !strings.Contains(err.Error(), "cannot change storage") {
+		t.Errorf("update --memory: %v\n%s", err, out)
+	}
+	if out, err := stream("create", "--replicas", "1"); !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+		t.Errorf("create over a stream with another window: %v\n%s", err, out)
+	}
+	if c := config(); c.Duplicates != 10*time.Minute || c.Storage != jetstream.FileStorage || c.Replicas != 1 {
+		t.Errorf("after the refused commands the stream is %+v", c)
+	}
+
+	out, err = stream("info", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v streamView
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatalf("info -o json: %v\n%s", err, out)
+	}
+	if v.Stream != "INFERGATE_EVENTS" || v.Replicas != 1 || v.Storage != "file" || v.DuplicateWindow != "10m0s" || !v.Matches {
+		t.Errorf("info -o json = %+v", v)
+	}
+}
+
+// TestAdminStreamShowsDrift: info names what differs from the declaration
+// on a stream someone edited by hand, and update repairs it.
+func TestAdminStreamShowsDrift(t *testing.T) {
+	t.Parallel()
+	srv, js := natstest.JetStream(t)
+	if _, err := js.CreateStream(t.Context(), jetstream.StreamConfig{
+		Name: eventstore.DefaultStream, Subjects: []string{"infergate.events.>"}, Duplicates: 2 * time.Minute, MaxAge: time.Hour,
+	}); err != nil {
+		t.Fatal(err)
+	}
+	stream := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		if err := run(t.Context(), append(append([]string{"admin", "stream"}, args...), "--nats-url", srv.ClientURL()), &out, &out); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out.String())
+		}
+		return out.String()
+	}
+	out := stream("info")
+	for _, want := range []string{"differs: limits is max age 1h0m0s", "deny delete is false, expected true", "allow direct is false, expected true"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("info printed no %q:\n%s", want, out)
+		}
+	}
+	if out := stream("update"); !strings.Contains(out, "declaration       matches") {
+		t.Errorf("update did not repair the stream:\n%s", out)
+	}
+}
