@@ -12,7 +12,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// The stream's configuration has one owner (SPEC §7, docs/reliability.md).
+// The stream's configuration has one owner (SPEC §7; "Stream ownership" in
+// docs/architecture.md).
 // It is declared here, once. CreateStream and UpdateStream — what
 // `infergate admin stream create|update` runs — are the only writers; Open,
 // which every service and gateway calls, binds and verifies and never
