@@ -36,7 +36,9 @@ func stack(b *testing.B, gateways int) *benchstack.Stack {
 	dirs = append(dirs, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	cfg := benchstack.Config{Dir: dir, Gateways: gateways}
+	// BENCH_NATS_SYNC=always: fsync every write before it is acknowledged
+	// (deploy/nats/nats-server.conf), instead of NATS's 2-minute default.
+	cfg := benchstack.Config{Dir: dir, Gateways: gateways, SyncAlways: os.Getenv("BENCH_NATS_SYNC") == "always"}
 	if os.Getenv("BENCH_LOG") != "" {
 		// The parts' warnings, to see why a benchmark failed.
 		cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -27,6 +27,10 @@ type Config struct {
 	// ReadyTimeout bounds the wait for the server to accept connections;
 	// default 10 s.
 	ReadyTimeout time.Duration
+	// SyncAlways fsyncs every JetStream write before acknowledging it
+	// (sync_interval: always, as deploy/nats/nats-server.conf sets); the
+	// default syncs every 2 minutes.
+	SyncAlways bool
 }
 
 func (c *Config) setDefaults() {
@@ -75,6 +79,7 @@ func Start(cfg Config) (*Server, error) {
 		StoreDir:   cfg.StoreDir,
 		NoLog:      !cfg.Logs,
 		NoSigs:     true,
+		SyncAlways: cfg.SyncAlways,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: %w", err)

@@ -45,6 +45,9 @@ type Config struct {
 	Gateways int
 	// Log receives the parts' logs; default discards.
 	Log *slog.Logger
+	// SyncAlways runs NATS with sync_interval: always (fsync before every
+	// acknowledgement), as deploy/ recommends for production.
+	SyncAlways bool
 }
 
 // Gateway is one running edge gateway.
@@ -93,7 +96,7 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}()
 	runCtx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	if s.NATS, err = natsembed.Start(natsembed.Config{StoreDir: filepath.Join(cfg.Dir, "nats")}); err != nil {
+	if s.NATS, err = natsembed.Start(natsembed.Config{StoreDir: filepath.Join(cfg.Dir, "nats"), SyncAlways: cfg.SyncAlways}); err != nil {
 		return nil, err
 	}
 	s.closers = append(s.closers, s.NATS.Shutdown)
