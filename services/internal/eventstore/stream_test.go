@@ -8,8 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natstest"
 )
@@ -209,5 +211,61 @@ func TestUpdateStreamRepairs(t *testing.T) {
 	}
 	if w := s.Config().DuplicateWindow; w != 3*time.Minute {
 		t.Errorf("the repair changed the window to %s", w)
+	}
+}
+
+// TestReplicatedStream: on a 3-node cluster, as in production, the stream
+// is created with one replica and raised to three by UpdateStream; Open
+// then accepts a process expecting 3 and refuses one expecting 1, leaving
+// the stream at 3.
+func TestReplicatedStream(t *testing.T) {
+	t.Parallel()
+	nc, err := nats.Connect(natstest.Cluster(t, 3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eventstore.CreateStream(t.Context(), js, eventstore.Config{Replicas: 1}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := eventstore.UpdateStream(t.Context(), js, eventstore.Config{Replicas: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Config.Replicas != 3 {
+		t.Fatalf("replicas after update: %d", info.Config.Replicas)
+	}
+	// The new replicas catch up and the group elects a leader.
+	deadline := time.Now().Add(30 * time.Second)
+	for tick := time.NewTicker(50 * time.Millisecond); ; <-tick.C {
+		stream, err := js.Stream(t.Context(), eventstore.DefaultStream)
+		if err == nil {
+			if cl := stream.CachedInfo().Cluster; cl != nil && cl.Leader != "" && len(cl.Replicas) == 2 &&
+				!slices.ContainsFunc(cl.Replicas, func(p *jetstream.PeerInfo) bool { return !p.Current }) {
+				tick.Stop()
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the stream's 3 replicas are not current after 30s: %v", err)
+		}
+	}
+	s, err := eventstore.Open(t.Context(), js, eventstore.Config{Replicas: 3})
+	if err != nil {
+		t.Fatalf("Open expecting 3 replicas: %v", err)
+	}
+	if _, err := s.Append(t.Context(), keyAgg("r3"), 0, []*eventv1.Event{updated("replicated")}); err != nil {
+		t.Errorf("append to the R3 stream: %v", err)
+	}
+	_, err = eventstore.Open(t.Context(), js, eventstore.Config{Replicas: 1})
+	if ms := eventstore.Mismatches(err); len(ms) != 1 || ms[0].Field != "replicas" || ms[0].Expected != "1" || ms[0].Actual != "3" {
+		t.Errorf("Open expecting 1 replica of 3: %v", err)
+	}
+	if r := streamConfig(t, js, eventstore.DefaultStream).Replicas; r != 3 {
+		t.Errorf("replicas after the refused Open: %d", r)
 	}
 }

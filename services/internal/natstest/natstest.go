@@ -4,9 +4,14 @@ package natstest
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -75,4 +80,56 @@ func EventStore(t testing.TB, js jetstream.JetStream) *eventstore.Store {
 		t.Fatalf("natstest: %v", err)
 	}
 	return s
+}
+
+// Cluster starts n servers clustered with JetStream (for replicated
+// streams), stopped when the test ends, and returns their client URLs,
+// comma-separated, once the JetStream meta leader sees every server.
+func Cluster(t testing.TB, n int) string {
+	t.Helper()
+	routePorts := make([]int, n)
+	var routes []*url.URL
+	for i := range routePorts {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("natstest: %v", err)
+		}
+		routePorts[i] = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+		routes = append(routes, &url.URL{Scheme: "nats-route", Host: fmt.Sprintf("127.0.0.1:%d", routePorts[i])})
+	}
+	var urls []string
+	var servers []*server.Server
+	for i := range n {
+		s, err := server.NewServer(&server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1), Host: "127.0.0.1", Port: -1,
+			JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+			Cluster: server.ClusterOpts{Name: "natstest", Host: "127.0.0.1", Port: routePorts[i]},
+			Routes:  routes,
+		})
+		if err != nil {
+			t.Fatalf("natstest: %v", err)
+		}
+		go s.Start()
+		t.Cleanup(s.Shutdown)
+		servers = append(servers, s)
+	}
+	for _, s := range servers {
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("natstest: cluster server not ready")
+		}
+		urls = append(urls, s.ClientURL())
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for tick := time.NewTicker(20 * time.Millisecond); ; <-tick.C {
+		for _, s := range servers {
+			if len(s.JetStreamClusterPeers()) == n {
+				tick.Stop()
+				return strings.Join(urls, ",")
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("natstest: the JetStream cluster did not form in 30s")
+		}
+	}
 }
