@@ -72,6 +72,7 @@ bench: ## Go benchmarks: gateway decision, audit CheckAccess, propagation, contr
 	cd services/audit && $(BENCH_GO) -bench CheckAccess -benchtime=20x ./internal/auditservice
 	cd services/bench && $(BENCH_GO) -bench 'BenchmarkPropagation|BenchmarkUnlinkKeyRPC' -benchtime=2000x -timeout 30m .
 	cd services/bench && $(BENCH_GO) -bench 'BenchmarkCreateKey$$|BenchmarkLinkKey$$' -benchtime=8000x -count=3 -timeout 30m .
+	cd services/bench && BENCH_NATS_SYNC=always $(BENCH_GO) -bench 'BenchmarkCreateKey$$' -benchtime=4000x -timeout 30m .
 	cd services/bench && $(BENCH_GO) -bench 'BenchmarkLinkKeyBigDeployment' -benchtime=400x -timeout 30m .
 	cd services/bench && $(BENCH_GO) -bench BenchmarkStreamingTTFB -benchtime=400x -timeout 30m .
 
