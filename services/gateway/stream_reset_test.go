@@ -8,7 +8,7 @@ import (
 
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/aggregate"
-	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natstest"
 )
 
 // TestRecreatedStream: the event stream deleted and created again under a
@@ -44,9 +44,7 @@ func testRecreatedStream(t *testing.T, front frontEnd) {
 		t.Fatalf("stream gone: %d %s; want 503 gateway_not_ready", a.status, a.code)
 	}
 
-	if b.store, err = eventstore.Open(t.Context(), js, eventstore.Config{}); err != nil {
-		t.Fatal(err)
-	}
+	b.store = natstest.EventStore(t, js) // the operator creates it again
 	b.live = aggregate.LiveKeys{}
 	fresh, _ := b.key("new-key", nil)
 	seq = b.deployment("chat", up.URL, true, []string{"new-key"})

@@ -79,11 +79,7 @@ func newEnv(t *testing.T) *env {
 // open creates the stream if it is missing (a new life after a delete).
 func (e *env) open(t *testing.T) {
 	t.Helper()
-	s, err := eventstore.Open(t.Context(), e.js, eventstore.Config{Memory: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.events = s
+	e.events = natstest.EventStore(t, e.js)
 }
 
 func (e *env) appendKey(t *testing.T, name string) uint64 {

@@ -444,11 +444,7 @@ func TestProjectorRebuildsOnANewStream(t *testing.T) {
 			if err := js.DeleteStream(ctx, "INFERGATE_EVENTS"); err != nil {
 				t.Fatal(err)
 			}
-			events, err := eventstore.Open(ctx, js, eventstore.Config{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			s.events, s.versions = events, map[eventstore.Aggregate]uint64{}
+			s.events, s.versions = natstest.EventStore(t, js), map[eventstore.Aggregate]uint64{}
 			s.key("team-a", "new-key", keyCreated("kn", "new-key", "after the loss"))
 			if !running {
 				p = startProjector(t, s.events, openPostgres(t, schema), nil)
