@@ -264,11 +264,7 @@ func TestFailedApplyIsRetried(t *testing.T) {
 func TestSyncedStopsWhenTheStreamIsAway(t *testing.T) {
 	t.Parallel()
 	s, js := natstest.JetStream(t)
-	events, err := eventstore.Open(t.Context(), js, eventstore.Config{Memory: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := &env{js: js, events: events}
+	e := &env{js: js, events: natstest.EventStore(t, js)}
 	e.appendKey(t, "k-one")
 	r := &recorder{}
 	f := newFollower(e, r)
