@@ -84,7 +84,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Replicas < 0 || c.Replicas > 5 {
-		errs = append(errs, fmt.Errorf("%w: replicas %d not in 1..5", ErrInvalid, c.Replicas))
+		errs = append(errs, fmt.Errorf("%w: replicas %d not in 1..5 (or 0: not stated)", ErrInvalid, c.Replicas))
 	}
 	if c.DuplicateWindow != 0 && c.DuplicateWindow < MinDuplicateWindow {
 		errs = append(errs, fmt.Errorf("%w: duplicate window %s is below %s", ErrInvalid, c.DuplicateWindow, MinDuplicateWindow))
@@ -165,7 +165,9 @@ func Mismatches(err error) []*MismatchError {
 // Verify reports how got, a stream's configuration, differs from the
 // declaration and from what c expects (replicas and duplicate window when
 // set; storage always): one *MismatchError per field, joined.
-func (c Config) Verify(got jetstream.StreamConfig) error {
+func (c *Config) Verify(got jetstream.StreamConfig) error {
+	cp := *c // defaults on a copy
+	c = &cp
 	c.setDefaults()
 	want := c.declared(c.Replicas, c.DuplicateWindow)
 	var errs []error
