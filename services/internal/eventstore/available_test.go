@@ -33,10 +33,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 func TestWritesFailFastWhileDisconnected(t *testing.T) {
 	t.Parallel()
 	srv, js := natstest.JetStream(t)
-	s, err := eventstore.Open(t.Context(), js, eventstore.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := natstest.EventStore(t, js)
 	agg := keyAgg("offline")
 	if _, err := s.Append(t.Context(), agg, 0, []*eventv1.Event{updated("before")}); err != nil {
 		t.Fatal(err)
@@ -47,7 +44,7 @@ func TestWritesFailFastWhileDisconnected(t *testing.T) {
 	// A guard, not a measurement: the calls must end long before it.
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 	defer cancel()
-	_, err = s.Append(ctx, agg, 1, []*eventv1.Event{updated("during")})
+	_, err := s.Append(ctx, agg, 1, []*eventv1.Event{updated("during")})
 	if !errors.Is(err, eventstore.ErrUnavailable) {
 		t.Errorf("Append while disconnected: %v, want ErrUnavailable", err)
 	}
@@ -72,10 +69,7 @@ func TestMissingStreamIsUnavailableAndLoggedOnce(t *testing.T) {
 	t.Parallel()
 	_, js := natstest.JetStream(t)
 	ctx := t.Context()
-	s, err := eventstore.Open(ctx, js, eventstore.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := natstest.EventStore(t, js)
 	var logs syncBuffer
 	s.SetLogger(slog.New(slog.NewTextHandler(&logs, nil)))
 	if err := js.DeleteStream(ctx, "INFERGATE_EVENTS"); err != nil {
@@ -96,9 +90,7 @@ func TestMissingStreamIsUnavailableAndLoggedOnce(t *testing.T) {
 	if n := strings.Count(logs.String(), "event stream not found"); n != 1 {
 		t.Errorf("logged the missing stream %d times, want once:\n%s", n, logs.String())
 	}
-	if _, err := eventstore.Open(ctx, js, eventstore.Config{}); err != nil {
-		t.Fatal(err)
-	}
+	natstest.EventStore(t, js) // the operator creates it again
 	for i := range 2 {
 		if _, err := s.Append(ctx, keyAgg(fmt.Sprint("back-", i)), 0, []*eventv1.Event{updated("back")}); err != nil {
 			t.Fatalf("Append once the stream is back: %v", err)
@@ -149,12 +141,10 @@ func TestAppendAcknowledgementIsBounded(t *testing.T) {
 	t.Parallel()
 	srv, js := natstest.JetStream(t)
 	ctx := t.Context()
-	if _, err := eventstore.Open(ctx, js, eventstore.Config{}); err != nil {
-		t.Fatal(err)
-	}
 	// A stream that takes the message and never acknowledges: a store
-	// whose subjects no stream holds, and a plain subscriber that receives
-	// its publishes and answers nothing.
+	// whose subjects no stream holds (its stream deleted once it is
+	// opened), and a plain subscriber that receives its publishes and
+	// answers nothing.
 	nc := natstest.Connect(t, srv)
 	sub, err := nc.SubscribeSync("silent.>")
 	if err != nil {
@@ -164,8 +154,15 @@ func TestAppendAcknowledgementIsBounded(t *testing.T) {
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	silent, err := eventstore.Open(ctx, js, eventstore.Config{BindOnly: true, SubjectPrefix: "silent"})
+	silentCfg := eventstore.Config{Stream: "SILENT", SubjectPrefix: "silent"}
+	if _, err := eventstore.CreateStream(ctx, js, silentCfg); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := eventstore.Open(ctx, js, silentCfg)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(ctx, "SILENT"); err != nil {
 		t.Fatal(err)
 	}
 	_, err = silent.Append(ctx, keyAgg("x"), 0, []*eventv1.Event{updated("x")}, eventstore.WithTimeout(50*time.Millisecond))
