@@ -56,6 +56,7 @@ func TestNATSOutage(t *testing.T) {
 	t.Parallel()
 	bin := servicetest.Build(t, "infergate-keys")
 	nats := natstest.Start(t)
+	natstest.EventStore(t, natstest.JetStreamOn(t, nats)) // an operator creates the stream
 	tokens, token := servicetest.TokensFile(t)
 	addr := servicetest.FreeAddr(t)
 	env := []string{"INFERGATE_NATS_URL=" + nats.ClientURL()}
