@@ -45,7 +45,6 @@ import (
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/demomodel"
-	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/pgtest"
 )
 
@@ -384,17 +383,37 @@ func (s *stack) restartNATS() {
 }
 
 // createStream creates the event stream as an operator does before any
-// service starts (issue 10 point 1: services bind, they do not create).
-// dupWindow 0 keeps the store's default.
+// service starts (issue 10 point 1: services bind, they do not create),
+// with the configuration infergate declares for it. dupWindow 0 is the
+// default 2 minutes.
 //
-// It is the one place that knows how the stream is made: today
-// eventstore.Open without BindOnly creates it; when `infergate admin stream
-// create` lands, this is where its library call goes.
+// It speaks JetStream directly rather than through an eventstore helper so
+// it makes the same stream before and after the stream-owner change (where
+// `infergate admin stream create` calls eventstore.CreateStream).
 func (s *stack) createStream(replicas int, dupWindow time.Duration) {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := eventstore.Open(ctx, s.js, eventstore.Config{Replicas: replicas, DuplicateWindow: dupWindow}); err != nil {
+	if dupWindow == 0 {
+		dupWindow = 2 * time.Minute
+	}
+	_, err := s.js.CreateStream(ctx, jetstream.StreamConfig{
+		Name:              streamName,
+		Description:       "infergate events: the source of truth",
+		Subjects:          []string{"infergate.events.>"},
+		Storage:           jetstream.FileStorage,
+		Replicas:          replicas,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgs:           -1,
+		MaxBytes:          -1,
+		MaxMsgsPerSubject: -1,
+		Duplicates:        dupWindow,
+		AllowDirect:       true,
+		DenyDelete:        true,
+		DenyPurge:         true,
+	})
+	if err != nil {
 		s.t.Fatalf("create the event stream: %v", err)
 	}
 }
