@@ -25,7 +25,9 @@ func TestKeyServiceKilled(t *testing.T) {
 	w := s.startWriters(project, "burst", 4, 3*time.Second)
 	w.waitWrites(t, waitLong, "30 acknowledged CreateKeys before the kill", func(rs []writeResult) bool { return len(acked(rs)) >= 30 })
 
+	before := w.snapshot()
 	killed := time.Now()
+	rate := float64(len(acked(before))) / killed.Sub(before[0].start).Seconds()
 	s.keysProc.kill()
 	w.waitWrites(t, waitLong, "write calls failing while the service is down", func(rs []writeResult) bool {
 		return len(failed(startedIn(rs, killed, time.Now()))) >= 4
@@ -42,6 +44,7 @@ func TestKeyServiceKilled(t *testing.T) {
 	// Calls in flight at the kill, or started while it was down.
 	around := startedIn(results, killed.Add(-3*time.Second), ready)
 	fig.set("load", "4_CreateKey_clients")
+	fig.set("acked_writes_per_s_before", fmt.Sprintf("%.0f", rate))
 	fig.set("writes_total", len(results))
 	fig.set("writes_acked_total", len(acked(results)))
 	fig.set("writes_around_the_kill_errors", errorSummary(around))

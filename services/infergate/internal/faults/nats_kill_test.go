@@ -40,6 +40,8 @@ func TestNATSKilled(t *testing.T) {
 	w := s.startWriters(project, "burst", 4, 2*time.Second)
 	w.waitWrites(t, waitLong, "40 acknowledged CreateKeys before the fault", func(rs []writeResult) bool { return len(acked(rs)) >= 40 })
 
+	before := w.snapshot()
+	loadStart := before[0].start
 	killed := time.Now()
 	s.killNATS()
 	// The outage lasts long enough for every writer to finish a call
@@ -55,6 +57,18 @@ func TestNATSKilled(t *testing.T) {
 		}
 		return nil
 	})
+	// The gateways say they are stale (SPEC §3).
+	for _, g := range s.gateways {
+		if err := poll(5*time.Second, func() error {
+			st, err := s.gatewayStatus(t.Context(), g)
+			if err == nil && !st.Stale {
+				err = fmt.Errorf("readyz stale=false nats_connected=%v", st.NATSConnected)
+			}
+			return err
+		}); err != nil {
+			t.Errorf("%s does not report itself stale while NATS is down: %v", g.id, err)
+		}
+	}
 	<-minOutage
 	// Reads from the read model keep working while NATS is away.
 	readCtx, cancel := callCtx(3 * time.Second)
@@ -84,6 +98,8 @@ func TestNATSKilled(t *testing.T) {
 	gwDuring := tr.between(killed, restarted)
 	fig.set("outage", ms(outage))
 	fig.set("load", "4_CreateKey_clients+2_gateway_clients")
+	fig.set("acked_writes_per_s_before", fmt.Sprintf("%.0f", float64(len(acked(before)))/killed.Sub(loadStart).Seconds()))
+	fig.set("gateway_requests_per_s_during_outage", fmt.Sprintf("%.0f", float64(len(gwDuring))/outage.Seconds()))
 	fig.set("writes_acked_total", len(acked(results)))
 	fig.set("writes_during_outage", len(during))
 	fig.set("writes_during_outage_errors", errorSummary(during))

@@ -37,7 +37,9 @@ func TestReadModelDatabaseUnreachable(t *testing.T) {
 	w := s.startWriters(project, "burst", 4, 3*time.Second)
 	w.waitWrites(t, waitLong, "20 acknowledged CreateKeys before the fault", func(rs []writeResult) bool { return len(acked(rs)) >= 20 })
 
+	before := w.snapshot()
 	cut := time.Now()
+	rate := float64(len(acked(before))) / cut.Sub(before[0].start).Seconds()
 	proxy.cut()
 	minOutage := time.After(2 * time.Second)
 	w.waitWrites(t, waitLong, "write calls started during the outage", func(rs []writeResult) bool {
@@ -57,6 +59,7 @@ func TestReadModelDatabaseUnreachable(t *testing.T) {
 	during := startedIn(results, cut, mended)
 	fig.set("outage", ms(mended.Sub(cut)))
 	fig.set("load", "4_CreateKey_clients")
+	fig.set("acked_writes_per_s_before", fmt.Sprintf("%.0f", rate))
 	fig.set("writes_total", len(results))
 	fig.set("writes_acked_total", len(acked(results)))
 	fig.set("writes_during_outage", len(during))

@@ -1,6 +1,7 @@
 package faults_test
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"slices"
@@ -143,7 +144,7 @@ func TestStreamRecreated(t *testing.T) {
 			st, _ := s.gatewayStatus(t.Context(), g)
 			if oldSt == 200 || newSt != 200 {
 				t.Errorf("LinkKey at sequence %d of the new stream was confirmed (%d/%d gateways), but %s is still on the old stream: old key on %s → %d %s, new key on %s → %d %s (gateway applied %d); a receipt from the old stream must never confirm a write on the new one",
-					p.GetSequence(), p.GetGatewaysApplied(), p.GetGateways(), g.id, dep, oldSt, oldCode, "fresh", newSt, newCode, st.AppliedSequence)
+					p.GetSequence(), p.GetGatewaysApplied(), p.GetGateways(), g.id, dep, oldSt, cmp.Or(oldCode, "-"), "fresh", newSt, cmp.Or(newCode, "-"), st.AppliedSequence)
 			}
 		}
 	}
@@ -187,10 +188,10 @@ func TestStreamRecreated(t *testing.T) {
 			break
 		}
 	}
-	fig.set("load", "2_gateway_clients_with_the_old_key+control_plane_writes")
+	fig.set("load", fmt.Sprintf("2_gateway_clients_with_the_old_key_%.0f_req/s+control_plane_writes", float64(len(tr.since(deleted)))/time.Since(deleted).Seconds()))
 	fig.set("old_key_answers_after_delete", tally(tr.since(deleted)))
 	fig.set("first_refusal_after_recreate", firstRefusal)
-	fig.set("stale_admits_within_reset_bound", inWindow)
+	fig.set("stale_admits_before_the_gateways_noticed", inWindow)
 	fig.set("stale_admits_after_reset_bound", afterBound)
 	fig.set("stale_admits_after_confirmed_link", afterConfirmed)
 	if afterBound > 0 || afterConfirmed > 0 {
