@@ -218,14 +218,16 @@ func (p *proc) wait(d time.Duration) (error, bool) {
 
 // tailBuffer keeps the last max bytes written to it.
 type tailBuffer struct {
-	mu  sync.Mutex // mu protects buf
-	buf []byte
-	max int
+	mu      sync.Mutex // mu protects buf and written
+	buf     []byte
+	written int // bytes ever written
+	max     int
 }
 
 func (b *tailBuffer) Write(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.written += len(p)
 	b.buf = append(b.buf, p...)
 	if over := len(b.buf) - b.max; over > 0 {
 		b.buf = append(b.buf[:0], b.buf[over:]...)
@@ -237,6 +239,21 @@ func (b *tailBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return string(b.buf)
+}
+
+// mark is a position in the output, for since.
+func (b *tailBuffer) mark() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.written
+}
+
+// since is what was written after mark (as much of it as is kept).
+func (b *tailBuffer) since(mark int) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	n := min(b.written-mark, len(b.buf))
+	return string(b.buf[len(b.buf)-n:])
 }
 
 // tail is the last n lines.
@@ -498,7 +515,7 @@ func (s *stack) startGateway(id string) *gatewayProc {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(s.t))
 	p := startProc(s.t, "infergate-gateway "+id, bins.gatew,
 		"--addr", addr, "--nats-url", s.natsURL, "--id", id, "--region", "local",
-		"--log-level", "warn", "--shutdown-grace", "1s")
+		"--log-level", "info", "--shutdown-grace", "1s")
 	g := &gatewayProc{proc: p, id: id, url: "http://" + addr}
 	s.gateways = append(s.gateways, g)
 	s.waitServing(p, func(ctx context.Context) error {

@@ -2,6 +2,8 @@ package faults_test
 
 import (
 	"fmt"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -42,6 +44,10 @@ func TestNATSKilled(t *testing.T) {
 
 	before := w.snapshot()
 	loadStart := before[0].start
+	marks := map[*proc]int{}
+	for _, p := range s.procs() {
+		marks[p] = p.out.mark()
+	}
 	killed := time.Now()
 	s.killNATS()
 	// The outage lasts long enough for every writer to finish a call
@@ -132,6 +138,25 @@ func TestNATSKilled(t *testing.T) {
 			slow, len(failed(during)), errorSummary(during), ms(percentile(failLatency, 50)), ms(percentile(failLatency, 100)))
 	}
 	s.requireAlive("after NATS came back")
+
+	// Each process logs the disconnect and the reconnect once per
+	// transition, never per request (issue 10 point 4).
+	disconnect, reconnect := regexp.MustCompile(`(?i)disconnect`), regexp.MustCompile(`(?i)reconnect`)
+	for _, p := range s.procs() {
+		var downs, ups int
+		for line := range strings.Lines(p.out.since(marks[p])) {
+			if disconnect.MatchString(line) {
+				downs++
+			}
+			if reconnect.MatchString(line) {
+				ups++
+			}
+		}
+		fig.set("log_lines_"+strings.ReplaceAll(p.name, " ", "_"), fmt.Sprintf("disconnect×%d_reconnect×%d", downs, ups))
+		if downs < 1 || downs > 2 || ups < 1 || ups > 2 {
+			t.Errorf("%s logged %d lines about the NATS disconnect and %d about the reconnect for one outage; want each once per transition, not per request (issue 10 point 4)", p.name, downs, ups)
+		}
+	}
 
 	// Zero acknowledged writes lost: every success is in the stream.
 	rep := s.replayStream()
