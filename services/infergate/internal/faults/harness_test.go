@@ -151,8 +151,11 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 func (p *proc) start() {
 	p.t.Helper()
 	cmd := exec.Command(p.bin, p.args...)
-	// Only what the flags say: no INFERGATE_* from the test's environment.
+	// Only what the flags say, no INFERGATE_* from the test's environment,
+	// except that the demo upstream on loopback is allowed: through the
+	// environment, which a binary without an upstream policy ignores.
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "INFERGATE_") })
+	cmd.Env = append(cmd.Env, "INFERGATE_UPSTREAM_ALLOW=127.0.0.1")
 	cmd.Stdout, cmd.Stderr = p.out, p.out
 	if err := cmd.Start(); err != nil {
 		p.t.Fatalf("start %s: %v", p.name, err)
