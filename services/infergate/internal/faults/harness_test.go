@@ -157,6 +157,7 @@ func (p *proc) start() {
 	cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "INFERGATE_") })
 	cmd.Env = append(cmd.Env, "INFERGATE_UPSTREAM_ALLOW=127.0.0.1")
 	cmd.Stdout, cmd.Stderr = p.out, p.out
+	cmd.SysProcAttr = procAttr()
 	if err := cmd.Start(); err != nil {
 		p.t.Fatalf("start %s: %v", p.name, err)
 	}
