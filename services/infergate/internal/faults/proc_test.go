@@ -100,8 +100,9 @@ func (p *proc) restart() {
 	p.start()
 }
 
-// wait waits for the process to exit by itself (at most d) and returns how.
-func (p *proc) wait(d time.Duration) (error, bool) {
+// wait waits for the process to exit by itself (at most d) and says
+// whether it did, and how.
+func (p *proc) wait(d time.Duration) (exited bool, err error) {
 	p.mu.Lock()
 	done := p.done
 	p.mu.Unlock()
@@ -110,9 +111,9 @@ func (p *proc) wait(d time.Duration) (error, bool) {
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		p.expectExit = true
-		return p.err, true
+		return true, p.err
 	case <-time.After(d):
-		return nil, false
+		return false, nil
 	}
 }
 

@@ -39,7 +39,7 @@ func TestServiceCannotChangeTheStream(t *testing.T) {
 		} {
 			addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 			p := startProc(t, svc.name, svc.bin, s.serviceArgs(addr, "--stream-replicas", "3")...)
-			err, exited := p.wait(waitLong)
+			exited, err := p.wait(waitLong)
 			out := p.out.String()
 			fig.set(svc.name+"_with_replicas_3_exited", exited)
 			if !exited {
