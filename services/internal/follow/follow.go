@@ -99,6 +99,14 @@ type Follower struct {
 	lastContact atomic.Int64 // Unix ns of the last successful state read; 0: never
 	lastEvent   atomic.Int64 // Unix ns of the last record applied; 0: never
 	resets      atomic.Uint64
+	// suspected counts the times the watcher found the stream not to be
+	// the life being followed; cleared is the count once() had seen when
+	// it last compared the stream with the consumer's checkpoint. While
+	// cleared < suspected the follower is not ready: the follow it runs
+	// may take a while to stop, and its state must not pass for current
+	// meanwhile.
+	suspected atomic.Uint64
+	cleared   atomic.Uint64
 	// syncedAt is Unix ns of the latest state read by which everything
 	// the stream then held had been applied: how current the consumer is
 	// known to be. 0: never.
@@ -185,6 +193,7 @@ func (f *Follower) Run(ctx context.Context) error {
 // once brings the consumer to the stream's current life and follows it
 // until something fails.
 func (f *Follower) once(ctx context.Context) error {
+	suspected := f.suspected.Load()
 	// The checkpoint first: read after the state, a checkpoint moved on by
 	// another process sharing the store could look ahead of the stream.
 	cp, err := f.cfg.Consumer.Checkpoint(ctx)
@@ -223,6 +232,9 @@ func (f *Follower) once(ctx context.Context) error {
 	if cp.Sequence > f.applied.Load() {
 		f.advance(cp.Sequence) // a consumer reset may start from a snapshot
 	}
+	// The consumer now matches the stream as read after every suspicion
+	// noted before this attempt began.
+	f.cleared.Store(suspected)
 	f.noteState(st, f.applied.Load(), f.lastContact.Load())
 	f.checkReady()
 	f.cfg.Log.Debug("following the event stream", "from", f.applied.Load()+1, "stream", id.String())
@@ -317,7 +329,7 @@ func (f *Follower) noteState(st eventstore.StreamState, applied uint64, readAt i
 }
 
 func (f *Follower) checkReady() {
-	if f.ready.Load() || f.Identity().IsZero() || f.applied.Load() < f.target.Load() {
+	if f.ready.Load() || f.Identity().IsZero() || f.applied.Load() < f.target.Load() || f.cleared.Load() < f.suspected.Load() {
 		return
 	}
 	if f.ready.CompareAndSwap(false, true) {
@@ -372,20 +384,34 @@ func (f *Follower) watch(ctx context.Context) {
 		}
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
-			if stop != nil {
-				stop(fmt.Errorf("%w: %s is gone", ErrStreamChanged, id))
-			}
+			f.suspect(stop, fmt.Errorf("%w: %s is gone", ErrStreamChanged, id))
 		case err != nil:
 			f.setErr(err)
 		case !st.Identity().Equal(id) || st.LastSeq < applied:
-			if stop != nil {
-				stop(fmt.Errorf("%w: %s is now %s at %d", ErrStreamChanged, id, st.Identity(), st.LastSeq))
-			}
+			f.suspect(stop, fmt.Errorf("%w: %s is now %s at %d", ErrStreamChanged, id, st.Identity(), st.LastSeq))
 		default:
 			f.noteState(st, applied, f.lastContact.Load())
 			f.setErr(nil)
 			f.checkReady()
 		}
+	}
+}
+
+// suspect notes that the stream is not the life being followed: the
+// follower is not ready from now until once() has compared the stream with
+// the consumer's checkpoint again (and reset it if need be), however long
+// the current follow takes to stop.
+func (f *Follower) suspect(stop context.CancelCauseFunc, cause error) {
+	f.suspected.Add(1)
+	if f.ready.CompareAndSwap(true, false) {
+		f.cfg.Log.Warn("the event stream changed; not ready until the state is rebuilt", "reason", cause)
+	}
+	f.mu.Lock()
+	close(f.changed)
+	f.changed = make(chan struct{})
+	f.mu.Unlock()
+	if stop != nil {
+		stop(cause)
 	}
 }
 
