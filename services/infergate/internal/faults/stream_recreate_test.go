@@ -17,12 +17,13 @@ import (
 	"github.com/infergate/infergate/services/internal/pgtest"
 )
 
-// resetBound is how long a consumer may take to notice that the stream it
-// follows was replaced (identity changed, sequence fell back) and reset.
-// During it a gateway may still answer from its old map; after it, never.
-// The gateways' follower polls the stream's identity every second; the
-// rest is margin for -race on a busy machine.
-const resetBound = 3 * time.Second
+// resetBound is how long a gateway may take to stop answering from the map
+// of a stream that was deleted or replaced. JetStream's stream advisory
+// wakes its follower, which drops readiness at once (a few ms here); the
+// poll every second is the fallback when an advisory is lost. The bound
+// leaves room for requests already decided when the deletion reached the
+// gateway, and for -race on a busy machine; after it, no 200 at all.
+const resetBound = 250 * time.Millisecond
 
 // TestStreamRecreated deletes the event stream and creates it again —
 // NATS-side data loss — under running services, an audit service and two
