@@ -207,6 +207,9 @@ func projectURL(project, section string) string {
 type view struct {
 	Title   string
 	Section string // keys, deployments, audit
+	// URL is the page's own address when it answers a POST, so that a
+	// reload loads it anew instead of posting again.
+	URL     string
 	Project string
 	// Projects the switcher offers; AnyProject lets the admin type one.
 	Projects   []string

@@ -141,6 +141,7 @@ func (c *Console) keysView(w http.ResponseWriter, r *http.Request, s *session, s
 	}
 	data.Keys = keyRows(keys)
 	v.Data = data
+	v.URL = projectURL(r.PathValue("project"), "keys")
 	c.render(w, status, "keys", v)
 }
 
@@ -227,6 +228,7 @@ func (c *Console) updateKey(w http.ResponseWriter, r *http.Request, s *session) 
 			}
 		}
 		v.Data = data
+		v.URL = projectURL(r.PathValue("project"), "keys")
 		c.render(w, statusOf(err), "keys", v)
 		return
 	}
@@ -248,8 +250,8 @@ func (c *Console) deleteKey(w http.ResponseWriter, r *http.Request, s *session) 
 
 type deploymentRow struct {
 	Name, Model, Status, StatusClass, StatusReason, Regions, Endpoint, Created, Upstream string
-	Auth                                                                               bool
-	Keys                                                                               []string
+	Auth                                                                                 bool
+	Keys                                                                                 []string
 }
 
 func deploymentRowOf(d *deploymentv1.Deployment) deploymentRow {
@@ -328,6 +330,9 @@ func (c *Console) newDeploymentView(w http.ResponseWriter, r *http.Request, s *s
 		return
 	}
 	v.Data = &newDeploymentData{Form: form, AllKeys: keyRows(keys)}
+	if r.Method == http.MethodPost {
+		v.URL = projectURL(r.PathValue("project"), "deployments/new")
+	}
 	c.render(w, status, "deployment_new", v)
 }
 
@@ -401,7 +406,7 @@ type checkResult struct {
 }
 
 type eventRow struct {
-	Sequence                             uint64
+	Sequence                            uint64
 	Time, Actor, Type, Subject, Summary string
 }
 
@@ -449,6 +454,9 @@ func (c *Console) deploymentView(w http.ResponseWriter, r *http.Request, s *sess
 		}
 	}
 	v.Data = data
+	if r.Method == http.MethodPost {
+		v.URL = projectURL(project, "deployments/"+name)
+	}
 	c.render(w, status, "deployment", v)
 }
 

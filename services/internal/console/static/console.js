@@ -5,9 +5,10 @@
   "use strict";
 
   // A page that shows a result of a POST (a key's secret, a receipt)
-  // must not be re-posted by a reload: make the entry a plain GET.
+  // must not be re-posted by a reload: make the entry a plain GET of the
+  // page's own address (data-url), which shows no secret.
   if (history.replaceState) {
-    history.replaceState(null, "", location.href);
+    history.replaceState(null, "", document.body.getAttribute("data-url") || location.href);
   }
 
   // Dialogs the server rendered open become modal (focus trapped,
