@@ -181,7 +181,10 @@ func newBrowser(t *testing.T, base string) *browser {
 		chromedp.DisableGPU,
 		chromedp.UserDataDir(t.TempDir()),
 		chromedp.WindowSize(1280, 800),
+		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.NoFirstRun,
 		chromedp.Flag("no-proxy-server", true),
 		chromedp.Flag("hide-scrollbars", true),
 	)
