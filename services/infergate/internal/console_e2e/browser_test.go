@@ -172,9 +172,8 @@ type browser struct {
 	shot string // screenshot directory, or ""
 }
 
-func newBrowser(t *testing.T, base string) *browser {
+func newBrowser(t *testing.T, exe, base string) *browser {
 	t.Helper()
-	exe := chromium(t)
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(exe),
 		chromedp.NoSandbox,
@@ -295,6 +294,11 @@ func field(label string) string {
 	return fmt.Sprintf(`//*[@id=(//label[normalize-space()=%q]/@for)]`, label)
 }
 
+// dialogField is a field by its label in the open dialog.
+func dialogField(label string) string {
+	return fmt.Sprintf(`//dialog[@open]//*[@id=(//dialog[@open]//label[normalize-space()=%q]/@for)]`, label)
+}
+
 func button(text string) string { return fmt.Sprintf(`//button[normalize-space()=%q]`, text) }
 func link(text string) string   { return fmt.Sprintf(`//a[normalize-space()=%q]`, text) }
 
@@ -306,8 +310,9 @@ func checkbox(label string) string {
 func fieldError(id string) string { return "#" + id + "-error" }
 
 func TestConsoleStory(t *testing.T) {
+	exe := chromium(t)
 	s := startStack(t)
-	b := newBrowser(t, s.ConsoleURL)
+	b := newBrowser(t, exe, s.ConsoleURL)
 	start := time.Now()
 	const project = "default"
 
@@ -350,12 +355,14 @@ func TestConsoleStory(t *testing.T) {
 	}
 	b.screenshot("add-api-key-errors")
 
-	// A valid key: its secret is shown once, with Copy.
-	b.do(chromedp.Clear(field("Name")), chromedp.SendKeys(field("Name"), "chat-app"),
-		chromedp.SetValue(field("Description"), "the chat front end"),
-		chromedp.Click(checkbox("Never expire")))
+	// A valid key: its secret is shown once, with Copy. The form is
+	// filled and sent with the keyboard: Space ticks "Never expire", Enter
+	// in the name submits.
+	b.do(chromedp.Clear(field("Name")), chromedp.SetValue(field("Description"), "the chat front end"),
+		chromedp.Focus(checkbox("Never expire")), chromedp.KeyEvent(" "),
+		chromedp.SendKeys(field("Name"), "chat-app"))
 	b.screenshot("add-api-key")
-	b.navigateAndWait(chromedp.Click(button("Add")))
+	b.navigateAndWait(chromedp.SendKeys(field("Name"), kb.Enter))
 	b.do(chromedp.WaitVisible(`//dialog//*[contains(., "cannot be retrieved later")]`))
 	secret := run(b, chromedp.Value(field("API key")))
 	if !strings.HasPrefix(secret, "ig_") {
@@ -396,6 +403,7 @@ func TestConsoleStory(t *testing.T) {
 			t.Errorf("field %s: error %q, want it to say %q", id, got, want)
 		}
 	}
+	b.screenshot("create-deployment-errors")
 	b.do(chromedp.Clear(field("Name")), chromedp.SendKeys(field("Name"), "chat"),
 		chromedp.Clear(field("Upstream URL")), chromedp.SendKeys(field("Upstream URL"), s.upstream))
 	b.do(chromedp.Click(`//summary[normalize-space()="Additional options"]`),
@@ -403,6 +411,9 @@ func TestConsoleStory(t *testing.T) {
 		chromedp.Click(checkbox("Enable API Key authentication")),
 		chromedp.WaitVisible(`//fieldset[legend="API keys"]`),
 		chromedp.Click(checkbox("chat-app")))
+	if visible := run(b, chromedp.Evaluate[bool](`!document.getElementById("name-error").hidden`)); visible {
+		t.Error("the name's error is still shown after the name was corrected")
+	}
 	b.screenshot("create-deployment")
 	b.navigateAndWait(chromedp.Click(button("Deploy model")))
 
@@ -484,6 +495,31 @@ func TestConsoleStory(t *testing.T) {
 		t.Errorf("audit filtered by key:\n%s", audit)
 	}
 	b.screenshot("audit")
+
+	// Edit a key's description, then delete the key after confirming.
+	b.navigateAndWait(chromedp.Click(link("API Keys")))
+	b.navigateAndWait(chromedp.Click(`//tr[@data-key="chat-app"]//a[normalize-space()="Edit"]`))
+	b.do(chromedp.Clear(dialogField("Description")), chromedp.SendKeys(dialogField("Description"), "retired front end"))
+	b.navigateAndWait(chromedp.Click(button("Save")))
+	if row := b.text(`//tr[@data-key="chat-app"]`); !strings.Contains(row, "retired front end") {
+		t.Errorf("edited key row %q", row)
+	}
+	b.navigateAndWait(chromedp.Click(`//tr[@data-key="chat-app"]//a[normalize-space()="Delete"]`))
+	b.do(chromedp.WaitVisible(`//dialog//h2[contains(., "Delete API key")]`))
+	b.screenshot("delete-api-key")
+	b.navigateAndWait(chromedp.Click(button("Delete key")))
+	b.do(chromedp.WaitVisible(`//*[@role="status"][contains(., "deleted")]`))
+	if strings.Contains(b.text("//table"), "chat-app") {
+		t.Error("the deleted key is still listed")
+	}
+
+	// A token of every project types another project in the switcher.
+	b.do(chromedp.SetValue(field("Project"), "team-a"))
+	b.navigateAndWait(chromedp.Click(button("Switch")))
+	b.do(chromedp.WaitVisible(`//h1[normalize-space()="API Keys"]`))
+	if u := run(b, chromedp.Location()); !strings.HasSuffix(u, "/console/p/team-a/keys") {
+		t.Errorf("switched to %s", u)
+	}
 
 	// No secret or token in any URL this browser visited.
 	hist := run(b, chromedp.NavigationEntries())

@@ -65,6 +65,15 @@
     });
   });
 
+  // An error shown at a field goes once the field is edited.
+  document.addEventListener("input", function (e) {
+    var el = e.target.closest('[aria-invalid="true"]');
+    if (!el) return;
+    el.removeAttribute("aria-invalid");
+    var err = document.getElementById(el.getAttribute("aria-describedby") || "");
+    if (err && err.classList.contains("field-error")) err.hidden = true;
+  });
+
   // The project switcher goes on choosing.
   document.querySelectorAll("[data-autosubmit]").forEach(function (s) {
     s.addEventListener("change", function () { s.form.submit(); });
