@@ -43,6 +43,10 @@ func apiErrors(err error, fields map[string]string, nameField string) *formError
 		for line := range strings.SplitSeq(ce.Message(), "\n") {
 			line = strings.TrimSpace(strings.TrimPrefix(line, "invalid argument: "))
 			field, problem, ok := strings.Cut(line, ": ")
+			// A list's element is shown at the list: "regions[1]" → regions.
+			if i := strings.IndexByte(field, '['); i > 0 {
+				field = field[:i]
+			}
 			if form, known := fields[field]; ok && known {
 				if strings.HasPrefix(problem, "is ") || strings.HasPrefix(problem, "has ") || strings.HasPrefix(problem, "must ") {
 					problem = "this field " + problem

@@ -35,6 +35,8 @@ func TestAPIErrorsAtTheirFields(t *testing.T) {
 		{"invalid argument, one line per field", connect.NewError(connect.CodeInvalidArgument, joined),
 			map[string]string{"name": `"ab" is not a valid key name.`, "description": "This field has 301 characters, at most 300 are allowed."},
 			"Project: is required."},
+		{"a list's element", connect.NewError(connect.CodeInvalidArgument, &aggregate.FieldError{Field: "expires_at[2]", Problem: "is bad"}),
+			map[string]string{"expires_at": "This field is bad."}, ""},
 		{"name taken", connect.NewError(connect.CodeAlreadyExists, errors.New(`already exists: key "x"`)),
 			map[string]string{"name": "This name is taken in this project; choose another."}, ""},
 		{"out of scope", connect.NewError(connect.CodePermissionDenied, errors.New("token may not")),

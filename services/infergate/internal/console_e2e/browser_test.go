@@ -396,16 +396,17 @@ func TestConsoleStory(t *testing.T) {
 	b.navigateAndWait(chromedp.Click(link("Deployments")))
 	b.navigateAndWait(chromedp.Click(link("Create deployment")))
 	b.do(chromedp.SendKeys(field("Name"), "Chat_Bad"), chromedp.SendKeys(field("Model"), demomodel.ModelID),
-		chromedp.SendKeys(field("Upstream URL"), "ftp://nowhere"))
+		chromedp.SendKeys(field("Upstream URL"), "ftp://nowhere"), chromedp.SendKeys(field("Regions"), "local, EU"))
 	b.navigateAndWait(chromedp.Click(button("Deploy model")))
-	for id, want := range map[string]string{"name": "not a DNS label", "upstream_url": "not an absolute http(s) URL"} {
+	for id, want := range map[string]string{"name": "not a DNS label", "upstream_url": "not an absolute http(s) URL", "regions": `"EU" is not a DNS label`} {
 		if got := b.text(fieldError(id)); !strings.Contains(got, want) {
 			t.Errorf("field %s: error %q, want it to say %q", id, got, want)
 		}
 	}
 	b.screenshot("create-deployment-errors")
 	b.do(chromedp.Clear(field("Name")), chromedp.SendKeys(field("Name"), "chat"),
-		chromedp.Clear(field("Upstream URL")), chromedp.SendKeys(field("Upstream URL"), s.upstream))
+		chromedp.Clear(field("Upstream URL")), chromedp.SendKeys(field("Upstream URL"), s.upstream),
+		chromedp.Clear(field("Regions")))
 	b.do(chromedp.Click(`//summary[normalize-space()="Additional options"]`),
 		chromedp.WaitNotVisible(`//fieldset[legend="API keys"]`),
 		chromedp.Click(checkbox("Enable API Key authentication")),

@@ -85,7 +85,11 @@
     var poll = function () {
       if (!rows.querySelector('[data-status="deploying"]')) return;
       fetch(rows.getAttribute("data-poll"), { credentials: "same-origin", cache: "no-store" })
-        .then(function (r) { return r.ok ? r.text() : Promise.reject(r.status); })
+        .then(function (r) {
+          // Signed out meanwhile: show the page the server sends instead.
+          if (r.redirected) { location.reload(); return Promise.reject(0); }
+          return r.ok ? r.text() : Promise.reject(r.status);
+        })
         .then(function (html) { rows.innerHTML = html; })
         .catch(function () {})
         .finally(function () { setTimeout(poll, 1000); });
