@@ -26,6 +26,13 @@
     });
   });
 
+  // After a refused submit, the cursor goes to the first field in error.
+  var invalid = document.querySelector('dialog[open] [aria-invalid="true"], main [aria-invalid="true"]');
+  if (invalid && invalid.focus) {
+    var target = invalid.matches("fieldset") ? invalid.querySelector("input") : invalid;
+    if (target) target.focus();
+  }
+
   // Buttons that open a dialog on this page instead of loading it.
   document.querySelectorAll("[data-dialog]").forEach(function (a) {
     a.addEventListener("click", function (e) {
