@@ -277,8 +277,15 @@ func (b *browser) html() string {
 	return run(b, chromedp.Evaluate[string](`document.documentElement.outerHTML`))
 }
 
+// screenshot checks what every page must have — a label for every
+// input — and, with INFERGATE_CONSOLE_SCREENSHOTS, saves the viewport.
 func (b *browser) screenshot(name string) {
 	b.t.Helper()
+	unlabelled := run(b, chromedp.Evaluate[[]string](`Array.from(document.querySelectorAll(
+		'input:not([type=hidden]), select, textarea')).filter(e => e.labels.length === 0).map(e => e.id || e.name)`))
+	if len(unlabelled) > 0 {
+		b.t.Errorf("page %s: inputs without a label: %q", name, unlabelled)
+	}
 	if b.shot == "" {
 		return
 	}
