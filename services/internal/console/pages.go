@@ -164,9 +164,6 @@ func (c *Console) keysPage(w http.ResponseWriter, r *http.Request, s *session) {
 			data.Delete = &data.Keys[i]
 		}
 	}
-	if q.Get("deleted") != "" {
-		v.Notice = "API key “" + q.Get("deleted") + "” deleted; it no longer works anywhere."
-	}
 	if q.Get("updated") != "" {
 		v.Notice = "Description of “" + q.Get("updated") + "” saved."
 	}
@@ -201,7 +198,7 @@ func (c *Console) createKey(w http.ResponseWriter, r *http.Request, s *session) 
 		c.keysView(w, r, s, statusOf(err), v, data)
 		return
 	}
-	data = &keysData{Created: &struct{ Name, Secret string }{res.Msg.GetKey().GetName(), res.Msg.GetSecret()}}
+	data = &keysData{Form: keyForm{Never: true}, Created: &struct{ Name, Secret string }{res.Msg.GetKey().GetName(), res.Msg.GetSecret()}}
 	v.Notice = "API key “" + res.Msg.GetKey().GetName() + "” created."
 	c.keysView(w, r, s, http.StatusOK, v, data)
 }
@@ -235,15 +232,21 @@ func (c *Console) updateKey(w http.ResponseWriter, r *http.Request, s *session) 
 	http.Redirect(w, r, projectURL(r.PathValue("project"), "keys")+"?updated="+url.QueryEscape(name), http.StatusSeeOther)
 }
 
+// deleteKey deletes a key and answers with the API Keys page and the
+// receipt: when every gateway has applied it, the key is refused
+// everywhere.
 func (c *Console) deleteKey(w http.ResponseWriter, r *http.Request, s *session) {
 	name := r.PathValue("name")
 	cx, cancel := ctx(r)
 	defer cancel()
-	if _, err := c.keys.DeleteKey(cx, auth(s, &keyv1.DeleteKeyRequest{Project: r.PathValue("project"), Name: name})); err != nil {
+	res, err := c.keys.DeleteKey(cx, auth(s, &keyv1.DeleteKeyRequest{Project: r.PathValue("project"), Name: name}))
+	if err != nil {
 		c.fail(w, r, s, "keys", err)
 		return
 	}
-	http.Redirect(w, r, projectURL(r.PathValue("project"), "keys")+"?deleted="+url.QueryEscape(name), http.StatusSeeOther)
+	v := c.view(s, r, "API Keys", "keys")
+	v.Notice = "API key “" + name + "” deleted. " + receiptOf(res.Msg.GetPropagation()).Summary
+	c.keysView(w, r, s, http.StatusOK, v, &keysData{Form: keyForm{Never: true}})
 }
 
 // ---- Deployments ----
