@@ -15,7 +15,7 @@ export PATH := $(TOOLS):$(PATH)
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null | sed 's|^$(CURDIR)|.|')
 PKGS    := $(addsuffix /...,$(MODULES))
 
-.PHONY: help tools gen check-gen build test lint fmt run clean bench bench-coldstart bench-load
+.PHONY: help tools gen check-gen build test lint fmt run clean bench bench-coldstart bench-load console-screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,10 @@ fmt: ## format the Go code
 
 run: build ## run the one-process stack with a demo deployment
 	bin/infergate dev --demo
+
+console-screenshots: ## regenerate docs/console/*.png (1280x800) from the console's browser test
+	cd services/infergate && INFERGATE_TEST_REQUIRE_BROWSER=1 INFERGATE_CONSOLE_SCREENSHOTS=$(CURDIR)/docs/console \
+		go test -count=1 -run TestConsoleStory ./internal/console_e2e
 
 clean: ## remove build output (keeps the tool cache)
 	rm -rf bin

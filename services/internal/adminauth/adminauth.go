@@ -49,6 +49,10 @@ type Principal struct {
 	projects []string
 }
 
+// Projects returns a copy of the projects the principal may act on ("*"
+// for every project); the console's project switcher lists them.
+func (p Principal) Projects() []string { return slices.Clone(p.projects) }
+
 // Allows reports whether the principal may act on project.
 func (p Principal) Allows(project string) bool {
 	return slices.Contains(p.projects, AllProjects) || slices.Contains(p.projects, project)

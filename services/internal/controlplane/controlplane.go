@@ -233,9 +233,15 @@ func Mux(handlers map[string]http.Handler, services ...string) *http.ServeMux {
 // load balancers and orchestrators can probe the process.
 const healthPath = "/" + grpchealth.HealthV1ServiceName + "/"
 
+// consolePath is the web console's subtree (package console), also open:
+// the console signs admins in with its own cookie and passes their token
+// on to the API as "Authorization: Bearer", where it is checked. A process
+// that does not mount the console answers 404 there.
+const consolePath = "/console"
+
 // Serve runs the projector and serves handler on ln until ctx ends; it
 // waits for the read model to catch up before it accepts calls. Every
-// request but gRPC health must carry a valid admin token, checked from the
+// request but gRPC health and the console's pages must carry a valid admin token, checked from the
 // headers before handler reads a byte of the body
 // (adminauth.NewMiddleware); reflection and unknown paths included.
 func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler, grace time.Duration) error {
@@ -252,7 +258,7 @@ func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler
 		}
 	}
 	p.Log.Info("serving", "addr", ln.Addr().String())
-	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), adminauth.NewMiddleware(p.Tokens, handler, healthPath)), ln, grace)
+	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), adminauth.NewMiddleware(p.Tokens, handler, healthPath, consolePath)), ln, grace)
 	cancel()
 	if err := <-projErr; err != nil && !errors.Is(err, context.Canceled) {
 		return errors.Join(serveErr, err)

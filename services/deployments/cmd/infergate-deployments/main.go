@@ -1,7 +1,8 @@
 // Command infergate-deployments runs the deployment service
 // (infergate.deployment.v1.DeploymentService) and its upstream status
 // checker as their own process against an external NATS cluster and,
-// optionally, PostgreSQL. Flags fall back to INFERGATE_* environment
+// optionally, PostgreSQL; with --console it also serves the web console
+// (console.go). Flags fall back to INFERGATE_* environment
 // variables; see -help.
 package main
 
@@ -21,6 +22,7 @@ func main() {
 		gatewayURL     string
 		statusTimeout  time.Duration
 		statusInterval time.Duration
+		cons           consoleFlags
 	)
 	controlplane.Process{
 		Name: "infergate-deployments", Addr: "127.0.0.1:8082", Schema: "infergate_deployments",
@@ -29,6 +31,7 @@ func main() {
 				"public URL of the edge gateways; endpoint URLs are model-<name>.<project>.<its host> (env INFERGATE_GATEWAY_URL)")
 			fs.DurationVar(&statusTimeout, "status-timeout", 2*time.Minute, "how long a new deployment's upstream has to answer before it is FAILED")
 			fs.DurationVar(&statusInterval, "status-interval", time.Second, "how often a deploying upstream is probed")
+			cons.register(fs)
 		},
 		Build: func(p *controlplane.Plane, cfg controlplane.Config) (controlplane.Service, error) {
 			path, h, err := deployments.NewHandler(deployments.Config{
@@ -47,11 +50,18 @@ func main() {
 			checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
 				Events: p.Events, Timeout: statusTimeout, Interval: statusInterval, Log: p.Log,
 			})
+			if err != nil {
+				return controlplane.Service{}, err
+			}
+			handlers := map[string]http.Handler{path: h}
+			if err := cons.mount(handlers, p, cfg); err != nil {
+				return controlplane.Service{}, err
+			}
 			return controlplane.Service{
-				Handlers:   map[string]http.Handler{path: h},
+				Handlers:   handlers,
 				Names:      []string{deploymentv1connect.DeploymentServiceName},
 				Background: []func(context.Context) error{checker.Run},
-			}, err
+			}, nil
 		},
 	}.Main()
 }

@@ -183,6 +183,7 @@ func printBanner(cfg Config, st *Stack) {
 	fmt.Fprintf(w, "  control plane  %s   (Connect, gRPC, gRPC-Web)\n", st.APIURL)
 	fmt.Fprintf(w, "  gateway        %s   (region %s; http://model-<deployment>.<project>.%s:%s or /d/<project>/<deployment>/…)\n",
 		st.GatewayURL, cfg.Region, cfg.BaseDomain, st.gatewayPort)
+	fmt.Fprintf(w, "  console        %s   (sign in with the admin token)\n", st.ConsoleURL)
 	fmt.Fprintf(w, "  NATS           %s\n", st.NATSURL)
 	if cfg.DatabaseURL != "" {
 		fmt.Fprintf(w, "  read models    PostgreSQL\n")

@@ -1,7 +1,8 @@
 // Package devstack runs the whole of infergate in one process — what
 // `infergate dev` (and `make run`) starts: an embedded NATS server with
 // JetStream keeping its files under the data dir, the key, deployment and
-// audit services on one control-plane address, one edge gateway, and with
+// audit services on one control-plane address (with the web console at
+// /console/), one edge gateway, and with
 // --demo the demo model upstream, reachable only through the gateway
 // (demo.go).
 package devstack
@@ -30,6 +31,7 @@ import (
 	"github.com/infergate/infergate/services/deployments"
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/adminauth"
+	"github.com/infergate/infergate/services/internal/console"
 	"github.com/infergate/infergate/services/internal/controlplane"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
@@ -98,6 +100,8 @@ func (c *Config) setDefaults() {
 type Stack struct {
 	APIURL     string
 	GatewayURL string
+	// ConsoleURL is the web console (package console) on the API's port.
+	ConsoleURL string
 	NATSURL    string
 	// Token is the admin token for every project, when the stack made it
 	// (empty with AdminTokensFile).
@@ -169,6 +173,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	}
 	st := &Stack{
 		APIURL:      "http://" + apiLn.Addr().String(),
+		ConsoleURL:  "http://" + apiLn.Addr().String() + console.Path,
 		GatewayURL:  "http://" + cfg.BaseDomain + ":" + port(gwLn.Addr()),
 		NATSURL:     ns.ClientURL(),
 		Token:       token,
@@ -216,7 +221,15 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	st.Gateway = gw
-	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah},
+	// The console calls the public API over loopback, with the signed-in
+	// admin's token, like any other client.
+	cons, err := console.New(console.Config{
+		KeysURL: st.APIURL, DeploymentsURL: st.APIURL, AuditURL: st.APIURL, Tokens: tokens, Log: cfg.Log,
+	})
+	if err != nil {
+		return err
+	}
+	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, console.Path: cons},
 		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName)
 
 	ctx, cancel := context.WithCancel(ctx)
