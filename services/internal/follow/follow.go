@@ -249,6 +249,12 @@ func (f *Follower) once(ctx context.Context) error {
 		f.stop = nil
 		f.mu.Unlock()
 	}()
+	// A suspicion raised since this attempt began may have found no
+	// follow to stop: look again before following (suspect counts first,
+	// then looks for the follow; this sets the follow, then counts).
+	if f.suspected.Load() != suspected {
+		return fmt.Errorf("%w: while starting to follow", ErrStreamChanged)
+	}
 	err = f.cfg.Source.Follow(fctx, f.applied.Load()+1, func(rec eventstore.Record) error {
 		if err := f.cfg.Consumer.Apply(fctx, rec); err != nil {
 			return fmt.Errorf("follow: %s apply %d: %w", f.cfg.Name, rec.Sequence, err)
@@ -375,8 +381,11 @@ func (f *Follower) watch(ctx context.Context) {
 		// stream's last sequence unless the stream went back; read after,
 		// it could be (records appended and applied in between).
 		f.mu.Lock()
-		id, stop := f.identity, f.stop
+		id := f.identity
 		f.mu.Unlock()
+		if id.IsZero() {
+			continue // no life followed yet, or the stream is gone: once() decides
+		}
 		applied := f.applied.Load()
 		st, err := f.state(ctx)
 		if ctx.Err() != nil {
@@ -384,11 +393,11 @@ func (f *Follower) watch(ctx context.Context) {
 		}
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
-			f.suspect(stop, fmt.Errorf("%w: %s is gone", ErrStreamChanged, id))
+			f.suspect(fmt.Errorf("%w: %s is gone", ErrStreamChanged, id))
 		case err != nil:
 			f.setErr(err)
 		case !st.Identity().Equal(id) || st.LastSeq < applied:
-			f.suspect(stop, fmt.Errorf("%w: %s is now %s at %d", ErrStreamChanged, id, st.Identity(), st.LastSeq))
+			f.suspect(fmt.Errorf("%w: %s is now %s at %d", ErrStreamChanged, id, st.Identity(), st.LastSeq))
 		default:
 			f.noteState(st, applied, f.lastContact.Load())
 			f.setErr(nil)
@@ -401,12 +410,13 @@ func (f *Follower) watch(ctx context.Context) {
 // follower is not ready from now until once() has compared the stream with
 // the consumer's checkpoint again (and reset it if need be), however long
 // the current follow takes to stop.
-func (f *Follower) suspect(stop context.CancelCauseFunc, cause error) {
+func (f *Follower) suspect(cause error) {
 	f.suspected.Add(1)
 	if f.ready.CompareAndSwap(true, false) {
 		f.cfg.Log.Warn("the event stream changed; not ready until the state is rebuilt", "reason", cause)
 	}
 	f.mu.Lock()
+	stop := f.stop
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()
