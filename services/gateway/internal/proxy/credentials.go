@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"encoding/base64"
 	"net/http"
 	"strings"
@@ -78,9 +79,26 @@ func basicCarriesKey(v string) bool {
 	if n := base64.StdEncoding.DecodedLen(len(cred)); n > len(buf) {
 		buf = make([]byte, n)
 	}
-	// Whatever decodes before an error is checked too.
+	// Whatever decodes before an error is checked too. The view of cred
+	// copies nothing; Decode keeps nothing.
 	n, _ := base64.StdEncoding.Decode(buf, unsafe.Slice(unsafe.StringData(cred), len(cred)))
-	return n > 0 && carriesKey(string(buf[:n]))
+	return bytesCarryKey(buf[:n])
+}
+
+// bytesCarryKey is carriesKey for bytes. Only a candidate after an "ig_"
+// is copied (to check it): buf stays on the stack for ordinary Basic
+// credentials.
+func bytesCarryKey(b []byte) bool {
+	for {
+		i := bytes.Index(b, []byte(apikey.Prefix))
+		if i < 0 || len(b)-i < apikey.Len {
+			return false
+		}
+		if apikey.WellFormed(string(b[i : i+apikey.Len])) {
+			return true
+		}
+		b = b[i+len(apikey.Prefix):]
+	}
 }
 
 // cutSpace cuts v around its first space or tab.
