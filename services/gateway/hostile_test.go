@@ -124,7 +124,7 @@ func testCredentialsNeverLeave(t *testing.T, front frontEnd) {
 		}
 	})
 
-	t.Run("';' dot segments are invalid_path", func(t *testing.T) {
+	t.Run("';' and '\\' dot segments are invalid_path", func(t *testing.T) {
 		up.mu.Lock()
 		before := len(up.reqs)
 		up.mu.Unlock()
@@ -138,6 +138,7 @@ func testCredentialsNeverLeave(t *testing.T, front frontEnd) {
 			{"", "/d/team-a/open/v1/%2e%2e;/admin"},
 			{"", "/d/team-a/open/v1/%2E.%3b/admin"},
 			{host("open"), "/v1/%2e;/models"},
+			{host("open"), "/v1/..%5cadmin"},
 		} {
 			a := get(t, srv, tc.host, tc.path, "X-API-Key", alpha)
 			if a.status != 400 || a.code != "invalid_path" {

@@ -72,11 +72,16 @@ func checkPath(t Target, k Kind) (Target, Kind) {
 // dotSegment reports whether the decoded path has a "." or ".." segment,
 // also with ';'-parameters ("..;", ".;x=1"): Java servlet containers
 // (Tomcat, Jetty) and proxies in front of them drop the parameters and
-// then climb ("/..;/admin" is "/../admin" to them).
+// then climb ("/..;/admin" is "/../admin" to them). A backslash counts as
+// a separator too, as it does for Windows servers ("/v1/..\admin").
 func dotSegment(p string) bool {
 	for p != "" {
 		var seg string
-		seg, p, _ = strings.Cut(p, "/")
+		if i := strings.IndexAny(p, "/\\"); i >= 0 {
+			seg, p = p[:i], p[i+1:]
+		} else {
+			seg, p = p, ""
+		}
 		seg, _, _ = strings.Cut(seg, ";")
 		if seg == "." || seg == ".." {
 			return true
