@@ -114,14 +114,14 @@ start_servers() {
 			--nats-url nats://127.0.0.1:$PORT_NATS --pprof-addr 127.0.0.1:$PORT_PPROF 2>"$WORK/gateway.log" &
 	else
 		on_server_cpu env ${GATEWAY_GOMAXPROCS:+GOMAXPROCS=$GATEWAY_GOMAXPROCS} "$WORK/bin/infergate-gateway" --addr 127.0.0.1:$PORT_GATEWAY \
-			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn 2>"$WORK/gateway.log" &
+			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn --upstream-allow 127.0.0.1 2>"$WORK/gateway.log" &
 	fi
 	PIDS+=($!)
 	if [[ " $TARGETS " == *" gateway-nethttp "* ]]; then
 		# The same binary with the HTTP/1.1 fast path off: net/http and
 		# ReverseProxy only, for an A/B in the same run.
 		on_server_cpu env ${GATEWAY_GOMAXPROCS:+GOMAXPROCS=$GATEWAY_GOMAXPROCS} "$WORK/bin/infergate-gateway" --addr 127.0.0.1:$PORT_GATEWAY_NETHTTP --http1-fastpath=false \
-			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn 2>"$WORK/gateway-nethttp.log" &
+			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn --upstream-allow 127.0.0.1 2>"$WORK/gateway-nethttp.log" &
 		PIDS+=($!)
 	fi
 

@@ -56,7 +56,7 @@ func start(t *testing.T) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		dp, dh, err := deployments.NewHandler(deployments.Config{Events: b.Events, Reads: b.Reads, Projector: b.Projector, Log: b.Logger(), GatewayURL: "http://localhost:8000"}, opts...)
+		dp, dh, err := deployments.NewHandler(deployments.Config{Events: b.Events, Reads: b.Reads, Projector: b.Projector, Log: b.Logger(), GatewayURL: "http://localhost:8000", Upstreams: servicetest.Upstreams()}, opts...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -88,7 +88,7 @@ func start(t *testing.T) *env {
 	e.keys = keyv1connect.NewKeyServiceClient(http.DefaultClient, e.url, opts...)
 	e.deps = deploymentv1connect.NewDeploymentServiceClient(http.DefaultClient, e.url, opts...)
 	e.audit = auditv1connect.NewAuditServiceClient(http.DefaultClient, e.url, opts...)
-	sc, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{Events: b.Events, Interval: 10 * time.Millisecond, Log: b.Logger()})
+	sc, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{Events: b.Events, Interval: 10 * time.Millisecond, Log: b.Logger(), Upstreams: servicetest.Upstreams()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/servicetest"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 	"github.com/infergate/infergate/services/keys"
 )
 
@@ -38,6 +39,9 @@ type env struct {
 	keys     keyv1connect.KeyServiceClient
 	deps     deploymentv1connect.DeploymentServiceClient
 	upstream string
+	// upstreams is the service's upstream policy: loopback allowed, as
+	// the test upstreams are there.
+	upstreams *upstreampolicy.Policy
 }
 
 // checker settings for the status checker the tests run.
@@ -47,7 +51,7 @@ type checker struct {
 
 func start(t *testing.T, kind string) *env {
 	t.Helper()
-	e := &env{b: servicetest.New(t, kind), upstream: modelServer(t, "/v1/models")}
+	e := &env{b: servicetest.New(t, kind), upstream: modelServer(t, "/v1/models"), upstreams: servicetest.Upstreams()}
 	e.serve(t)
 	e.runChecker(t, checker{timeout: time.Minute})
 	return e
@@ -77,7 +81,7 @@ func (e *env) serve(t *testing.T) {
 		}
 		dpath, dh, err := deployments.NewHandler(deployments.Config{
 			Events: e.b.Events, Reads: e.b.Reads, Projector: e.b.Projector, Log: e.b.Logger(),
-			GatewayURL: "http://localhost:8000",
+			GatewayURL: "http://localhost:8000", Upstreams: e.upstreams,
 		}, opts...)
 		if err != nil {
 			t.Fatal(err)
@@ -92,7 +96,7 @@ func (e *env) serve(t *testing.T) {
 func (e *env) runChecker(t *testing.T, c checker) {
 	t.Helper()
 	sc, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
-		Events: e.b.Events, Interval: 20 * time.Millisecond, Timeout: c.timeout, Log: e.b.Logger(),
+		Events: e.b.Events, Interval: 20 * time.Millisecond, Timeout: c.timeout, Log: e.b.Logger(), Upstreams: e.upstreams,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -226,6 +230,32 @@ func TestDeploymentLifecycle(t *testing.T) {
 			t.Errorf("re-created deployment = %v; want a fresh one", again)
 		}
 	})
+}
+
+// TestUpstreamPolicy runs the service with the default upstream policy: a
+// loopback upstream, by address or by name, is invalid_argument naming
+// the field and the rule, and nothing is appended.
+func TestUpstreamPolicy(t *testing.T) {
+	t.Parallel()
+	e := &env{b: servicetest.New(t, servicetest.Memory)} // upstreams nil: the default policy
+	e.serve(t)
+	before := e.lastSeq(t)
+	for _, u := range []string{"http://127.0.0.1:8000", "http://[::1]:8000/v1", "http://localhost:8000", "http://[::ffff:127.0.0.1]:8000", "http://169.254.169.254"} {
+		_, err := e.deps.CreateDeployment(t.Context(), connect.NewRequest(&deploymentv1.CreateDeploymentRequest{
+			Project: "team-a", Name: "ssrf", Model: "m", UpstreamUrl: u,
+		}))
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, u)
+		if msg := err.Error(); !strings.Contains(msg, "upstream_url") || !strings.Contains(msg, "refused by the upstream policy") ||
+			(!strings.Contains(msg, "loopback") && !strings.Contains(msg, "link-local")) {
+			t.Errorf("%s: message %q does not name the field and the rule", u, msg)
+		}
+	}
+	if after := e.lastSeq(t); after != before {
+		t.Errorf("stream grew from %d to %d on refused upstreams", before, after)
+	}
+	// Elsewhere is allowed (a name that does not resolve here is left to
+	// the gateways, which check the address they dial).
+	e.create(t, &deploymentv1.CreateDeploymentRequest{Name: "private", UpstreamUrl: "http://10.1.2.3:8000"})
 }
 
 func TestStatusFailedAndHealthFallback(t *testing.T) {
@@ -384,6 +414,11 @@ func TestDeploymentValidation(t *testing.T) {
 			{"no model", func(r *deploymentv1.CreateDeploymentRequest) { r.Model = "" }, connect.CodeInvalidArgument, "model"},
 			{"relative upstream", func(r *deploymentv1.CreateDeploymentRequest) { r.UpstreamUrl = "/v1" }, connect.CodeInvalidArgument, "upstream_url"},
 			{"ftp upstream", func(r *deploymentv1.CreateDeploymentRequest) { r.UpstreamUrl = "ftp://x" }, connect.CodeInvalidArgument, "upstream_url"},
+			// Refused by the upstream policy even with loopback allowed.
+			{"metadata upstream", func(r *deploymentv1.CreateDeploymentRequest) { r.UpstreamUrl = "http://169.254.169.254/latest" }, connect.CodeInvalidArgument, "link-local"},
+			{"link-local v6 upstream", func(r *deploymentv1.CreateDeploymentRequest) { r.UpstreamUrl = "http://[fe80::1]:8000" }, connect.CodeInvalidArgument, "upstream_url"},
+			{"unspecified upstream", func(r *deploymentv1.CreateDeploymentRequest) { r.UpstreamUrl = "http://0.0.0.0:8000" }, connect.CodeInvalidArgument, "unspecified"},
+			{"numeric host upstream", func(r *deploymentv1.CreateDeploymentRequest) { r.UpstreamUrl = "http://2852039166/" }, connect.CodeInvalidArgument, "upstream_url"},
 			{"bad region", func(r *deploymentv1.CreateDeploymentRequest) { r.Regions = []string{"EU West"} }, connect.CodeInvalidArgument, "regions[0]"},
 			{"bad key name", func(r *deploymentv1.CreateDeploymentRequest) { r.ApiKeys = []string{"x"} }, connect.CodeInvalidArgument, "api_keys[0]"},
 			{"unknown key", func(r *deploymentv1.CreateDeploymentRequest) { r.ApiKeys = []string{"no-such-key"} }, connect.CodeNotFound, "no-such-key"},

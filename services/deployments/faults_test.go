@@ -26,7 +26,7 @@ func (e *env) stalled(t *testing.T) deploymentv1connect.DeploymentServiceClient 
 	t.Helper()
 	url := e.b.Serve(t, func(opts ...connect.HandlerOption) map[string]http.Handler {
 		path, h, err := deployments.NewHandler(deployments.Config{
-			Events: e.b.Events, Reads: e.b.Reads, Log: e.b.Logger(), GatewayURL: "http://localhost:8000",
+			Events: e.b.Events, Reads: e.b.Reads, Log: e.b.Logger(), GatewayURL: "http://localhost:8000", Upstreams: e.upstreams,
 			Projector:             readmodel.NewProjector(e.b.Events, readmodel.NewMemory(), nil),
 			ReadYourWritesTimeout: 20 * time.Millisecond,
 		}, opts...)

@@ -32,6 +32,7 @@ import (
 	"github.com/infergate/infergate/services/internal/follow"
 	"github.com/infergate/infergate/services/internal/receipts"
 	"github.com/infergate/infergate/services/internal/snapshots"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 // Config is a gateway's configuration.
@@ -54,11 +55,11 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock key expiry is checked against; default time.Now.
 	Now func() time.Time
-	// Transport carries requests upstream; default the proxy's own
-	// synchronous HTTP/1.1 client for plain-http requests without a
-	// streamed body, and a tuned *http.Transport (many idle connections
-	// per host, bigger buffers) for the rest.
-	Transport http.RoundTripper
+	// Upstreams is the policy the address of every upstream connection
+	// must pass (--upstream-allow; docs/gateway.md, "Upstream policy"):
+	// a refused one is answered 502. Nil is the default policy: loopback,
+	// link-local and unspecified addresses refused.
+	Upstreams *upstreampolicy.Policy
 	// PollInterval is how often the stream's last sequence is read for
 	// lag and staleness; default 1 s.
 	PollInterval time.Duration
@@ -213,7 +214,7 @@ func New(cfg Config) (*Gateway, error) {
 		Now:       cfg.Now,
 		Metrics:   g.metrics,
 		Log:       cfg.Log,
-		Transport: cfg.Transport,
+		Upstreams: cfg.Upstreams,
 	})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {

@@ -25,6 +25,7 @@ import (
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natstest"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 const project = "team-a"
@@ -200,6 +201,11 @@ func startGatewayOn(t *testing.T, b *backend, front frontEnd, cfg gateway.Config
 func runGatewayOn(t *testing.T, b *backend, front frontEnd, cfg gateway.Config) (*gateway.Gateway, *httptest.Server, func()) {
 	t.Helper()
 	cfg.Events = b.store
+	if cfg.Upstreams == nil {
+		// The test upstreams are real servers on loopback, which the
+		// default policy refuses: allowed here, in this one place.
+		cfg.Upstreams = upstreampolicy.MustParse(upstreampolicy.Loopback)
+	}
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 50 * time.Millisecond
 	}

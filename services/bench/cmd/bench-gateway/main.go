@@ -27,6 +27,7 @@ import (
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 func main() {
@@ -41,7 +42,12 @@ func run() error {
 	natsURL := flag.String("nats-url", nats.DefaultURL, "NATS server")
 	pprofAddr := flag.String("pprof-addr", "127.0.0.1:18005", "net/http/pprof listen address")
 	fastPath := flag.Bool("http1-fastpath", os.Getenv("INFERGATE_HTTP1_FASTPATH") != "false", "serve common HTTP/1.1 requests on the gateway's fast path (as cmd/infergate-gateway)")
+	upstreamAllow := flag.String("upstream-allow", upstreampolicy.Loopback, "upstream policy allow list (as cmd/infergate-gateway); the benchmark's upstream is on loopback")
 	flag.Parse()
+	upstreams, err := upstreampolicy.Parse(*upstreamAllow)
+	if err != nil {
+		return fmt.Errorf("--upstream-allow: %w", err)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -59,7 +65,7 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, Log: log})
+	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, Log: log, Upstreams: upstreams})
 	if err != nil {
 		return err
 	}

@@ -34,8 +34,13 @@ import (
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 	"github.com/infergate/infergate/services/keys"
 )
+
+// upstreams is the stack's upstream policy: its demo upstream is on
+// loopback, which the default policy refuses.
+var upstreams = upstreampolicy.MustParse(upstreampolicy.Loopback)
 
 // Config says what to run.
 type Config struct {
@@ -140,13 +145,13 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	}
 	dpath, dh, err := deployments.NewHandler(deployments.Config{
 		Events: s.Plane.Events, Reads: s.Plane.Reads, Projector: s.Plane.Projector, Log: cfg.Log,
-		GatewayURL: "http://localhost:8000", Propagation: s.Plane.Tracker,
+		GatewayURL: "http://localhost:8000", Propagation: s.Plane.Tracker, Upstreams: upstreams,
 	}, s.Plane.HandlerOptions()...)
 	if err != nil {
 		return nil, err
 	}
 	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
-		Events: s.Plane.Events, Interval: 20 * time.Millisecond, Log: cfg.Log,
+		Events: s.Plane.Events, Interval: 20 * time.Millisecond, Log: cfg.Log, Upstreams: upstreams,
 	})
 	if err != nil {
 		return nil, err
@@ -202,7 +207,7 @@ func (s *Stack) startGateway(ctx context.Context, id string, log *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, ID: id, Log: log})
+	gw, err := gateway.New(gateway.Config{Events: store, NATS: nc, ID: id, Log: log, Upstreams: upstreams})
 	if err != nil {
 		return nil, err
 	}

@@ -9,12 +9,14 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"net/http"
 	"time"
 
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
 	"github.com/infergate/infergate/services/deployments"
 	"github.com/infergate/infergate/services/internal/controlplane"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 func main() {
@@ -23,6 +25,7 @@ func main() {
 		statusTimeout  time.Duration
 		statusInterval time.Duration
 		cons           consoleFlags
+		upstreamAllow  string
 	)
 	controlplane.Process{
 		Name: "infergate-deployments", Addr: "127.0.0.1:8082", Schema: "infergate_deployments",
@@ -32,8 +35,14 @@ func main() {
 			fs.DurationVar(&statusTimeout, "status-timeout", 2*time.Minute, "how long a new deployment's upstream has to answer before it is FAILED")
 			fs.DurationVar(&statusInterval, "status-interval", time.Second, "how often a deploying upstream is probed")
 			cons.register(fs)
+			fs.StringVar(&upstreamAllow, "upstream-allow", controlplane.Env("INFERGATE_UPSTREAM_ALLOW", ""),
+				"upstream addresses allowed despite the default policy (which refuses loopback, link-local and unspecified addresses): CIDRs, addresses and host names, comma-separated (env INFERGATE_UPSTREAM_ALLOW)")
 		},
 		Build: func(p *controlplane.Plane, cfg controlplane.Config) (controlplane.Service, error) {
+			upstreams, err := upstreampolicy.Parse(upstreamAllow)
+			if err != nil {
+				return controlplane.Service{}, fmt.Errorf("--upstream-allow: %w", err)
+			}
 			path, h, err := deployments.NewHandler(deployments.Config{
 				Events:     p.Events,
 				Reads:      p.Reads,
@@ -43,12 +52,13 @@ func main() {
 				// Writes wait for the gateways' receipts.
 				Propagation:        p.Tracker,
 				PropagationTimeout: cfg.PropagationTimeout,
+				Upstreams:          upstreams,
 			}, p.HandlerOptions()...)
 			if err != nil {
 				return controlplane.Service{}, err
 			}
 			checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
-				Events: p.Events, Timeout: statusTimeout, Interval: statusInterval, Log: p.Log,
+				Events: p.Events, Timeout: statusTimeout, Interval: statusInterval, Log: p.Log, Upstreams: upstreams,
 			})
 			if err != nil {
 				return controlplane.Service{}, err

@@ -27,6 +27,9 @@ func TestProcess(t *testing.T) {
 		"INFERGATE_ADDR=" + addr,
 		"INFERGATE_ADMIN_TOKENS_FILE=" + tokens,
 		"INFERGATE_GATEWAY_URL=https://gw.example.com",
+		// The upstream below is on loopback, which the default policy
+		// refuses.
+		"INFERGATE_UPSTREAM_ALLOW=127.0.0.0/8",
 	}
 	client := deploymentv1connect.NewDeploymentServiceClient(http.DefaultClient, "http://"+addr, servicetest.ClientOptions(token)...)
 	p := servicetest.StartProcess(t, bin, env)
@@ -43,5 +46,9 @@ func TestProcess(t *testing.T) {
 	if got := res.Msg.GetDeployment().GetEndpointUrl(); got != "https://model-llama.team-a.gw.example.com" {
 		t.Errorf("endpoint_url = %q", got)
 	}
+	_, err = client.CreateDeployment(t.Context(), connect.NewRequest(&deploymentv1.CreateDeploymentRequest{
+		Project: "team-a", Name: "metadata", Model: "m", UpstreamUrl: "http://169.254.169.254/",
+	}))
+	servicetest.WantCode(t, err, connect.CodeInvalidArgument, "a link-local upstream")
 	p.Stop()
 }

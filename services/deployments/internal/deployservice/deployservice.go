@@ -30,6 +30,7 @@ import (
 	"github.com/infergate/infergate/services/internal/propagation"
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/rpcerr"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 var _ deploymentv1connect.DeploymentServiceHandler = (*Server)(nil)
@@ -61,6 +62,13 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Upstreams is the policy upstream URLs must pass (SSRF); nil is the
+	// default policy: loopback, link-local and unspecified addresses
+	// refused.
+	Upstreams *upstreampolicy.Policy
+	// Resolver resolves upstream host names for that check; default
+	// net.DefaultResolver.
+	Resolver upstreampolicy.Resolver
 }
 
 func (c *Config) setDefaults() {
@@ -287,6 +295,9 @@ func (s *Server) CreateDeployment(ctx context.Context, req *connect.Request[depl
 	}
 	if err := aggregate.ValidateNewDeployment(m.GetProject(), nd); err != nil {
 		return nil, s.fail(ctx, err)
+	}
+	if err := s.cfg.Upstreams.CheckURL(ctx, s.cfg.Resolver, nd.UpstreamURL); err != nil {
+		return nil, s.fail(ctx, &aggregate.FieldError{Field: "upstream_url", Problem: err.Error()})
 	}
 	c, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), m.GetApiKeys(), false, m.GetPropagationTimeout(),
 		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -25,14 +26,21 @@ import (
 	"github.com/infergate/infergate/services/internal/command"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/follow"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 // Config tunes the checker.
 type Config struct {
 	// Events is the event store. Required.
 	Events *eventstore.Store
-	// Client makes the probes; default a client with a 5 s timeout.
+	// Client makes the probes; default a client with a 5 s timeout whose
+	// connections are checked against Upstreams.
 	Client *http.Client
+	// Upstreams is the upstream policy the default client's connections
+	// must pass — the address actually dialled, also after a redirect —
+	// so the probe cannot be turned on the control plane's own loopback
+	// or the metadata endpoint; nil: the default policy.
+	Upstreams *upstreampolicy.Policy
 	// Interval between probes of one deployment; default 1 s.
 	Interval time.Duration
 	// Timeout after creation at which a silent upstream makes the
@@ -46,7 +54,12 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Client == nil {
-		c.Client = &http.Client{Timeout: 5 * time.Second}
+		c.Client = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialContext:         c.Upstreams.DialContext(&net.Dialer{Timeout: 5 * time.Second}),
+			TLSHandshakeTimeout: 5 * time.Second,
+			MaxIdleConnsPerHost: 1,
+			IdleConnTimeout:     30 * time.Second,
+		}}
 	}
 	if c.Interval == 0 {
 		c.Interval = time.Second

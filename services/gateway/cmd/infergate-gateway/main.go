@@ -28,6 +28,7 @@ import (
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/internal/snapshots"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 // main exits 0 when SIGINT or SIGTERM stops the gateway, whatever it was
@@ -60,7 +61,13 @@ func run() error {
 		"save a snapshot when the map is this many stream records past the latest one; 0: never save, only start from one (env INFERGATE_SNAPSHOT_EVERY)")
 	fastPath := fs.Bool("http1-fastpath", env("INFERGATE_HTTP1_FASTPATH", "true") != "false",
 		"serve common HTTP/1.1 requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
+	upstreamAllow := fs.String("upstream-allow", env("INFERGATE_UPSTREAM_ALLOW", ""),
+		"upstream addresses allowed despite the default policy (which refuses loopback, link-local and unspecified addresses): CIDRs, addresses and host names, comma-separated (env INFERGATE_UPSTREAM_ALLOW)")
 	_ = fs.Parse(os.Args[1:])
+	upstreams, err := upstreampolicy.Parse(*upstreamAllow)
+	if err != nil {
+		return fmt.Errorf("--upstream-allow: %w", err)
+	}
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(logLevel)); err != nil {
@@ -87,7 +94,8 @@ func run() error {
 	serveErr := make(chan error, 1)
 	front := gateway.NewFront(srv, *fastPath)
 	wg.Go(func() { serveErr <- front.Serve(ctx, ln, grace) })
-	log.Info("listening", "addr", ln.Addr().String(), "region", region, "base_domain", baseDomain, "http1_fastpath", *fastPath)
+	log.Info("listening", "addr", ln.Addr().String(), "region", region, "base_domain", baseDomain, "http1_fastpath", *fastPath,
+		"upstream_allow", upstreams.String())
 
 	opts := []nats.Option{
 		nats.Name("infergate-gateway"), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
@@ -125,7 +133,7 @@ func run() error {
 		}
 		gw, err := gateway.New(gateway.Config{
 			Events: store, NATS: nc, Region: region, BaseDomain: baseDomain, ID: id, Log: log,
-			Snapshots: snaps, SnapshotEvery: *snapshotEvery,
+			Snapshots: snaps, SnapshotEvery: *snapshotEvery, Upstreams: upstreams,
 		})
 		if err != nil {
 			return err

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"os"
+	"os/exec"
+	"strings"
 	"testing"
 
 	"github.com/infergate/infergate/services/internal/natstest"
@@ -44,6 +47,15 @@ func TestProcess(t *testing.T) {
 		t.Errorf("unknown deployment: %d, %v", code, err)
 	}
 	p.Stop()
+
+	// A bad allow list stops the process before it serves anything.
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "INFERGATE_NATS_URL="+nats.ClientURL(), "INFERGATE_ADDR="+servicetest.FreeAddr(t),
+		"INFERGATE_UPSTREAM_ALLOW=127.0.0.0/8,http://metadata")
+	out, err := cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "--upstream-allow") || !strings.Contains(string(out), "http://metadata") {
+		t.Errorf("bad INFERGATE_UPSTREAM_ALLOW: %v, %s", err, out)
+	}
 }
 
 // TestStopWhileWaitingForNATS: a gateway that cannot reach NATS at start

@@ -17,12 +17,13 @@ import (
 // Conn is one client connection the fast path serves. A Handler uses it
 // for the request it is given, on the connection's own goroutine.
 type Conn struct {
-	s   *Server
-	nc  net.Conn
-	raw syscall.RawConn // nil when nc is not a socket
-	h   Handler
-	log *slog.Logger
-	hl  *handoffListener
+	s    *Server
+	nc   net.Conn
+	raw  syscall.RawConn // nil when nc is not a socket
+	h    Handler
+	log  *slog.Logger
+	dial DialFunc
+	hl   *handoffListener
 
 	// buf holds what was read from the client and not yet used:
 	// buf[r:w].
@@ -57,7 +58,7 @@ const (
 const readBufSize = 8 << 10
 
 func newConn(s *Server, nc net.Conn, hb *handlerBox, hl *handoffListener) *Conn {
-	c := &Conn{s: s, nc: nc, h: hb.h, log: hb.log, hl: hl, buf: make([]byte, readBufSize)}
+	c := &Conn{s: s, nc: nc, h: hb.h, log: hb.log, dial: hb.dial, hl: hl, buf: make([]byte, readBufSize)}
 	if sc, ok := nc.(syscall.Conn); ok {
 		c.raw, _ = sc.SyscallConn()
 	}

@@ -75,7 +75,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	)
 	for attempt := 0; ; attempt++ {
 		var reused bool
-		uc, reused, err = c.s.up.get(addr)
+		uc, reused, err = c.s.up.get(addr, c.dial)
 		if err != nil {
 			return Result{Waited: time.Since(start), Err: err}
 		}

@@ -32,6 +32,16 @@ type Handler interface {
 	ServeH1(c *Conn, req *Request) bool
 }
 
+// DialFunc connects to an upstream address ("host:port").
+type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Dialer is a Handler that also says how upstream connections are made
+// (the gateway's: with its upstream policy checked on every address it
+// dials). A Handler that is not one gets a plain net.Dialer.
+type Dialer interface {
+	DialUpstream(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
 // MaxBody is the largest request body the fast path takes (it reads it
 // before the request goes upstream, in one write with the head); larger
 // ones go to net/http, which streams them.
@@ -55,13 +65,15 @@ type Server struct {
 }
 
 type handlerBox struct {
-	h   Handler
-	log *slog.Logger
+	h    Handler
+	log  *slog.Logger
+	dial DialFunc
 }
 
 // SetHandler makes new connections take the fast path through h, and
 // report what goes wrong with them (panics) to log (nil: slog.Default());
-// a nil h hands every new connection to Fallback.
+// a nil h hands every new connection to Fallback. Their upstream
+// connections are dialled by h when it is a Dialer.
 func (s *Server) SetHandler(h Handler, log *slog.Logger) {
 	if h == nil {
 		s.handler.Store(nil)
@@ -70,7 +82,11 @@ func (s *Server) SetHandler(h Handler, log *slog.Logger) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s.handler.Store(&handlerBox{h, log})
+	dial := dialer.DialContext
+	if d, ok := h.(Dialer); ok {
+		dial = d.DialUpstream
+	}
+	s.handler.Store(&handlerBox{h, log, dial})
 }
 
 // Serve accepts connections on ln until ctx ends, then shuts down: it

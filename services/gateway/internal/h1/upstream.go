@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"net"
 	"time"
@@ -22,6 +23,7 @@ const (
 	clientPollEvery = time.Second
 )
 
+// dialer connects for a Handler that is not a Dialer.
 var dialer = net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
 
 type upConn struct {
@@ -36,12 +38,13 @@ type upConn struct {
 	deadline time.Time
 }
 
-// get returns an idle connection to addr that is still open, or a new one.
-func (u *upstreams) get(addr string) (*upConn, bool, error) {
+// get returns an idle connection to addr that is still open, or a new one
+// made with dial.
+func (u *upstreams) get(addr string, dial DialFunc) (*upConn, bool, error) {
 	if c, ok := u.idle.Get(addr); ok {
 		return c, true, nil
 	}
-	nc, err := dialer.Dial("tcp", addr)
+	nc, err := dial(context.Background(), "tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}

@@ -35,7 +35,7 @@ var errorTexts = [numCodes]struct{ code, typ, message string }{
 	CodeUpstreamUnavailable: {"upstream_unavailable", "server_error",
 		"The deployment's upstream did not answer."},
 	CodeInvalidPath: {"invalid_path", "invalid_request_error",
-		"The request path has a '.' or '..' segment; the gateway does not forward such paths."},
+		"The request path has a '.' or '..' segment (also escaped, or with ';' parameters); the gateway does not forward such paths."},
 }
 
 // errorBodies are the answers' JSON, made once: writing an error allocates

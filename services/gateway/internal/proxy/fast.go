@@ -1,8 +1,9 @@
 package proxy
 
 import (
+	"context"
+	"net"
 	"net/http"
-	"strings"
 
 	"github.com/infergate/infergate/services/gateway/internal/h1"
 	"github.com/infergate/infergate/services/gateway/internal/route"
@@ -19,7 +20,10 @@ type FastPath struct {
 	baseDomain string
 }
 
-var _ h1.Handler = (*FastPath)(nil)
+var (
+	_ h1.Handler = (*FastPath)(nil)
+	_ h1.Dialer  = (*FastPath)(nil)
+)
 
 // FastPath returns the fast path for requests routed under baseDomain
 // (lower case).
@@ -55,7 +59,7 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		answerError(c, http.StatusServiceUnavailable, CodeGatewayNotReady)
 		return true
 	}
-	key, authKey := fieldCredentials(req)
+	key := fieldCredentials(req)
 	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
 	if d.Result.Allowed() && d.Upstream != nil && d.Upstream.Scheme != "http" {
 		// https (or anything else): http.Transport's job. Nothing is
@@ -84,22 +88,11 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		answerError(c, http.StatusBadGateway, CodeUpstreamUnavailable)
 		return true
 	}
-	// No key of ours goes upstream, wherever auth is off too: X-API-Key,
-	// and every Authorization when one carries a key (as Serve).
-	stripAuth := authKey != ""
+	// No key of ours goes upstream, wherever auth is off too
+	// (credentials.go, as Serve).
 	for i := range req.Header {
-		switch fl := &req.Header[i]; {
-		case strings.EqualFold(fl.Name, "X-Api-Key"):
+		if fl := &req.Header[i]; !fl.Drop && credentialField(fl.Name, fl.Value) {
 			fl.Drop = true
-		case !stripAuth && strings.EqualFold(fl.Name, "Authorization"):
-			stripAuth = bearerKey(fl.Value) != ""
-		}
-	}
-	if stripAuth {
-		for i := range req.Header {
-			if fl := &req.Header[i]; strings.EqualFold(fl.Name, "Authorization") {
-				fl.Drop = true
-			}
 		}
 	}
 	// The path to send upstream: for path routing, the rest after
@@ -117,7 +110,7 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		h.cfg.Log.Debug("client canceled a proxied request", "project", t.Project, "deployment", t.Deployment)
 	default:
 		h.cfg.Metrics.UpstreamError(false)
-		h.cfg.Log.Warn("upstream failed", "project", t.Project, "deployment", t.Deployment, "upstream", d.Upstream.Host, "err", res.Err)
+		h.logUpstreamFailure(t, d.Upstream.Host, res.Err)
 		answerError(c, http.StatusBadGateway, CodeUpstreamUnavailable)
 	}
 	return true
@@ -126,12 +119,18 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 // fieldCredentials is credentials for a fast-path request: X-API-Key (its
 // first field, when not empty), else a well-formed infergate key in the
 // first Authorization field's Bearer token.
-func fieldCredentials(req *h1.Request) (key, authKey string) {
-	if v, ok := req.Get("Authorization"); ok {
-		authKey = bearerKey(v)
-	}
+func fieldCredentials(req *h1.Request) string {
 	if v, ok := req.Get("X-Api-Key"); ok && v != "" {
-		return v, authKey
+		return v
 	}
-	return authKey, authKey
+	if v, ok := req.Get("Authorization"); ok {
+		return bearerKey(v)
+	}
+	return ""
+}
+
+// DialUpstream implements h1.Dialer: the fast path's upstream connections
+// are made as Serve's are, with the upstream policy checked.
+func (f *FastPath) DialUpstream(ctx context.Context, network, addr string) (net.Conn, error) {
+	return f.h.dial(ctx, network, addr)
 }

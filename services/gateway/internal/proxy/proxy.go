@@ -22,6 +22,7 @@ import (
 	"github.com/infergate/infergate/services/gateway/internal/route"
 	"github.com/infergate/infergate/services/internal/apikey"
 	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 // Config is what the handler needs.
@@ -34,26 +35,41 @@ type Config struct {
 	Now     func() time.Time
 	Metrics *metrics.Metrics
 	Log     *slog.Logger
-	// Transport carries requests upstream. The default sends plain-http
-	// requests without a body or with a small one over the proxy's own
-	// synchronous HTTP/1.1 client (upstream.go) and everything else over
-	// NewTransport().
-	Transport http.RoundTripper
+	// Upstreams is the policy every upstream connection's address must
+	// pass, on both front ends (nil: the default policy, which refuses
+	// loopback, link-local and unspecified addresses).
+	Upstreams *upstreampolicy.Policy
 }
 
 // Handler serves requests routed to deployments.
 type Handler struct {
-	cfg Config
-	rp  *httputil.ReverseProxy
+	cfg  Config
+	dial DialFunc
+	rp   *httputil.ReverseProxy
 }
 
-// NewTransport is the default upstream transport: keep-alive connections
-// kept in numbers (the standard library keeps 2 idle per host, which
-// starves a busy gateway into dialing), bigger buffers, no proxy from the
-// environment (upstreams are the platform's own).
-func NewTransport() *http.Transport {
+// DialFunc connects to an upstream address.
+type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Dialer is how every upstream connection is made, by all three upstream
+// clients (the fast path's, the synchronous one in upstream.go and
+// http.Transport): a 10 s connect timeout, TCP keep-alive, and p checked
+// on the address actually dialled — after DNS, so a name that resolves
+// elsewhere than when its URL was checked (DNS rebinding) is still
+// refused.
+func Dialer(p *upstreampolicy.Policy) DialFunc {
+	return p.DialContext(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second})
+}
+
+// NewTransport is the upstream transport for what the synchronous client
+// does not carry (https, streamed bodies, upgrades): keep-alive
+// connections kept in numbers (the standard library keeps 2 idle per
+// host, which starves a busy gateway into dialing), bigger buffers, no
+// proxy from the environment (upstreams are the platform's own), and
+// connections made with dial.
+func NewTransport(dial DialFunc) *http.Transport {
 	return &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		DialContext:           dial,
 		ForceAttemptHTTP2:     true,
 		MaxIdleConns:          4096,
 		MaxIdleConnsPerHost:   1024,
@@ -67,13 +83,10 @@ func NewTransport() *http.Transport {
 
 // New returns a handler.
 func New(cfg Config) *Handler {
-	if cfg.Transport == nil {
-		cfg.Transport = newUpstreamTransport(NewTransport())
-	}
-	h := &Handler{cfg: cfg}
+	h := &Handler{cfg: cfg, dial: Dialer(cfg.Upstreams)}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
-		Transport: cfg.Transport,
+		Transport: newUpstreamTransport(NewTransport(h.dial), h.dial),
 		// Zero: ReverseProxy still flushes every write at once for
 		// streams — text/event-stream and responses of unknown length
 		// (chunked) — and lets a response of known length go out with
@@ -91,10 +104,9 @@ func New(cfg Config) *Handler {
 
 // call is what Rewrite and the hooks need to know about one request.
 type call struct {
-	t         route.Target
-	upstream  *url.URL
-	stripAuth bool
-	start     time.Time
+	t        route.Target
+	upstream *url.URL
+	start    time.Time
 }
 
 type callKey struct{}
@@ -108,7 +120,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) 
 		WriteError(w, http.StatusServiceUnavailable, CodeGatewayNotReady)
 		return
 	}
-	key, authKey := credentials(r.Header)
+	key := credentials(r.Header)
 	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
 	h.cfg.Metrics.Decided(d.Result)
 	switch d.Result {
@@ -132,36 +144,22 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) 
 		WriteError(w, http.StatusBadGateway, CodeUpstreamUnavailable)
 		return
 	}
-	c := &call{t: t, upstream: d.Upstream, stripAuth: authKey != "" || keyInAuthorization(r.Header["Authorization"]), start: time.Now()}
+	c := &call{t: t, upstream: d.Upstream, start: time.Now()}
 	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 }
 
-// credentials returns the key a request presents — X-API-Key, else a
-// well-formed infergate key in Authorization: Bearer — and the key found in
-// Authorization, if any (which must not go upstream either). Any other
-// Authorization (an upstream's own token, an SDK's dummy key) is left
-// alone.
-func credentials(h http.Header) (key, authKey string) {
-	if v := h["Authorization"]; len(v) > 0 {
-		authKey = bearerKey(v[0])
-	}
+// credentials returns the key a request presents: X-API-Key, else a
+// well-formed infergate key in Authorization: Bearer. (Whatever else
+// carries a key is only removed before the request goes upstream:
+// credentials.go.)
+func credentials(h http.Header) string {
 	if v := h["X-Api-Key"]; len(v) > 0 && v[0] != "" {
-		return v[0], authKey
+		return v[0]
 	}
-	return authKey, authKey
-}
-
-// keyInAuthorization reports whether any Authorization value carries a
-// well-formed infergate key as its Bearer token: such a header never goes
-// upstream, even when it is not the one the decision used (a second
-// Authorization field).
-func keyInAuthorization(values []string) bool {
-	for _, v := range values {
-		if bearerKey(v) != "" {
-			return true
-		}
+	if v := h["Authorization"]; len(v) > 0 {
+		return bearerKey(v[0])
 	}
-	return false
+	return ""
 }
 
 // bearerKey is the well-formed infergate key in an Authorization value
@@ -183,10 +181,8 @@ func rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.URL.RawPath = c.t.RawPath
 	pr.SetURL(c.upstream)
 	pr.SetXForwarded()
-	pr.Out.Header.Del("X-Api-Key")
-	if c.stripAuth {
-		pr.Out.Header.Del("Authorization")
-	}
+	stripCredentials(pr.Out.Header)
+	stripCredentials(pr.Out.Trailer)
 	pr.Out.Body, pr.Out.GetBody = upstreamBody(pr.Out.Body, pr.Out.ContentLength)
 }
 
@@ -280,8 +276,21 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		h.cfg.Log.Debug("client canceled a proxied request", "project", c.t.Project, "deployment", c.t.Deployment)
 		return
 	}
-	h.cfg.Log.Warn("upstream failed", "project", c.t.Project, "deployment", c.t.Deployment, "upstream", c.upstream.Host, "err", err)
+	h.logUpstreamFailure(c.t, c.upstream.Host, err)
 	WriteError(w, http.StatusBadGateway, CodeUpstreamUnavailable)
+}
+
+// logUpstreamFailure says why a request to t got 502: the upstream policy
+// refused the address the upstream host resolved to (a deployment that
+// should not point there, or DNS that changed under it), or the upstream
+// failed. The log has the upstream's host and the address, never a
+// header.
+func (h *Handler) logUpstreamFailure(t route.Target, host string, err error) {
+	if errors.Is(err, upstreampolicy.ErrRefused) {
+		h.cfg.Log.Warn("upstream address refused by the upstream policy", "project", t.Project, "deployment", t.Deployment, "upstream", host, "err", err)
+		return
+	}
+	h.cfg.Log.Warn("upstream failed", "project", t.Project, "deployment", t.Deployment, "upstream", host, "err", err)
 }
 
 // bufferPool lends the reverse proxy its copy buffers, so proxying does not

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"time"
 
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
@@ -26,15 +25,12 @@ import (
 // reuse, with one non-blocking peek (keepalive).
 type upstreamTransport struct {
 	fallback http.RoundTripper
-	dialer   net.Dialer
+	dial     DialFunc
 	idle     keepalive.Pool[*upConn]
 }
 
-func newUpstreamTransport(fallback http.RoundTripper) *upstreamTransport {
-	return &upstreamTransport{
-		fallback: fallback,
-		dialer:   net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second},
-	}
+func newUpstreamTransport(fallback http.RoundTripper, dial DialFunc) *upstreamTransport {
+	return &upstreamTransport{fallback: fallback, dial: dial}
 }
 
 type upConn struct {
@@ -198,7 +194,7 @@ func (t *upstreamTransport) conn(ctx context.Context, addr string) (*upConn, boo
 	if c, ok := t.idle.Get(addr); ok {
 		return c, true, nil
 	}
-	nc, err := t.dialer.DialContext(ctx, "tcp", addr)
+	nc, err := t.dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}

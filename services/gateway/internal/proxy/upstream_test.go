@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -12,7 +13,50 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
+
+// loopbackTransport is the proxy's upstream client with loopback allowed:
+// the test upstreams are on loopback.
+func loopbackTransport() *upstreamTransport {
+	dial := Dialer(upstreampolicy.MustParse(upstreampolicy.Loopback))
+	return newUpstreamTransport(NewTransport(dial), dial)
+}
+
+// Both upstream clients — the synchronous one and http.Transport — dial
+// through the policy: with the default one, a loopback upstream is
+// refused before any connection is made.
+func TestUpstreamTransportRefusesByPolicy(t *testing.T) {
+	t.Parallel()
+	up, conns := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {})
+	dial := Dialer(nil)
+	rt := newUpstreamTransport(NewTransport(dial), dial)
+	t.Cleanup(rt.CloseIdleConnections)
+	for _, tc := range []struct {
+		name string
+		req  func() *http.Request
+	}{
+		{"synchronous", func() *http.Request { r, _ := http.NewRequest("GET", up.URL+"/v1/models", nil); return r }},
+		{"http.Transport", func() *http.Request {
+			r, _ := http.NewRequest("POST", up.URL+"/v1/models", io.NopCloser(strings.NewReader("x")))
+			r.ContentLength = -1
+			return r
+		}},
+	} {
+		req := tc.req()
+		resp, err := rt.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		if !errors.Is(err, upstreampolicy.ErrRefused) {
+			t.Errorf("%s: err = %v, want refused by the upstream policy", tc.name, err)
+		}
+	}
+	if n := conns.Load(); n != 0 {
+		t.Errorf("the upstream got %d connections", n)
+	}
+}
 
 // upstreamServer is an upstream that counts its connections.
 func upstreamServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int64) {
@@ -76,7 +120,7 @@ func TestUpstreamTransport(t *testing.T) {
 			_, _ = io.WriteString(w, "bye")
 		}
 	})
-	rt := newUpstreamTransport(NewTransport())
+	rt := loopbackTransport()
 	t.Cleanup(rt.CloseIdleConnections)
 
 	for _, tc := range []struct {
@@ -131,7 +175,7 @@ func TestUpstreamTransportIdleClosed(t *testing.T) {
 	up.Config.IdleTimeout = 20 * time.Millisecond
 	up.Start()
 	t.Cleanup(up.Close)
-	rt := newUpstreamTransport(NewTransport())
+	rt := loopbackTransport()
 	t.Cleanup(rt.CloseIdleConnections)
 	for i := range 5 {
 		if _, body, _ := send(t, rt, "POST", up.URL, fmt.Sprint(i)); body != fmt.Sprint(i) {
@@ -154,7 +198,7 @@ func TestUpstreamTransportCancel(t *testing.T) {
 		<-r.Context().Done()
 		close(ended)
 	})
-	rt := newUpstreamTransport(NewTransport())
+	rt := loopbackTransport()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", up.URL, nil)
 	resp, err := rt.RoundTrip(req)

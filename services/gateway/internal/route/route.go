@@ -20,8 +20,9 @@ const (
 	// naming none.
 	Unroutable
 	// BadPath: for a deployment, but the path to send upstream has a "."
-	// or ".." segment (also escaped, %2e): joined under the upstream's
-	// base path it could climb out of it, so it is refused, not sent.
+	// or ".." segment (also escaped, %2e, or with ';'-parameters, "..;"):
+	// joined under the upstream's base path it could climb out of it, so
+	// it is refused, not sent.
 	BadPath
 )
 
@@ -68,11 +69,20 @@ func checkPath(t Target, k Kind) (Target, Kind) {
 	return t, k
 }
 
-// dotSegment reports whether the decoded path has a "." or ".." segment.
+// dotSegment reports whether the decoded path has a "." or ".." segment,
+// also with ';'-parameters ("..;", ".;x=1"): Java servlet containers
+// (Tomcat, Jetty) and proxies in front of them drop the parameters and
+// then climb ("/..;/admin" is "/../admin" to them). A backslash counts as
+// a separator too, as it does for Windows servers ("/v1/..\admin").
 func dotSegment(p string) bool {
 	for p != "" {
 		var seg string
-		seg, p, _ = strings.Cut(p, "/")
+		if i := strings.IndexAny(p, "/\\"); i >= 0 {
+			seg, p = p[:i], p[i+1:]
+		} else {
+			seg, p = p, ""
+		}
+		seg, _, _ = strings.Cut(seg, ";")
 		if seg == "." || seg == ".." {
 			return true
 		}

@@ -73,6 +73,7 @@ func TestRetryAfterLostAnswer(t *testing.T) {
 		}
 		dpath, dh, err := deployments.NewHandler(deployments.Config{
 			Events: b.Events, Reads: b.Reads, Projector: b.Projector, Log: b.Logger(), GatewayURL: "http://localhost:8000",
+			Upstreams: servicetest.Upstreams(),
 		}, opts...)
 		if err != nil {
 			t.Fatal(err)

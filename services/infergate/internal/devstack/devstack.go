@@ -37,6 +37,7 @@ import (
 	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natslog"
+	"github.com/infergate/infergate/services/internal/upstreampolicy"
 	"github.com/infergate/infergate/services/keys"
 )
 
@@ -195,9 +196,13 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
+	// The demo model, and a developer's own model servers, are on this
+	// machine: the dev stack allows loopback upstreams (link-local and
+	// unspecified addresses stay refused).
+	upstreams := upstreampolicy.MustParse(upstreampolicy.Loopback)
 	dpath, dh, err := deployments.NewHandler(deployments.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, GatewayURL: st.GatewayURL,
-		Propagation: plane.Tracker,
+		Propagation: plane.Tracker, Upstreams: upstreams,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
@@ -211,12 +216,13 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
-		Events: plane.Events, Interval: cfg.StatusInterval, Timeout: cfg.StatusTimeout, Log: cfg.Log,
+		Events: plane.Events, Interval: cfg.StatusInterval, Timeout: cfg.StatusTimeout, Log: cfg.Log, Upstreams: upstreams,
 	})
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(gateway.Config{Events: plane.Events, NATS: nc, Region: cfg.Region, BaseDomain: cfg.BaseDomain, Log: cfg.Log})
+	gw, err := gateway.New(gateway.Config{Events: plane.Events, NATS: nc, Region: cfg.Region, BaseDomain: cfg.BaseDomain, Log: cfg.Log,
+		Upstreams: upstreams})
 	if err != nil {
 		return err
 	}

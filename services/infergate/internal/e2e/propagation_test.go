@@ -76,12 +76,12 @@ func newFleet(t *testing.T) *fleet {
 	}
 	dpath, dh, err := deployments.NewHandler(deployments.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: log, Propagation: plane.Tracker,
-		GatewayURL: "http://localhost:8000",
+		GatewayURL: "http://localhost:8000", Upstreams: servicetest.Upstreams(),
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{Events: plane.Events, Interval: 20 * time.Millisecond, Log: log})
+	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{Events: plane.Events, Interval: 20 * time.Millisecond, Log: log, Upstreams: servicetest.Upstreams()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,7 +126,8 @@ func (f *fleet) addGateway(t *testing.T, id string, ownReporter bool) *fleetGate
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := gateway.Config{Events: events, NATS: nc, ID: id, Region: "local", Heartbeat: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler)}
+	cfg := gateway.Config{Events: events, NATS: nc, ID: id, Region: "local", Heartbeat: 100 * time.Millisecond, Log: slog.New(slog.DiscardHandler),
+		Upstreams: servicetest.Upstreams()}
 	if ownReporter {
 		cfg.NATS = nil
 	}
