@@ -211,6 +211,7 @@ func New(cfg Config) (*Gateway, error) {
 		Map:       g.authMap.Load,
 		Region:    cfg.Region,
 		Ready:     g.follower.Ready,
+		Stale:     g.StaleAt,
 		Now:       cfg.Now,
 		Metrics:   g.metrics,
 		Log:       cfg.Log,

@@ -194,6 +194,9 @@ func testAuthAndRouting(t *testing.T, front frontEnd) {
 		}
 		later := expiry.Add(time.Second)
 		now.Store(&later)
+		// The clock jumped past the staleness bound too: the next poll of
+		// the stream brings the gateway in step at the new time.
+		eventually(t, "in step at the new time", func() bool { _, st := readyz(t, srv); return !st.RefusingStale })
 		if a := get(t, srv, host("chat"), "/v1/models", "X-API-Key", expiring); a.status != 401 || a.code != "invalid_api_key" {
 			t.Fatalf("after expiry: %d %s", a.status, a.body)
 		}

@@ -63,7 +63,16 @@ func run() error {
 		"serve common HTTP/1.1 requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
 	upstreamAllow := fs.String("upstream-allow", env("INFERGATE_UPSTREAM_ALLOW", ""),
 		"upstream addresses allowed despite the default policy (which refuses loopback, link-local and unspecified addresses): CIDRs, addresses and host names, comma-separated (env INFERGATE_UPSTREAM_ALLOW)")
+	maxStaleness := fs.String("max-staleness", env("INFERGATE_MAX_STALENESS", gateway.DefaultMaxStaleness.String()),
+		"how long the gateway may serve auth-enabled deployments from a map it cannot confirm is current (NATS or the hub away, the process frozen) before it answers 503 gateway_stale; 0: forever, trading revocation for availability (env INFERGATE_MAX_STALENESS)")
 	_ = fs.Parse(os.Args[1:])
+	staleness, err := time.ParseDuration(*maxStaleness)
+	if err != nil || staleness < 0 {
+		return fmt.Errorf("--max-staleness %q: want a duration such as 5m, or 0 for none", *maxStaleness)
+	}
+	if staleness == 0 {
+		staleness = -1 // gateway.Config: negative is "never"
+	}
 	upstreams, err := upstreampolicy.Parse(*upstreamAllow)
 	if err != nil {
 		return fmt.Errorf("--upstream-allow: %w", err)
@@ -133,7 +142,7 @@ func run() error {
 		}
 		gw, err := gateway.New(gateway.Config{
 			Events: store, NATS: nc, Region: region, BaseDomain: baseDomain, ID: id, Log: log,
-			Snapshots: snaps, SnapshotEvery: *snapshotEvery, Upstreams: upstreams,
+			Snapshots: snaps, SnapshotEvery: *snapshotEvery, Upstreams: upstreams, MaxStaleness: staleness,
 		})
 		if err != nil {
 			return err

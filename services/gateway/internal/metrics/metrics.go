@@ -16,6 +16,10 @@ import (
 // gateway has not caught up with the stream yet.
 const GatewayNotReady = "gateway_not_ready"
 
+// GatewayStale is the decision label of a request to an auth-enabled
+// deployment refused because the gateway was past its staleness bound.
+const GatewayStale = "gateway_stale"
+
 // Stream is what the gateway knows about the event stream, read at scrape
 // time.
 type Stream struct {
@@ -49,6 +53,7 @@ type Metrics struct {
 
 	decisions      [authmap.NumResults]prometheus.Counter
 	notReady       prometheus.Counter
+	stale          prometheus.Counter
 	upstream       prometheus.Histogram
 	upstreamErrors *prometheus.CounterVec
 	snapshotSaves  *prometheus.CounterVec
@@ -68,6 +73,7 @@ func New(stream func() Stream) *Metrics {
 		m.decisions[r] = decisions.WithLabelValues(r.String())
 	}
 	m.notReady = decisions.WithLabelValues(GatewayNotReady)
+	m.stale = decisions.WithLabelValues(GatewayStale)
 	m.upstream = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "infergate_gateway_upstream_response_seconds",
 		Help:    "Time from sending a request upstream to the upstream's response headers (or its failure).",
@@ -144,6 +150,9 @@ func (m *Metrics) Decided(r authmap.Result) {
 
 // RefusedNotReady counts a request refused before the gateway was ready.
 func (m *Metrics) RefusedNotReady() { m.notReady.Inc() }
+
+// RefusedStale counts a request refused past the staleness bound.
+func (m *Metrics) RefusedStale() { m.stale.Inc() }
 
 // Upstream records how long the upstream took to answer.
 func (m *Metrics) Upstream(d time.Duration) { m.upstream.Observe(d.Seconds()) }

@@ -16,6 +16,7 @@ const (
 	CodeDeploymentNotFound
 	CodeDeploymentNotReady
 	CodeGatewayNotReady
+	CodeGatewayStale
 	CodeUpstreamUnavailable
 	CodeInvalidPath
 	numCodes
@@ -32,6 +33,8 @@ var errorTexts = [numCodes]struct{ code, typ, message string }{
 		"The deployment is not ready yet. Retry later."},
 	CodeGatewayNotReady: {"gateway_not_ready", "server_error",
 		"The gateway is starting and has not caught up with its configuration yet. Retry shortly."},
+	CodeGatewayStale: {"gateway_stale", "server_error",
+		"The gateway has lost touch with its configuration for longer than it may serve this deployment from memory. Retry shortly."},
 	CodeUpstreamUnavailable: {"upstream_unavailable", "server_error",
 		"The deployment's upstream did not answer."},
 	CodeInvalidPath: {"invalid_path", "invalid_request_error",
@@ -63,10 +66,17 @@ var errorBodies = func() (b [numCodes][]byte) {
 // String is the code as the body says it, e.g. "invalid_api_key".
 func (c Code) String() string { return errorTexts[c].code }
 
+// RetryAfterStale is the Retry-After, in seconds, of a gateway_stale
+// answer: about when a gateway that got its connection back has caught up.
+const RetryAfterStale = "5"
+
 // WriteError answers with an OpenAI-style error body:
 // {"error": {"message", "type", "param", "code"}}.
 func WriteError(w http.ResponseWriter, status int, c Code) {
 	h := w.Header()
+	if c == CodeGatewayStale {
+		h.Set("Retry-After", RetryAfterStale)
+	}
 	h.Set("Content-Type", "application/json")
 	h.Set("Content-Length", strconv.Itoa(len(errorBodies[c])))
 	h.Set("Cache-Control", "no-store")

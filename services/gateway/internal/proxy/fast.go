@@ -33,8 +33,15 @@ func (h *Handler) FastPath(baseDomain string) *FastPath {
 
 const errorHeader = "Content-Type: application/json\r\nCache-Control: no-store\r\n"
 
+// staleHeader is errorHeader with the Retry-After of gateway_stale.
+const staleHeader = errorHeader + "Retry-After: " + RetryAfterStale + "\r\n"
+
 func answerError(c *h1.Conn, status int, code Code) {
-	_ = c.Answer(status, errorHeader, errorBodies[code])
+	header := errorHeader
+	if code == CodeGatewayStale {
+		header = staleHeader
+	}
+	_ = c.Answer(status, header, errorBodies[code])
 }
 
 // ServeH1 implements h1.Handler.
@@ -54,40 +61,18 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 	default:
 		return false // the gateway's own endpoints
 	}
-	if !h.cfg.Ready() {
-		h.cfg.Metrics.RefusedNotReady()
-		answerError(c, http.StatusServiceUnavailable, CodeGatewayNotReady)
-		return true
-	}
-	key := fieldCredentials(req)
-	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
-	if d.Result.Allowed() && d.Upstream != nil && d.Upstream.Scheme != "http" {
+	out := h.decide(t, fieldCredentials(req))
+	if out.status == 0 && out.d.Upstream.Scheme != "http" {
 		// https (or anything else): http.Transport's job. Nothing is
-		// counted yet; Serve counts it.
+		// counted yet; Serve decides again and counts it.
 		return false
 	}
-	h.cfg.Metrics.Decided(d.Result)
-	switch d.Result {
-	case authmap.ResultAllowed, authmap.ResultAuthDisabled:
-	case authmap.ResultMissingAPIKey:
-		answerError(c, http.StatusUnauthorized, CodeMissingAPIKey)
-		return true
-	case authmap.ResultInvalidAPIKey:
-		h.cfg.Log.Debug("refused", "project", t.Project, "deployment", t.Deployment, "reason", d.Reason.String())
-		answerError(c, http.StatusUnauthorized, CodeInvalidAPIKey)
-		return true
-	case authmap.ResultDeploymentNotReady:
-		answerError(c, http.StatusServiceUnavailable, CodeDeploymentNotReady)
-		return true
-	default:
-		answerError(c, http.StatusNotFound, CodeDeploymentNotFound)
+	h.record(t, out)
+	if out.status != 0 {
+		answerError(c, out.status, out.code)
 		return true
 	}
-	if d.Upstream == nil {
-		h.cfg.Log.Warn("deployment has an unusable upstream URL", "project", t.Project, "deployment", t.Deployment)
-		answerError(c, http.StatusBadGateway, CodeUpstreamUnavailable)
-		return true
-	}
+	d := out.d
 	// No key of ours goes upstream, wherever auth is off too
 	// (credentials.go, as Serve).
 	for i := range req.Header {

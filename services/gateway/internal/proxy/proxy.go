@@ -29,9 +29,13 @@ import (
 type Config struct {
 	// Map returns the auth map to decide on now: the gateway swaps in a
 	// new one when the stream it was built from is gone.
-	Map     func() *authmap.Map
-	Region  string
-	Ready   func() bool
+	Map    func() *authmap.Map
+	Region string
+	Ready  func() bool
+	// Stale reports whether the gateway is past its staleness bound at
+	// now (nil: never); requests to auth-enabled deployments then get 503
+	// gateway_stale.
+	Stale   func(now time.Time) bool
 	Now     func() time.Time
 	Metrics *metrics.Metrics
 	Log     *slog.Logger
@@ -113,39 +117,80 @@ type callKey struct{}
 
 // Serve decides and proxies a request routed to t.
 func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) {
-	if !h.cfg.Ready() {
-		// A map still replaying could let in a key revoked later in the
-		// stream: refuse rather than guess.
-		h.cfg.Metrics.RefusedNotReady()
-		WriteError(w, http.StatusServiceUnavailable, CodeGatewayNotReady)
+	out := h.decide(t, credentials(r.Header))
+	h.record(t, out)
+	if out.status != 0 {
+		WriteError(w, out.status, out.code)
 		return
 	}
-	key := credentials(r.Header)
-	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, h.cfg.Now())
-	h.cfg.Metrics.Decided(d.Result)
-	switch d.Result {
-	case authmap.ResultAllowed, authmap.ResultAuthDisabled:
-	case authmap.ResultMissingAPIKey:
-		WriteError(w, http.StatusUnauthorized, CodeMissingAPIKey)
-		return
-	case authmap.ResultInvalidAPIKey:
-		h.cfg.Log.Debug("refused", "project", t.Project, "deployment", t.Deployment, "reason", d.Reason.String())
-		WriteError(w, http.StatusUnauthorized, CodeInvalidAPIKey)
-		return
-	case authmap.ResultDeploymentNotReady:
-		WriteError(w, http.StatusServiceUnavailable, CodeDeploymentNotReady)
-		return
-	default:
-		WriteError(w, http.StatusNotFound, CodeDeploymentNotFound)
-		return
-	}
-	if d.Upstream == nil {
-		h.cfg.Log.Warn("deployment has an unusable upstream URL", "project", t.Project, "deployment", t.Deployment)
-		WriteError(w, http.StatusBadGateway, CodeUpstreamUnavailable)
-		return
-	}
+	d := out.d
 	c := &call{t: t, upstream: d.Upstream, start: time.Now()}
 	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
+}
+
+// outcome is what a request routed to a deployment gets: proxied to d's
+// upstream (status 0) or an error answer.
+type outcome struct {
+	d      authmap.Decision
+	status int
+	code   Code
+	// notReady and stale say why, for the metrics.
+	notReady, stale bool
+}
+
+// decide is the one decision path both front ends carry out: readiness,
+// the auth map's decision, then staleness — checked at every decision, at
+// the moment of the decision, so a gateway that was frozen or cut off
+// admits nothing on old state once past its bound.
+func (h *Handler) decide(t route.Target, key string) outcome {
+	if !h.cfg.Ready() {
+		// A map still replaying (or of a stream that is gone) could let
+		// in a key revoked later: refuse rather than guess.
+		return outcome{status: http.StatusServiceUnavailable, code: CodeGatewayNotReady, notReady: true}
+	}
+	now := h.cfg.Now()
+	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, now)
+	switch d.Result {
+	case authmap.ResultAllowed, authmap.ResultMissingAPIKey, authmap.ResultInvalidAPIKey:
+		// Auth is on: a map past its bound may be missing a revocation.
+		if h.cfg.Stale != nil && h.cfg.Stale(now) {
+			return outcome{d: d, status: http.StatusServiceUnavailable, code: CodeGatewayStale, stale: true}
+		}
+	}
+	switch d.Result {
+	case authmap.ResultAllowed, authmap.ResultAuthDisabled:
+		if d.Upstream == nil {
+			return outcome{d: d, status: http.StatusBadGateway, code: CodeUpstreamUnavailable}
+		}
+		return outcome{d: d}
+	case authmap.ResultMissingAPIKey:
+		return outcome{d: d, status: http.StatusUnauthorized, code: CodeMissingAPIKey}
+	case authmap.ResultInvalidAPIKey:
+		return outcome{d: d, status: http.StatusUnauthorized, code: CodeInvalidAPIKey}
+	case authmap.ResultDeploymentNotReady:
+		return outcome{d: d, status: http.StatusServiceUnavailable, code: CodeDeploymentNotReady}
+	default:
+		return outcome{d: d, status: http.StatusNotFound, code: CodeDeploymentNotFound}
+	}
+}
+
+// record counts the outcome and logs what an operator needs.
+func (h *Handler) record(t route.Target, out outcome) {
+	switch {
+	case out.notReady:
+		h.cfg.Metrics.RefusedNotReady()
+		return
+	case out.stale:
+		h.cfg.Metrics.RefusedStale()
+		return
+	}
+	h.cfg.Metrics.Decided(out.d.Result)
+	switch {
+	case out.code == CodeInvalidAPIKey:
+		h.cfg.Log.Debug("refused", "project", t.Project, "deployment", t.Deployment, "reason", out.d.Reason.String())
+	case out.code == CodeUpstreamUnavailable:
+		h.cfg.Log.Warn("deployment has an unusable upstream URL", "project", t.Project, "deployment", t.Deployment)
+	}
 }
 
 // credentials returns the key a request presents: X-API-Key, else a
