@@ -175,7 +175,8 @@ func printDeployments(w io.Writer, deps ...*deploymentv1.Deployment) {
 	tw.Flush()
 }
 
-// describePropagation says how far a change has reached the gateways.
+// describePropagation says how far a change has reached the gateways, and
+// names every gateway that had not applied it.
 func describePropagation(p *propagationv1.Propagation) string {
 	if p == nil {
 		return "no propagation receipt"
@@ -184,15 +185,35 @@ func describePropagation(p *propagationv1.Propagation) string {
 	if p.GetWaited() != nil {
 		waited = fmt.Sprintf(" in %s", roundDuration(p.GetWaited().AsDuration()))
 	}
+	var out string
 	switch {
+	case p.GetConfirmed() && p.GetGatewaysApplied() == p.GetGateways():
+		out = fmt.Sprintf("applied at %d/%d gateways%s (stream sequence %d)", p.GetGatewaysApplied(), p.GetGateways(), waited, p.GetSequence())
 	case p.GetConfirmed():
-		return fmt.Sprintf("applied at %d/%d gateways%s (stream sequence %d)", p.GetGatewaysApplied(), p.GetGateways(), waited, p.GetSequence())
+		out = fmt.Sprintf("confirmed: applied at %d/%d gateways%s, the others refuse as stale (stream sequence %d)",
+			p.GetGatewaysApplied(), p.GetGateways(), waited, p.GetSequence())
 	case p.GetGateways() == 0:
 		return fmt.Sprintf("stream sequence %d; not confirmed: no live gateway reported", p.GetSequence())
 	default:
-		return fmt.Sprintf("stream sequence %d; NOT confirmed: applied at %d/%d gateways%s, %d behind",
+		out = fmt.Sprintf("stream sequence %d; NOT confirmed: applied at %d/%d gateways%s, %d behind",
 			p.GetSequence(), p.GetGatewaysApplied(), p.GetGateways(), waited, p.GetGateways()-p.GetGatewaysApplied())
 	}
+	for _, l := range p.GetLagging() {
+		state := "lagging"
+		if l.GetRefusingAsStale() {
+			state = "refusing as stale"
+		}
+		heard := "never heard"
+		if l.GetLastHeard() != nil {
+			heard = "last heard " + l.GetLastHeard().AsTime().UTC().Format(time.RFC3339)
+		}
+		other := ""
+		if l.GetOtherStream() != "" {
+			other = ", on another stream " + l.GetOtherStream()
+		}
+		out += fmt.Sprintf("\n  %s (%s): %s, applied %d%s, %s", l.GetId(), l.GetRegion(), state, l.GetAppliedSequence(), other, heard)
+	}
+	return out
 }
 
 func roundDuration(d time.Duration) string {

@@ -3,9 +3,14 @@ package cli
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
+	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	propagationv1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
 )
 
 // A call lost in transit is retried with its request id; an answer the
@@ -33,6 +38,23 @@ func TestRetryable(t *testing.T) {
 	} {
 		if got := retryable(tt.ctx, tt.err); got != tt.want {
 			t.Errorf("%s: retryable = %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// The receipt names every gateway that lags, and says which refuse.
+func TestDescribePropagationNamesLaggards(t *testing.T) {
+	t.Parallel()
+	heard := timestamppb.New(time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC))
+	p := &propagationv1.Propagation{Sequence: 42, Gateways: 3, GatewaysApplied: 1, Lagging: []*propagationv1.LaggingGateway{
+		{Id: "gw-eu-2", Region: "eu", AppliedSequence: 40, LastHeard: heard},
+		{Id: "gw-us-1", Region: "us", AppliedSequence: 12, LastHeard: heard, RefusingAsStale: true},
+	}}
+	got := describePropagation(p)
+	for _, want := range []string{"NOT confirmed", "1/3", "gw-eu-2 (eu): lagging, applied 40, last heard 2026-11-30T12:00:00Z",
+		"gw-us-1 (us): refusing as stale, applied 12"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("describePropagation = %q; want it to contain %q", got, want)
 		}
 	}
 }
