@@ -73,15 +73,10 @@ type Config struct {
 	// availability over revocation, see docs/gateway.md).
 	MaxStaleness time.Duration
 	// Snapshots, if set, is where the gateway starts its auth map from
-	// (the latest usable snapshot, then the records after it) and saves
-	// snapshots to; nil: replay the whole stream, save none.
+	// (the latest usable snapshot, then the records after it); nil:
+	// replay the whole stream. Gateways only read snapshots: the control
+	// plane's snapshotter writes them (snapshots.Snapshotter).
 	Snapshots *snapshots.Store
-	// SnapshotEvery is how many records past the latest snapshot make
-	// the gateway save a new one; 0: never save, only start from one.
-	SnapshotEvery uint64
-	// SnapshotCheck is how often it checks whether one is due; default
-	// 10 s.
-	SnapshotCheck time.Duration
 	// Heartbeat is how often the gateway reports its applied sequence on
 	// NATS when nothing changes (receipts, SPEC §5); it also reports at
 	// once after every applied record. Default receipts.DefaultHeartbeat.
@@ -119,9 +114,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxStaleness == 0 {
 		c.MaxStaleness = DefaultMaxStaleness
-	}
-	if c.SnapshotCheck <= 0 {
-		c.SnapshotCheck = 10 * time.Second
 	}
 }
 
@@ -257,7 +249,6 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.reporter != nil {
 		wg.Go(func() { _ = g.reporter.Run(ctx) })
 	}
-	wg.Go(func() { g.saveSnapshots(ctx) })
 	return g.follower.Run(ctx)
 }
 

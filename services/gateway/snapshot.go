@@ -3,7 +3,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"time"
 
 	"github.com/infergate/infergate/services/internal/authmap"
@@ -11,10 +10,6 @@ import (
 	"github.com/infergate/infergate/services/internal/follow"
 	"github.com/infergate/infergate/services/internal/snapshots"
 )
-
-// DefaultSnapshotEvery is how many stream records a gateway lets pass
-// between snapshots it saves, by default.
-const DefaultSnapshotEvery = 100_000
 
 // MapOffHeapBytes is the memory the gateway's auth map holds outside the
 // Go heap (its key table, once big; see authmap.Map.OffHeapBytes):
@@ -79,72 +74,4 @@ func (g *Gateway) restore(ctx context.Context, m *authmap.Map, to eventstore.Ide
 		return info.Sequence
 	}
 	return 0
-}
-
-// saveSnapshots saves a snapshot of the auth map whenever the gateway is
-// ready and SnapshotEvery records (plus its slack) past the latest one in
-// the bucket, whoever saved it, checking every SnapshotCheck, until ctx
-// ends.
-func (g *Gateway) saveSnapshots(ctx context.Context) {
-	if g.cfg.Snapshots == nil || g.cfg.SnapshotEvery == 0 {
-		return
-	}
-	// Gateways started together spread their checks, and each waits for
-	// a random 0–50 % more than SnapshotEvery records, so that usually the
-	// first one due saves and the others find its snapshot, rather than
-	// all of them uploading one at once.
-	slack := rand.N(g.cfg.SnapshotEvery/2 + 1)
-	t := time.NewTimer(g.cfg.SnapshotCheck/2 + rand.N(g.cfg.SnapshotCheck))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		g.maybeSave(ctx, g.cfg.SnapshotEvery+slack)
-		t.Reset(g.cfg.SnapshotCheck)
-	}
-}
-
-// maybeSave saves a snapshot if the map is every records past the latest.
-func (g *Gateway) maybeSave(ctx context.Context, every uint64) {
-	if !g.Ready() {
-		return
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	state, err := g.cfg.Events.State(ctx)
-	if err != nil {
-		return // the follower reports NATS trouble
-	}
-	var base uint64
-	latest, err := g.cfg.Snapshots.Latest(ctx)
-	switch {
-	case err == nil && latest.Stream == state.Stream && latest.StreamCreated.Equal(state.Created):
-		base = latest.Sequence
-	case err == nil, errors.Is(err, snapshots.ErrNone), errors.Is(err, snapshots.ErrNotUsable):
-		// None of this stream: one is due.
-	default:
-		g.cfg.Log.Warn("cannot read the latest snapshot's state", "err", err)
-		return
-	}
-	if g.Applied() < base+every {
-		return
-	}
-	start := time.Now()
-	if !state.Identity().Equal(g.follower.Identity()) {
-		return // the map is not of this stream's life
-	}
-	info, err := g.cfg.Snapshots.Save(ctx, g.authMap.Load(), state)
-	if err != nil {
-		if ctx.Err() == nil {
-			g.metrics.SnapshotSaved(0, err)
-			g.cfg.Log.Warn("saving a snapshot failed", "err", err)
-		}
-		return
-	}
-	g.metrics.SnapshotSaved(info.Sequence, nil)
-	g.cfg.Log.Info("saved a snapshot", "sequence", info.Sequence, "bytes", info.Size,
-		"took", time.Since(start).Round(time.Millisecond))
 }

@@ -5,6 +5,7 @@
 package controlplane
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -25,6 +26,7 @@ import (
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/natsauth"
 	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/readmodel/postgres"
@@ -38,8 +40,14 @@ type Config struct {
 	Addr string
 	// NATSURL is the NATS server or cluster (comma-separated URLs).
 	NATSURL string
-	// NATSCreds is an optional NATS credentials file.
-	NATSCreds string
+	// NATSNkey is the nkey seed file of the process's NATS user (natsauth);
+	// empty: connect without authentication.
+	NATSNkey string
+	// NATSCA is a CA file for the NATS servers' TLS certificates; empty:
+	// the system's roots.
+	NATSCA string
+	// Identity is the process's NATS role; default natsauth.ControlPlane.
+	Identity natsauth.Role
 	// StreamReplicas is the replica count the event stream must have (3 on
 	// a production cluster); 0 accepts what it has. A process never
 	// changes the stream: `infergate admin stream` does.
@@ -78,7 +86,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet, addr, schema string) {
 	grace, _ := time.ParseDuration(Env("INFERGATE_SHUTDOWN_GRACE", "15s"))
 	fs.StringVar(&c.Addr, "addr", Env("INFERGATE_ADDR", addr), "listen address of the API (env INFERGATE_ADDR)")
 	fs.StringVar(&c.NATSURL, "nats-url", Env("INFERGATE_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env INFERGATE_NATS_URL)")
-	fs.StringVar(&c.NATSCreds, "nats-creds", Env("INFERGATE_NATS_CREDS", ""), "NATS credentials file (env INFERGATE_NATS_CREDS)")
+	fs.StringVar(&c.NATSNkey, "nats-nkey", Env("INFERGATE_NATS_NKEY", ""), "NATS nkey seed file of this process's NATS user (env INFERGATE_NATS_NKEY)")
+	fs.StringVar(&c.NATSCA, "nats-ca", Env("INFERGATE_NATS_CA", ""), "CA file for the NATS servers' TLS certificates; default the system's (env INFERGATE_NATS_CA)")
 	fs.IntVar(&c.StreamReplicas, "stream-replicas", replicas, "replicas the event stream must have, else refuse to start; 0 accepts what it has. The stream is created and changed only by \"infergate admin stream\" (env INFERGATE_STREAM_REPLICAS)")
 	fs.StringVar(&c.AdminTokensFile, "admin-tokens-file", Env("INFERGATE_ADMIN_TOKENS_FILE", ""), "JSON file of admin tokens (env INFERGATE_ADMIN_TOKENS_FILE)")
 	fs.StringVar(&c.DatabaseURL, "database-url", Env("INFERGATE_DATABASE_URL", ""), "PostgreSQL URL for the read model; empty keeps it in memory (env INFERGATE_DATABASE_URL)")
@@ -117,6 +126,8 @@ type Plane struct {
 	Tracker *receipts.Tracker
 	Tokens  *adminauth.Tokens
 	Log     *slog.Logger
+	// JS is the plane's JetStream context (the snapshotter's bucket).
+	JS jetstream.JetStream
 
 	closers []func()
 }
@@ -131,11 +142,13 @@ func Open(ctx context.Context, cfg Config, log *slog.Logger) (*Plane, error) {
 	if err != nil {
 		return nil, err
 	}
+	auth, err := natsauth.Identity{Role: cmp.Or(cfg.Identity, natsauth.ControlPlane)}.ClientOptions(cfg.NATSNkey, cfg.NATSCA)
+	if err != nil {
+		return nil, err
+	}
 	opts := []nats.Option{nats.Name("infergate"), nats.MaxReconnects(-1)}
 	opts = append(opts, natslog.Options(log, "writes fail as unavailable; reads are answered from the read model")...)
-	if cfg.NATSCreds != "" {
-		opts = append(opts, nats.UserCredentials(cfg.NATSCreds))
-	}
+	opts = append(opts, auth...)
 	nc, err := nats.Connect(cfg.NATSURL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.NATSURL, err)
@@ -164,6 +177,7 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 	if err != nil {
 		return err
 	}
+	p.JS = js
 	// Bind and verify only: a process started with other settings fails
 	// here and leaves the stream as its owner made it.
 	if p.Events, err = eventstore.Open(ctx, js, eventstore.Config{Replicas: cfg.StreamReplicas}); err != nil {

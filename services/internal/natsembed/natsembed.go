@@ -31,6 +31,10 @@ type Config struct {
 	// (sync_interval: always, as deploy/nats/nats-server.conf sets); the
 	// default syncs every 2 minutes.
 	SyncAlways bool
+	// Users are the nkey users that may connect, each with its
+	// permissions (natsauth); none: anyone may, with every permission
+	// (tests).
+	Users []*server.NkeyUser
 }
 
 func (c *Config) setDefaults() {
@@ -80,6 +84,7 @@ func Start(cfg Config) (*Server, error) {
 		NoLog:      !cfg.Logs,
 		NoSigs:     true,
 		SyncAlways: cfg.SyncAlways,
+		Nkeys:      cfg.Users,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: %w", err)

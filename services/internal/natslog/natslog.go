@@ -14,6 +14,7 @@ import (
 // unavailable; reads are answered from the read model").
 func Options(log *slog.Logger, whileDown string) []nats.Option {
 	return []nats.Option{
+		Errors(log),
 		nats.ConnectHandler(func(nc *nats.Conn) {
 			log.Info("NATS connected", "url", nc.ConnectedUrlRedacted())
 		}),
@@ -39,4 +40,17 @@ func Options(log *slog.Logger, whileDown string) []nats.Option {
 			log.Info("NATS connection closed")
 		}),
 	}
+}
+
+// Errors logs what the server reports asynchronously — above all a
+// permissions violation (natsauth), which otherwise shows only as a
+// request that times out.
+func Errors(log *slog.Logger) nats.Option {
+	return nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		if sub != nil {
+			log.Error("NATS error", "subject", sub.Subject, "err", err)
+			return
+		}
+		log.Error("NATS error", "err", err)
+	})
 }

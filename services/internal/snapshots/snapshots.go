@@ -14,6 +14,9 @@ package snapshots
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,16 +58,25 @@ type Config struct {
 	Replicas int
 	// Memory keeps the bucket in memory (tests only).
 	Memory bool
+	// ReadOnly opens the bucket as it is, to read snapshots only: for
+	// gateways, which may not write it (natsauth). Open then fails,
+	// wrapping jetstream.ErrStreamNotFound, until the snapshotter has
+	// created it.
+	ReadOnly bool
 }
 
-// Store reads and writes snapshots.
+// Store reads and writes snapshots. Reads go through direct gets on the
+// bucket's stream, never a consumer: a reader needs no permission to
+// create consumers (see natsauth), and reads the same bytes the object
+// store would, checked against the object's digest.
 type Store struct {
-	obj jetstream.ObjectStore
+	obj    jetstream.ObjectStore // nil when read-only
+	stream jetstream.Stream
+	bucket string
 }
 
 // Open opens the bucket as it is, or creates it with cfg when there is
-// none: a bucket that exists is never reconfigured (a gateway must not
-// undo an operator's replica count).
+// none (unless ReadOnly): a bucket that exists is never reconfigured.
 func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, error) {
 	if cfg.Bucket == "" {
 		cfg.Bucket = DefaultBucket
@@ -72,6 +84,20 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
 	}
+	s := &Store{bucket: cfg.Bucket}
+	var err error
+	if !cfg.ReadOnly {
+		if s.obj, err = openWritable(ctx, js, cfg); err != nil {
+			return nil, fmt.Errorf("snapshots: open bucket %s: %w", cfg.Bucket, err)
+		}
+	}
+	if s.stream, err = js.Stream(ctx, "OBJ_"+cfg.Bucket); err != nil {
+		return nil, fmt.Errorf("snapshots: open bucket %s: %w", cfg.Bucket, err)
+	}
+	return s, nil
+}
+
+func openWritable(ctx context.Context, js jetstream.JetStream, cfg Config) (jetstream.ObjectStore, error) {
 	obj, err := js.ObjectStore(ctx, cfg.Bucket)
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
 		storage := jetstream.FileStorage
@@ -86,13 +112,10 @@ func Open(ctx context.Context, js jetstream.JetStream, cfg Config) (*Store, erro
 			Compression: true,
 		})
 		if errors.Is(err, jetstream.ErrBucketExists) {
-			obj, err = js.ObjectStore(ctx, cfg.Bucket) // another gateway was first
+			obj, err = js.ObjectStore(ctx, cfg.Bucket) // another writer was first
 		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("snapshots: open bucket %s: %w", cfg.Bucket, err)
-	}
-	return &Store{obj: obj}, nil
+	return obj, err
 }
 
 // Info describes a stored snapshot.
@@ -109,14 +132,54 @@ type Info struct {
 
 // Latest describes the latest snapshot; ErrNone when there is none.
 func (s *Store) Latest(ctx context.Context) (Info, error) {
-	oi, err := s.obj.GetInfo(ctx, object)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return Info{}, ErrNone
-	}
+	oi, err := s.objectInfo(ctx)
 	if err != nil {
-		return Info{}, fmt.Errorf("snapshots: %w", err)
+		return Info{}, err
 	}
 	return infoOf(oi)
+}
+
+// objectInfo reads the object's metadata; ErrNone when there is none.
+func (s *Store) objectInfo(ctx context.Context) (*jetstream.ObjectInfo, error) {
+	meta := "$O." + s.bucket + ".M." + base64.URLEncoding.EncodeToString([]byte(object))
+	msg, err := s.stream.GetLastMsgForSubject(ctx, meta)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, ErrNone
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshots: %w", err)
+	}
+	var oi jetstream.ObjectInfo
+	if err := json.Unmarshal(msg.Data, &oi); err != nil {
+		return nil, fmt.Errorf("%w: metadata: %w", ErrNotUsable, err)
+	}
+	if oi.Deleted {
+		return nil, ErrNone
+	}
+	oi.ModTime = msg.Time
+	return &oi, nil
+}
+
+// readObject reads the object's chunks in order and checks them against
+// its size and digest.
+func (s *Store) readObject(ctx context.Context, oi *jetstream.ObjectInfo) ([]byte, error) {
+	subject := "$O." + s.bucket + ".C." + oi.NUID
+	data := make([]byte, 0, oi.Size)
+	h := sha256.New()
+	seq := uint64(1)
+	for range oi.Chunks {
+		msg, err := s.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if err != nil {
+			return nil, fmt.Errorf("snapshots: read: %w", err)
+		}
+		data = append(data, msg.Data...)
+		h.Write(msg.Data)
+		seq = msg.Sequence + 1
+	}
+	if uint64(len(data)) != oi.Size || jetstream.GetObjectDigestValue(h) != oi.Digest {
+		return nil, fmt.Errorf("%w: %d bytes read of %d, digest %s", authmap.ErrBadSnapshot, len(data), oi.Size, oi.Digest)
+	}
+	return data, nil
 }
 
 func infoOf(oi *jetstream.ObjectInfo) (Info, error) {
@@ -145,9 +208,15 @@ func usable(info Info, stream eventstore.StreamState) error {
 	return nil
 }
 
+// ErrReadOnly means Save was called on a store opened ReadOnly.
+var ErrReadOnly = errors.New("snapshots: opened read-only")
+
 // Save writes m's state as the latest snapshot of stream (the stream m
 // follows) and describes it. The map keeps applying records meanwhile.
 func (s *Store) Save(ctx context.Context, m *authmap.Map, stream eventstore.StreamState) (Info, error) {
+	if s.obj == nil {
+		return Info{}, ErrReadOnly
+	}
 	p := m.SavePoint()
 	pr, pw := io.Pipe()
 	go func() {
@@ -184,17 +253,9 @@ func (s *Store) Save(ctx context.Context, m *authmap.Map, stream eventstore.Stre
 // error: it could not be read or is corrupt. Whatever the error, m is left
 // as it was.
 func (s *Store) Restore(ctx context.Context, m *authmap.Map, stream eventstore.StreamState) (Info, error) {
-	res, err := s.obj.Get(ctx, object)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return Info{}, ErrNone
-	}
+	oi, err := s.objectInfo(ctx)
 	if err != nil {
-		return Info{}, fmt.Errorf("snapshots: read: %w", err)
-	}
-	defer res.Close()
-	oi, err := res.Info()
-	if err != nil {
-		return Info{}, fmt.Errorf("snapshots: read: %w", err)
+		return Info{}, err
 	}
 	info, err := infoOf(oi)
 	if err != nil {
@@ -203,12 +264,10 @@ func (s *Store) Restore(ctx context.Context, m *authmap.Map, stream eventstore.S
 	if err := usable(info, stream); err != nil {
 		return info, err
 	}
-	// Read to the end: that is where the object store checks the digest.
-	data := bytes.NewBuffer(make([]byte, 0, oi.Size+bytes.MinRead))
-	if _, err := data.ReadFrom(res); err != nil {
-		return info, fmt.Errorf("snapshots: read: %w", err)
+	buf, err := s.readObject(ctx, oi)
+	if err != nil {
+		return info, err
 	}
-	buf := data.Bytes()
 	if seq, err := authmap.SnapshotSequence(bytes.NewReader(buf)); err != nil || seq != info.Sequence {
 		return info, fmt.Errorf("%w: header says sequence %d, metadata %d (%v)", authmap.ErrBadSnapshot, seq, info.Sequence, err)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	"github.com/infergate/infergate/services/audit"
 	"github.com/infergate/infergate/services/internal/controlplane"
+	"github.com/infergate/infergate/services/internal/natsauth"
 )
 
 func main() {
@@ -19,6 +20,7 @@ func main() {
 		Name: "infergate-audit", Addr: "127.0.0.1:8083", Schema: "infergate_audit",
 		Configure: func(cfg *controlplane.Config) {
 			cfg.NoReadModel = true // every answer is a replay of the stream
+			cfg.Identity = natsauth.Audit // it only reads
 		},
 		Build: func(p *controlplane.Plane, _ controlplane.Config) (controlplane.Service, error) {
 			hist, err := audit.NewHistory(audit.HistoryConfig{Events: p.Events, Log: p.Log})

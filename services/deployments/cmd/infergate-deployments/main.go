@@ -11,11 +11,13 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
 	"github.com/infergate/infergate/services/deployments"
 	"github.com/infergate/infergate/services/internal/controlplane"
+	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
@@ -26,6 +28,8 @@ func main() {
 		statusInterval time.Duration
 		cons           consoleFlags
 		upstreamAllow  string
+		snapshotBucket string
+		snapshotEvery  uint64
 	)
 	controlplane.Process{
 		Name: "infergate-deployments", Addr: "127.0.0.1:8082", Schema: "infergate_deployments",
@@ -37,6 +41,14 @@ func main() {
 			cons.register(fs)
 			fs.StringVar(&upstreamAllow, "upstream-allow", controlplane.Env("INFERGATE_UPSTREAM_ALLOW", ""),
 				"upstream addresses allowed despite the default policy (which refuses loopback, link-local and unspecified addresses): CIDRs, addresses and host names, comma-separated (env INFERGATE_UPSTREAM_ALLOW)")
+			fs.StringVar(&snapshotBucket, "snapshot-bucket", controlplane.Env("INFERGATE_SNAPSHOT_BUCKET", snapshots.DefaultBucket),
+				"object store bucket this process saves auth map snapshots to, for gateways to start from (env INFERGATE_SNAPSHOT_BUCKET)")
+			every, err := strconv.ParseUint(controlplane.Env("INFERGATE_SNAPSHOT_EVERY", strconv.Itoa(snapshots.DefaultEvery)), 10, 64)
+			if err != nil {
+				every = snapshots.DefaultEvery
+			}
+			fs.Uint64Var(&snapshotEvery, "snapshot-every", every,
+				"save an auth map snapshot every this many stream records; 0: save none (env INFERGATE_SNAPSHOT_EVERY)")
 		},
 		Build: func(p *controlplane.Plane, cfg controlplane.Config) (controlplane.Service, error) {
 			upstreams, err := upstreampolicy.Parse(upstreamAllow)
@@ -67,10 +79,26 @@ func main() {
 			if err := cons.mount(handlers, p, cfg); err != nil {
 				return controlplane.Service{}, err
 			}
+			background := []func(context.Context) error{checker.Run}
+			if snapshotEvery > 0 {
+				// The control plane is the one writer of snapshots; gateways
+				// only read them (docs/security.md).
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				store, err := snapshots.Open(ctx, p.JS, snapshots.Config{Bucket: snapshotBucket, Replicas: p.Events.Config().Replicas})
+				if err != nil {
+					return controlplane.Service{}, err
+				}
+				snap, err := snapshots.NewSnapshotter(snapshots.SnapshotterConfig{Events: p.Events, Store: store, Every: snapshotEvery, Log: p.Log})
+				if err != nil {
+					return controlplane.Service{}, err
+				}
+				background = append(background, snap.Run)
+			}
 			return controlplane.Service{
 				Handlers:   handlers,
 				Names:      []string{deploymentv1connect.DeploymentServiceName},
-				Background: []func(context.Context) error{checker.Run},
+				Background: background,
 			}, nil
 		},
 	}.Main()

@@ -5,6 +5,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -14,7 +15,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -26,6 +26,7 @@ import (
 	"github.com/infergate/infergate/services/internal/controlplane"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/natsauth"
 	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
@@ -42,23 +43,22 @@ func main() {
 
 func run() error {
 	var (
-		addr, natsURL, natsCreds, region, baseDomain, id, logLevel string
-		grace                                                      time.Duration
+		addr, natsURL, natsNkey, natsCA, region, baseDomain, id, logLevel string
+		grace                                                             time.Duration
 	)
 	env := controlplane.Env
 	fs := flag.NewFlagSet("infergate-gateway", flag.ExitOnError)
 	fs.StringVar(&addr, "addr", env("INFERGATE_ADDR", "127.0.0.1:8000"), "listen address (env INFERGATE_ADDR)")
 	fs.StringVar(&natsURL, "nats-url", env("INFERGATE_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env INFERGATE_NATS_URL)")
-	fs.StringVar(&natsCreds, "nats-creds", env("INFERGATE_NATS_CREDS", ""), "NATS credentials file (env INFERGATE_NATS_CREDS)")
+	fs.StringVar(&natsNkey, "nats-nkey", env("INFERGATE_NATS_NKEY", ""), "NATS nkey seed file of this gateway's own NATS user, whose receipt subject is infergate.gateways.<region>.<id> (env INFERGATE_NATS_NKEY)")
+	fs.StringVar(&natsCA, "nats-ca", env("INFERGATE_NATS_CA", ""), "CA file for the NATS servers' TLS certificates; default the system's (env INFERGATE_NATS_CA)")
 	fs.StringVar(&region, "region", env("INFERGATE_REGION", "local"), "this gateway's region (env INFERGATE_REGION)")
 	fs.StringVar(&baseDomain, "base-domain", env("INFERGATE_BASE_DOMAIN", "localhost"), "base domain of model-<deployment>.<project>.<base-domain> (env INFERGATE_BASE_DOMAIN)")
 	fs.StringVar(&id, "id", env("INFERGATE_GATEWAY_ID", ""), "gateway id; default random (env INFERGATE_GATEWAY_ID)")
 	fs.StringVar(&logLevel, "log-level", env("INFERGATE_LOG_LEVEL", "info"), "debug, info, warn or error (env INFERGATE_LOG_LEVEL)")
 	fs.DurationVar(&grace, "shutdown-grace", 30*time.Second, "how long open requests (streams) may take at shutdown")
 	snapshotBucket := fs.String("snapshot-bucket", env("INFERGATE_SNAPSHOT_BUCKET", snapshots.DefaultBucket),
-		`object store bucket to start the auth map from (the latest usable snapshot) and to save snapshots to; "" for none (env INFERGATE_SNAPSHOT_BUCKET)`)
-	snapshotEvery := fs.Uint64("snapshot-every", envUint("INFERGATE_SNAPSHOT_EVERY", gateway.DefaultSnapshotEvery),
-		"save a snapshot when the map is this many stream records past the latest one; 0: never save, only start from one (env INFERGATE_SNAPSHOT_EVERY)")
+		`object store bucket to start the auth map from (the latest usable snapshot, which the control plane saves); "" for none (env INFERGATE_SNAPSHOT_BUCKET)`)
 	fastPath := fs.Bool("http1-fastpath", env("INFERGATE_HTTP1_FASTPATH", "true") != "false",
 		"serve common HTTP/1.1 requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
 	upstreamAllow := fs.String("upstream-allow", env("INFERGATE_UPSTREAM_ALLOW", ""),
@@ -83,6 +83,16 @@ func run() error {
 		return fmt.Errorf("--log-level: %w", err)
 	}
 	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	if natsNkey != "" && id == "" {
+		// The gateway's NATS user may publish receipts on its own subject
+		// only, which names its id.
+		return errors.New("--id is required with --nats-nkey")
+	}
+	// Without an nkey (a server without users) the id may be random.
+	natsOpts, err := natsauth.GatewayIdentity(region, cmp.Or(id, "unnamed")).ClientOptions(natsNkey, natsCA)
+	if err != nil {
+		return err
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -111,9 +121,7 @@ func run() error {
 		nats.ReconnectWait(time.Second),
 	}
 	opts = append(opts, natslog.Options(log, "serving from the map within its staleness bound")...)
-	if natsCreds != "" {
-		opts = append(opts, nats.UserCredentials(natsCreds))
-	}
+	opts = append(opts, natsOpts...)
 	nc, err := nats.Connect(natsURL, opts...)
 	if err != nil {
 		stop()
@@ -129,20 +137,16 @@ func run() error {
 		if *snapshotBucket != "" {
 			js, _ := jetstream.New(nc)
 			octx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			// A bucket made here gets as many replicas as the stream.
-			var state eventstore.StreamState
-			if state, err = store.State(octx); err == nil {
-				snaps, err = snapshots.Open(octx, js, snapshots.Config{Bucket: *snapshotBucket, Replicas: state.Replicas})
-			}
+			snaps, err = snapshots.Open(octx, js, snapshots.Config{Bucket: *snapshotBucket, ReadOnly: true})
 			cancel()
 			if err != nil {
 				// Only a short cut: start by replaying the whole stream.
-				log.Warn("snapshot bucket not available; replaying the stream from the start, saving no snapshots", "err", err)
+				log.Warn("snapshot bucket not available; replaying the stream from the start", "err", err)
 			}
 		}
 		gw, err := gateway.New(gateway.Config{
 			Events: store, NATS: nc, Region: region, BaseDomain: baseDomain, ID: id, Log: log,
-			Snapshots: snaps, SnapshotEvery: *snapshotEvery, Upstreams: upstreams, MaxStaleness: staleness,
+			Snapshots: snaps, Upstreams: upstreams, MaxStaleness: staleness,
 		})
 		if err != nil {
 			return err
@@ -166,20 +170,6 @@ func run() error {
 		return nil
 	}
 	return err
-}
-
-// envUint is the environment variable name as a number, or def.
-func envUint(name string, def uint64) uint64 {
-	v := controlplane.Env(name, "")
-	if v == "" {
-		return def
-	}
-	n, err := strconv.ParseUint(v, 10, 64)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "infergate-gateway: %s=%q is not a whole number\n", name, v)
-		os.Exit(2)
-	}
-	return n
 }
 
 // openStore binds to the event stream, retrying while NATS is unreachable

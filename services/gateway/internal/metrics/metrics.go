@@ -56,8 +56,6 @@ type Metrics struct {
 	stale          prometheus.Counter
 	upstream       prometheus.Histogram
 	upstreamErrors *prometheus.CounterVec
-	snapshotSaves  *prometheus.CounterVec
-	snapshotSaved  prometheus.Gauge
 }
 
 // New registers the collectors; stream is called at every scrape.
@@ -83,14 +81,6 @@ func New(stream func() Stream) *Metrics {
 		Name: "infergate_gateway_upstream_errors_total",
 		Help: "Proxied requests that got no response from the upstream (502), by cause: unreachable, or canceled by the client.",
 	}, []string{"cause"})
-	m.snapshotSaves = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "infergate_gateway_snapshot_saves_total",
-		Help: "Auth map snapshots this gateway tried to save to the snapshot bucket, by result: saved or failed.",
-	}, []string{"result"})
-	m.snapshotSaved = prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "infergate_gateway_snapshot_saved_sequence",
-		Help: "Stream sequence of the last auth map snapshot this gateway saved; 0 before the first.",
-	})
 	gauge := func(name, help string, f func(Stream) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: help}, func() float64 { return f(stream()) })
 	}
@@ -107,7 +97,7 @@ func New(stream func() Stream) *Metrics {
 		return d.Seconds()
 	}
 	reg.MustRegister(
-		decisions, m.upstream, m.upstreamErrors, m.snapshotSaves, m.snapshotSaved,
+		decisions, m.upstream, m.upstreamErrors,
 		gauge("infergate_gateway_snapshot_start_sequence", "Stream sequence of the auth map snapshot the gateway started from; 0: it replayed the stream from the start.",
 			func(s Stream) float64 { return float64(s.SnapshotStart) }),
 		gauge("infergate_gateway_authmap_offheap_bytes", "Memory the auth map holds outside the Go heap (its key table, on huge pages), which the go_memstats metrics do not count.",
@@ -156,16 +146,6 @@ func (m *Metrics) RefusedStale() { m.stale.Inc() }
 
 // Upstream records how long the upstream took to answer.
 func (m *Metrics) Upstream(d time.Duration) { m.upstream.Observe(d.Seconds()) }
-
-// SnapshotSaved records an attempt to save a snapshot at seq.
-func (m *Metrics) SnapshotSaved(seq uint64, err error) {
-	if err != nil {
-		m.snapshotSaves.WithLabelValues("failed").Inc()
-		return
-	}
-	m.snapshotSaves.WithLabelValues("saved").Inc()
-	m.snapshotSaved.Set(float64(seq))
-}
 
 // UpstreamError counts a proxied request that got no response.
 func (m *Metrics) UpstreamError(canceled bool) {
