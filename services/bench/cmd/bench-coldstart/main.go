@@ -232,8 +232,8 @@ func (s *served) close() {
 	s.stop()
 }
 
-// snapshot has a gateway replay the whole stream and save a snapshot of
-// its map in the store's bucket, as a running gateway does every
+// snapshot has the control plane's snapshotter replay the whole stream
+// and save a snapshot of its map in the store's bucket, as it does every
 // --snapshot-every records.
 func snapshot(dir string, port int, at uint64) error {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -246,23 +246,23 @@ func snapshot(dir string, port int, at uint64) error {
 	if at > 0 {
 		return snapshotAt(ctx, sv.store, sv.snaps, at)
 	}
-	gw, err := gateway.New(gateway.Config{Events: sv.store, NATS: sv.nc, ID: "snapshot", Snapshots: sv.snaps, SnapshotEvery: 1, SnapshotCheck: 50 * time.Millisecond})
+	snapper, err := snapshots.NewSnapshotter(snapshots.SnapshotterConfig{Events: sv.store, Store: sv.snaps, Every: 1, Check: 50 * time.Millisecond})
 	if err != nil {
 		return err
 	}
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { done <- gw.Run(ctx) }()
+	go func() { done <- snapper.Run(ctx) }()
 	for {
 		info, err := sv.snaps.Latest(ctx)
 		if err == nil && info.Sequence >= sv.last {
-			fmt.Printf("snapshot at sequence %d: %.1f MiB, saved %s after the gateway started (it replays the stream, then saves)\n",
+			fmt.Printf("snapshot at sequence %d: %.1f MiB, saved %s after the snapshotter started (it replays the stream, then saves)\n",
 				info.Sequence, mib(info.Size), time.Since(start).Round(time.Millisecond))
 			break
 		}
 		select {
 		case err := <-done:
-			return fmt.Errorf("gateway stopped: %w", err)
+			return fmt.Errorf("snapshotter stopped: %w", err)
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -341,7 +341,7 @@ func measure(dir string, keys, port int, cpuProfile string, fromSnapshot bool) e
 	for !gw.Ready() {
 		select {
 		case err := <-done:
-			return fmt.Errorf("gateway stopped: %w", err)
+			return fmt.Errorf("snapshotter stopped: %w", err)
 		case <-time.After(time.Millisecond):
 		}
 		if time.Since(start) > 10*time.Minute {

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -35,8 +36,10 @@ import (
 	"github.com/infergate/infergate/services/internal/controlplane"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
+	"github.com/infergate/infergate/services/internal/natsauth"
 	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natslog"
+	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
 	"github.com/infergate/infergate/services/keys"
 )
@@ -47,6 +50,12 @@ const (
 	TokenFile = "admin-token"
 	// APIURLFile holds the control-plane URL for the CLI.
 	APIURLFile = "api-url"
+	// NATSKeysDir holds each part's NATS nkey seed (mode 0600); the
+	// embedded server knows only their public keys (docs/security.md).
+	NATSKeysDir = "nats-keys"
+	// GatewayID is the stack's gateway's id, which its NATS user's
+	// receipt subject names.
+	GatewayID = "dev"
 )
 
 // Config is the one-process stack's configuration (SPEC §6).
@@ -133,13 +142,37 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return fmt.Errorf("--nats-addr: %w", err)
 	}
-	ns, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Host: natsHost, Port: natsPort})
+	// Each part connects as its own NATS user with least privilege: the
+	// control plane, audit (read only) and the gateway (reads, and
+	// publishes its receipts on its own subject).
+	keysDir := filepath.Join(cfg.DataDir, NATSKeysDir)
+	ids := natsIdentities{
+		plane:   natsauth.Identity{Role: natsauth.ControlPlane},
+		audit:   natsauth.Identity{Role: natsauth.Audit},
+		gateway: natsauth.GatewayIdentity(cfg.Region, GatewayID),
+	}
+	var users []*server.NkeyUser
+	for _, id := range []natsauth.Identity{ids.plane, ids.audit, ids.gateway} {
+		pub, err := id.Ensure(keysDir)
+		if err != nil {
+			return err
+		}
+		users = append(users, id.User(pub))
+	}
+	ns, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Host: natsHost, Port: natsPort, Users: users})
 	if err != nil {
 		return err
 	}
 	defer ns.Shutdown()
-	nc, err := ns.Connect(append([]nats.Option{nats.Name("infergate-dev"), nats.MaxReconnects(-1)},
-		natslog.Options(cfg.Log, "writes fail as unavailable; the gateway serves from its map")...)...)
+	connect := func(id natsauth.Identity) (*nats.Conn, error) {
+		opts, err := id.ClientOptions(id.SeedFile(keysDir), "")
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, nats.Name("infergate-dev-"+string(id.Role)), nats.MaxReconnects(-1))
+		return ns.Connect(append(opts, natslog.Options(cfg.Log, "writes fail as unavailable; the gateway serves from its map")...)...)
+	}
+	nc, err := connect(ids.plane)
 	if err != nil {
 		return err
 	}
@@ -162,6 +195,28 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	defer plane.Close()
+	snapshotter, err := openSnapshotter(ctx, plane, cfg.Log)
+	if err != nil {
+		return err
+	}
+	auditNC, auditEvents, err := bindAs(ctx, connect, ids.audit)
+	if err != nil {
+		return err
+	}
+	defer auditNC.Close()
+	gwNC, gwEvents, err := bindAs(ctx, connect, ids.gateway)
+	if err != nil {
+		return err
+	}
+	defer gwNC.Close()
+	gwJS, err := jetstream.New(gwNC)
+	if err != nil {
+		return err
+	}
+	gwSnaps, err := snapshots.Open(ctx, gwJS, snapshots.Config{ReadOnly: true})
+	if err != nil {
+		return err
+	}
 
 	apiLn, err := net.Listen("tcp", cfg.APIAddr)
 	if err != nil {
@@ -207,11 +262,11 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
-	hist, err := audit.NewHistory(audit.HistoryConfig{Events: plane.Events, Log: cfg.Log})
+	hist, err := audit.NewHistory(audit.HistoryConfig{Events: auditEvents, Log: cfg.Log})
 	if err != nil {
 		return err
 	}
-	apath, ah, err := audit.NewHandler(audit.Config{Events: plane.Events, History: hist, Log: cfg.Log}, plane.HandlerOptions()...)
+	apath, ah, err := audit.NewHandler(audit.Config{Events: auditEvents, History: hist, Log: cfg.Log}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
 	}
@@ -221,8 +276,10 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(gateway.Config{Events: plane.Events, NATS: nc, Region: cfg.Region, BaseDomain: cfg.BaseDomain, Log: cfg.Log,
-		Upstreams: upstreams})
+	gw, err := gateway.New(gateway.Config{
+		Events: gwEvents, NATS: gwNC, Region: cfg.Region, BaseDomain: cfg.BaseDomain, ID: GatewayID, Log: cfg.Log,
+		Snapshots: gwSnaps, Upstreams: upstreams,
+	})
 	if err != nil {
 		return err
 	}
@@ -260,6 +317,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	run("control plane", func() error { return plane.Serve(ctx, apiLn, mux, 5*time.Second) })
 	run("status checker", func() error { return checker.Run(ctx) })
 	run("audit history", func() error { return hist.Run(ctx) })
+	run("snapshotter", func() error { return snapshotter.Run(ctx) })
 	run("gateway", func() error { return gw.Run(ctx) })
 	if demoModel != nil {
 		run("demo model", func() error { return demoModel.serve(ctx) })
@@ -297,6 +355,38 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	mu.Lock()
 	defer mu.Unlock()
 	return errors.Join(errs...)
+}
+
+type natsIdentities struct{ plane, audit, gateway natsauth.Identity }
+
+// bindAs connects as id and binds to the event stream, which the control
+// plane has created: audit and the gateway may not create or change it.
+func bindAs(ctx context.Context, connect func(natsauth.Identity) (*nats.Conn, error), id natsauth.Identity) (*nats.Conn, *eventstore.Store, error) {
+	nc, err := connect(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	store, err := eventstore.Open(ctx, js, eventstore.Config{BindOnly: true})
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, store, nil
+}
+
+// openSnapshotter opens the snapshot bucket as the control plane, the one
+// writer of snapshots.
+func openSnapshotter(ctx context.Context, plane *controlplane.Plane, log *slog.Logger) (*snapshots.Snapshotter, error) {
+	store, err := snapshots.Open(ctx, plane.JS, snapshots.Config{})
+	if err != nil {
+		return nil, err
+	}
+	return snapshots.NewSnapshotter(snapshots.SnapshotterConfig{Events: plane.Events, Store: store, Log: log})
 }
 
 // waitReady returns once the read model and the gateway have caught up.
