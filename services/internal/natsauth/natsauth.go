@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
@@ -137,6 +138,18 @@ func readObjects(bucket string) []string {
 	}
 }
 
+// writeObjects is what saving snapshots takes: creating the bucket,
+// reading it, putting an object (its chunks and metadata on $O.<bucket>)
+// and purging the chunks of the object it replaces.
+func writeObjects(bucket string) []string {
+	s := "OBJ_" + bucket
+	return append(readObjects(bucket),
+		"$JS.API.STREAM.CREATE."+s,
+		"$JS.API.STREAM.PURGE."+s,
+		"$O."+bucket+".>",
+	)
+}
+
 // manageStream is what creating, updating and reading stream s takes.
 func manageStream(s string) []string {
 	return append(readStream("$JS.API", s),
@@ -154,15 +167,8 @@ func (i Identity) Permissions() *server.Permissions {
 	inbox := i.InboxPrefix() + ".>"
 	switch i.Role {
 	case ControlPlane:
-		bucket := snapshots.DefaultBucket
-		pub := []string{eventSubjects, "$JS.API.INFO"}
-		pub = append(pub, manageStream(EventStream)...)
-		pub = append(pub, manageStream("OBJ_"+bucket)...)
-		pub = append(pub,
-			"$JS.API.STREAM.PURGE.OBJ_"+bucket, // a put replaces the object's old chunks
-			"$O."+bucket+".>",
-			"$JS.FC.OBJ_"+bucket+".>", // flow control of an object read
-		)
+		pub := append([]string{eventSubjects}, manageStream(EventStream)...)
+		pub = append(pub, writeObjects(snapshots.DefaultBucket)...)
 		return perms(pub, []string{inbox, receipts.SubjectPrefix + ".>"})
 	case Gateway:
 		pub := append(readStream("$JS.API", EventStream), readObjects(snapshots.DefaultBucket)...)
@@ -174,9 +180,10 @@ func (i Identity) Permissions() *server.Permissions {
 		return perms(readStream("$JS.API", EventStream), []string{inbox, receipts.SubjectPrefix + ".>"})
 	case Leaf:
 		// Seen from the leaf: it may send its region's receipts and its
-		// gateways' reads of the hub's stream, and receive the replies.
+		// gateways' reads of the hub's stream, and receive its gateways'
+		// replies.
 		pub := append(readStream("$JS."+hubDomain+".API", EventStream), receipts.SubjectPrefix+"."+i.Region+".>")
-		return perms(pub, []string{"_INBOX.>"})
+		return perms(pub, []string{"_INBOX." + string(Gateway) + "." + i.Region + ".>"})
 	}
 	return nil
 }
@@ -192,9 +199,9 @@ func perms(pub, sub []string) *server.Permissions {
 // permissions. A leaf may connect only as a leaf, the rest only as
 // clients.
 func (i Identity) User(publicKey string) *server.NkeyUser {
-	types := map[string]struct{}{"STANDARD": {}}
+	types := map[string]struct{}{jwt.ConnectionTypeStandard: {}}
 	if i.Role == Leaf {
-		types = map[string]struct{}{"LEAF": {}}
+		types = map[string]struct{}{jwt.ConnectionTypeLeafnode: {}}
 	}
 	return &server.NkeyUser{Nkey: publicKey, Permissions: i.Permissions(), AllowedConnectionTypes: types}
 }
