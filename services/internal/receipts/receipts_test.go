@@ -248,3 +248,25 @@ func TestSilentGatewayCountsUntilItsBound(t *testing.T) {
 		t.Fatalf("us after its gateway left: %v; want 0 gateways, not confirmed", p)
 	}
 }
+
+// TestReportOnlyForItsSubject: a report naming another gateway than its
+// subject does is ignored, so a gateway allowed to publish only on its
+// own subject (natsauth) cannot speak for another.
+func TestReportOnlyForItsSubject(t *testing.T) {
+	t.Parallel()
+	nc, tr := setup(t)
+	forged := []byte(`{"id":"gw-2","region":"eu","sequence":99,"ready":true,"interval_ms":50}`)
+	if err := nc.Publish(receipts.SubjectPrefix+".eu.gw-1", forged); err != nil {
+		t.Fatal(err)
+	}
+	// A real report after the forged one: once it is seen, the forged one
+	// has been received too (same connection, in order).
+	g := startGateway(t, nc, "gw-1", "eu")
+	g.apply(1)
+	waitGateways(t, tr, 1)
+	for _, gw := range tr.Gateways() {
+		if gw.ID != "gw-1" {
+			t.Errorf("tracker believes a report for %s sent on gw-1's subject", gw.ID)
+		}
+	}
+}

@@ -58,6 +58,12 @@ func (t *Tracker) receive(msg *nats.Msg) {
 	if err := json.Unmarshal(msg.Data, &r); err != nil || r.validate() != nil {
 		return
 	}
+	if msg.Subject != SubjectPrefix+"."+r.Region+"."+r.ID {
+		// A gateway's NATS user may publish on its own subject only
+		// (natsauth): a report is believed only for the gateway its
+		// subject names, so one gateway cannot speak for another.
+		return
+	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if r.Leaving {
