@@ -19,7 +19,7 @@ func main() {
 	controlplane.Process{
 		Name: "infergate-audit", Addr: "127.0.0.1:8083", Schema: "infergate_audit",
 		Configure: func(cfg *controlplane.Config) {
-			cfg.NoReadModel = true // every answer is a replay of the stream
+			cfg.NoReadModel = true        // every answer is a replay of the stream
 			cfg.Identity = natsauth.Audit // it only reads
 		},
 		Build: func(p *controlplane.Plane, _ controlplane.Config) (controlplane.Service, error) {
