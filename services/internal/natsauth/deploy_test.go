@@ -133,24 +133,31 @@ func TestDeployConfigs(t *testing.T) {
 
 	// JetStream needs its meta leader before the suite can start.
 	cp := connectTo(hubURL, seeds, nats.RootCAs(caFile))(t, controlPlane)
+	var events *eventstore.Store
 	waitFor(t, "the hub's JetStream up", func() bool {
 		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		defer cancel()
-		_, err := eventstore.Open(ctx, cp.js, eventstore.Config{})
+		events, err = eventstore.Open(ctx, cp.js, eventstore.Config{})
 		return err == nil
 	})
 	checkRoles(t, connectTo(hubURL, seeds, nats.RootCAs(caFile)))
 
 	// A gateway of the region, on its leaf server, reports to the hub's
 	// control plane through the leaf connection — on its own subject only.
-	tracker, err := receipts.NewTracker(cp.nc)
+	tracker, err := receipts.NewTracker(cp.nc, events.Identity)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tracker.Close()
 	usGW := deployUsers["INFERGATE_NKEY_GW_US_1"]
 	gw := connectTo(leaf.ClientURL(), seeds, nats.RootCAs(caFile))(t, usGW)
-	rep, err := receipts.NewReporter(gw.nc, usGW.ID, usGW.Region, 50*time.Millisecond, func() (uint64, bool) { return 1, true }, nil)
+	identity, err := events.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := receipts.NewReporter(gw.nc, usGW.ID, usGW.Region, 50*time.Millisecond, func() receipts.State {
+		return receipts.State{Stream: identity, Sequence: 1, Ready: true}
+	}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -167,7 +167,7 @@ func checkRoles(t *testing.T, connect connector) {
 	if _, err := bucket.Save(ctx, m, state); err != nil {
 		t.Fatalf("control plane: replace a snapshot: %v", err)
 	}
-	tracker, err := receipts.NewTracker(cp.nc)
+	tracker, err := receipts.NewTracker(cp.nc, events.Identity)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +203,9 @@ func checkGateway(t *testing.T, connect connector, tracker *receipts.Tracker, st
 		if info, err := snaps.Restore(ctx, authmap.New(), state); err != nil || info.Sequence != seq {
 			t.Errorf("restore a snapshot: %+v, %v", info, err)
 		}
-		rep, err := receipts.NewReporter(gw.nc, gateway1.ID, gateway1.Region, 50*time.Millisecond, func() (uint64, bool) { return seq, true }, nil)
+		rep, err := receipts.NewReporter(gw.nc, gateway1.ID, gateway1.Region, 50*time.Millisecond, func() receipts.State {
+			return receipts.State{Stream: state.Identity(), Sequence: seq, Ready: true}
+		}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

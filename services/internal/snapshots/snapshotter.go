@@ -3,13 +3,14 @@ package snapshots
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/follow"
 )
 
 // DefaultEvery is how many stream records the snapshotter lets pass
@@ -37,7 +38,16 @@ type SnapshotterConfig struct {
 // NATS identity cannot write them (natsauth), so a compromised edge
 // cannot seed false state into other gateways.
 type Snapshotter struct {
-	cfg SnapshotterConfig
+	cfg      SnapshotterConfig
+	follower *follow.Follower
+	// life is the map and the stream's life it is of, swapped together on
+	// a reset, so a save never labels a map with another life.
+	life atomic.Pointer[life]
+}
+
+type life struct {
+	stream eventstore.Identity
+	m      *authmap.Map
 }
 
 // NewSnapshotter returns a snapshotter; Run runs it.
@@ -61,50 +71,49 @@ func NewSnapshotter(cfg SnapshotterConfig) (*Snapshotter, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	cfg.Log = cfg.Log.With("component", "snapshotter")
-	return &Snapshotter{cfg: cfg}, nil
+	s := &Snapshotter{cfg: cfg}
+	s.life.Store(&life{m: authmap.New()})
+	s.follower = follow.New(follow.Config{Name: "snapshotter", Source: cfg.Events, Consumer: mapConsumer{s}, Log: cfg.Log})
+	return s, nil
 }
 
-// errStreamChanged ends one life of the snapshotter's map: the stream was
-// recreated, so the map starts over.
-var errStreamChanged = errors.New("snapshots: the event stream was recreated")
+// mapConsumer feeds the snapshotter's map: its follow.Consumer.
+type mapConsumer struct{ s *Snapshotter }
 
-// Run saves snapshots until ctx ends; it returns ctx's error. Trouble
-// with NATS is logged and retried, never fatal: snapshots are only a
-// short cut.
-func (s *Snapshotter) Run(ctx context.Context) error {
-	for wait := time.Second; ; wait = min(2*wait, time.Minute) {
-		err := s.runOnce(ctx)
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if errors.Is(err, errStreamChanged) {
-			wait = 0
-		}
-		s.cfg.Log.Warn("snapshotter restarting", "in", wait, "err", err)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(wait):
+func (c mapConsumer) Checkpoint(context.Context) (follow.Checkpoint, error) {
+	l := c.s.life.Load()
+	return follow.Checkpoint{Stream: l.stream, Sequence: l.m.Applied()}, nil
+}
+
+// Reset starts a new map for the stream's life to, from the latest usable
+// snapshot of it if there is one.
+func (c mapConsumer) Reset(ctx context.Context, to eventstore.Identity) error {
+	m := authmap.New()
+	if !to.IsZero() {
+		if state, err := c.s.cfg.Events.State(ctx); err == nil && state.Identity().Equal(to) {
+			if _, err := c.s.cfg.Store.Restore(ctx, m, state); err != nil && !errors.Is(err, ErrNone) {
+				c.s.cfg.Log.Info("snapshotter not starting from the latest snapshot", "err", err)
+				m = authmap.New()
+			}
 		}
 	}
+	c.s.life.Store(&life{stream: to, m: m})
+	return nil
 }
 
-// runOnce builds a map of one life of the stream, from the latest usable
-// snapshot on, and saves snapshots of it while the stream stays the same.
-func (s *Snapshotter) runOnce(ctx context.Context) error {
+func (c mapConsumer) Apply(_ context.Context, rec eventstore.Record) error {
+	c.s.life.Load().m.Apply(rec.Sequence, rec.Events)
+	return nil
+}
+
+// Run follows the stream and saves snapshots until ctx ends; it returns
+// ctx's error. Trouble with NATS is logged and retried, never fatal:
+// snapshots are only a short cut.
+func (s *Snapshotter) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	start, err := s.cfg.Events.State(ctx)
-	if err != nil {
-		return err
-	}
-	m := authmap.New()
-	if _, err := s.cfg.Store.Restore(ctx, m, start); err != nil && !errors.Is(err, ErrNone) {
-		s.cfg.Log.Info("not starting from the latest snapshot", "err", err)
-	}
-	followErr := make(chan error, 1)
-	go func() { followErr <- follow(ctx, s.cfg.Events, m) }()
+	done := make(chan error, 1)
+	go func() { done <- s.follower.Run(ctx) }()
 
 	// Several control-plane processes each run a snapshotter: their checks
 	// are spread, and each waits for a random 0–50 % more than Every
@@ -116,40 +125,28 @@ func (s *Snapshotter) runOnce(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
-		case err := <-followErr:
-			return fmt.Errorf("snapshots: following the stream: %w", err)
+			return <-done
 		case <-t.C:
 		}
-		if err := s.maybeSave(ctx, m, start, every); err != nil {
-			return err
-		}
+		s.maybeSave(ctx, every)
 		t.Reset(s.cfg.Check)
 	}
 }
 
-// follow applies every record after the map's own to it, live, until ctx
-// ends or the stream fails. It is the snapshotter's whole stream reading.
-func follow(ctx context.Context, events *eventstore.Store, m *authmap.Map) error {
-	return events.Follow(ctx, m.Applied()+1, func(r eventstore.Record) error {
-		m.Apply(r.Sequence, r.Events)
-		return nil
-	})
-}
-
-// maybeSave saves m if it is every records past the latest snapshot of
-// this stream. errStreamChanged: the stream is not the one m follows.
-func (s *Snapshotter) maybeSave(ctx context.Context, m *authmap.Map, start eventstore.StreamState, every uint64) error {
+// maybeSave saves the map if it is every records past the latest
+// snapshot of the stream's current life.
+func (s *Snapshotter) maybeSave(ctx context.Context, every uint64) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	state, err := s.cfg.Events.State(ctx)
 	if err != nil {
-		s.cfg.Log.Warn("cannot read the stream's state", "err", err)
-		return nil
+		return // the follower reports NATS trouble
 	}
-	if state.Stream != start.Stream || !state.Created.Equal(start.Created) || state.LastSeq < m.Applied() {
-		return errStreamChanged
+	l := s.life.Load()
+	if !state.Identity().Equal(l.stream) {
+		return // the map is not of this life of the stream (yet)
 	}
+	m := l.m
 	var base uint64
 	latest, err := s.cfg.Store.Latest(ctx)
 	switch {
@@ -159,10 +156,10 @@ func (s *Snapshotter) maybeSave(ctx context.Context, m *authmap.Map, start event
 		// None usable for this stream: one is due.
 	default:
 		s.cfg.Log.Warn("cannot read the latest snapshot's state", "err", err)
-		return nil
+		return
 	}
 	if m.Applied() < base+every {
-		return nil
+		return
 	}
 	began := time.Now()
 	info, err := s.cfg.Store.Save(ctx, m, state)
@@ -170,9 +167,8 @@ func (s *Snapshotter) maybeSave(ctx context.Context, m *authmap.Map, start event
 		if ctx.Err() == nil {
 			s.cfg.Log.Warn("saving a snapshot failed", "err", err)
 		}
-		return nil
+		return
 	}
 	s.cfg.Log.Info("saved a snapshot", "sequence", info.Sequence, "bytes", info.Size,
 		"took", time.Since(began).Round(time.Millisecond))
-	return nil
 }
