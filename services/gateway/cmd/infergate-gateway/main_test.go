@@ -2,6 +2,7 @@ package main_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -9,7 +10,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natsauth"
+	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natstest"
+	"github.com/infergate/infergate/services/internal/receipts"
 	"github.com/infergate/infergate/services/internal/servicetest"
 )
 
@@ -80,6 +88,69 @@ func TestStopWhileWaitingForNATS(t *testing.T) {
 			return fmt.Errorf("/healthz answered %d", res.StatusCode)
 		}
 		return nil
+	})
+	p.Stop()
+}
+
+// TestProcessWithItsOwnNATSUser runs the binary as its own NATS user
+// (natsauth), on a server that knows only that user and the control
+// plane's: it reads the stream, and its receipts reach the control plane
+// on its own subject.
+func TestProcessWithItsOwnNATSUser(t *testing.T) {
+	t.Parallel()
+	bin := servicetest.Build(t, "infergate-gateway")
+	keys := t.TempDir()
+	cpID, gwID := natsauth.Identity{Role: natsauth.ControlPlane}, natsauth.GatewayIdentity("eu", "gw-1")
+	var users []*server.NkeyUser
+	for _, id := range []natsauth.Identity{cpID, gwID} {
+		pub, err := id.Ensure(keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, id.User(pub))
+	}
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	opts, err := cpID.ClientOptions(cpID.SeedFile(keys), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp, err := srv.Connect(opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cp.Close)
+	js, err := jetstream.New(cp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The operator creates the stream, as the control plane's user.
+	if _, err := eventstore.CreateStream(t.Context(), js, eventstore.Config{}); err != nil {
+		t.Fatal(err)
+	}
+	events, err := eventstore.Open(t.Context(), js, eventstore.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tracker, err := receipts.NewTracker(cp, events.Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tracker.Close)
+
+	env := []string{"INFERGATE_NATS_URL=" + srv.ClientURL(), "INFERGATE_ADDR=" + servicetest.FreeAddr(t),
+		"INFERGATE_NATS_NKEY=" + gwID.SeedFile(keys), "INFERGATE_REGION=eu", "INFERGATE_GATEWAY_ID=gw-1"}
+	p := servicetest.StartProcess(t, bin, env)
+	servicetest.WaitFor(t, "the gateway's receipt on its own subject", func(context.Context) error {
+		for _, g := range tracker.Gateways() {
+			if g.ID == "gw-1" && g.Ready {
+				return nil
+			}
+		}
+		return errors.New("not heard yet")
 	})
 	p.Stop()
 }
