@@ -21,6 +21,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natsauth"
@@ -40,6 +41,11 @@ var deployUsers = map[string]natsauth.Identity{
 	"INFERGATE_NKEY_LEAF_US":       {Role: natsauth.Leaf, Region: "us"},
 	"INFERGATE_NKEY_GW_US_1":       natsauth.GatewayIdentity("us", "gw-us-1"),
 }
+
+// regionAdmin is a test-only user with every permission on the leaf
+// server, which creates the region's mirror (the deploy files leave who
+// owns it to the operator). It reuses the control plane's seed.
+var regionAdmin = natsauth.Identity{Role: natsauth.ControlPlane}
 
 // TestDeployConfigs runs deploy/nats as it is: a 3-node hub cluster from
 // nats-server.conf with TLS on client, route and leaf connections (a CA
@@ -66,6 +72,11 @@ func TestDeployConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("INFERGATE_LEAF_SEED", strings.TrimSpace(string(leafSeed)))
+	adminPub, err := regionAdmin.Ensure(seeds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("INFERGATE_NKEY_REGION_ADMIN", adminPub)
 
 	// Three hub nodes, each from nats-server.conf with its own name, ports
 	// and store, routed to the others.
@@ -108,13 +119,15 @@ func TestDeployConfigs(t *testing.T) {
 	for j, m := range nodes {
 		leafSubs = append(leafSubs, [2]string{fmt.Sprintf("nats-leaf://nats-%d:7422", j+1), fmt.Sprintf("nats-leaf://127.0.0.1:%d", m.leaf)})
 	}
+	// A test-only admin on the leaf, for the region's mirror below.
+	leafSubs = append(leafSubs, [2]string{"authorization {\n  users: [\n", "authorization {\n  users: [\n    {nkey: $INFERGATE_NKEY_REGION_ADMIN}\n"})
 	leaf, leafOpts := runConfig(t, filepath.Join(dir, "leaf.conf"), readFile(t, filepath.Join(deployDir, "leaf.conf")), leafSubs)
 	waitFor(t, "the leaf server connected to the hub over TLS", func() bool { return leaf.NumLeafNodes() == 1 })
 
 	// The files' users are natsauth's identities, permission for
 	// permission.
 	checkUsers(t, "nats-server.conf", hubOpts, seeds)
-	checkUsers(t, "leaf.conf", leafOpts, seeds)
+	checkUsers(t, "leaf.conf", leafOpts, seeds, regionAdmin)
 
 	hubURL := fmt.Sprintf("tls://127.0.0.1:%d", nodes[0].client)
 	if nc, err := nats.Connect(hubURL, nats.RootCAs(caFile)); err == nil {
@@ -131,7 +144,18 @@ func TestDeployConfigs(t *testing.T) {
 		t.Error("connected to the hub without trusting its CA")
 	}
 
-	// JetStream needs its meta leader before the suite can start.
+	// JetStream needs its meta leader, and every node current, before the
+	// suite can start.
+	waitFor(t, "the hub's JetStream cluster settled", func() bool {
+		leader := false
+		for _, s := range hub {
+			leader = leader || s.JetStreamIsLeader()
+			if !s.JetStreamIsCurrent() {
+				return false
+			}
+		}
+		return leader
+	})
 	cp := connectTo(hubURL, seeds, nats.RootCAs(caFile))(t, controlPlane)
 	var events *eventstore.Store
 	waitFor(t, "the hub's JetStream up", func() bool {
@@ -168,13 +192,47 @@ func TestDeployConfigs(t *testing.T) {
 		return slices.ContainsFunc(tracker.Gateways(), func(g receipts.Gateway) bool { return g.ID == usGW.ID && g.Region == "us" })
 	})
 	gw.deniedPublish(t, "infergate.gateways.us.gw-us-2")
+
+	// The region's mirror of the hub's stream, made by the region's admin
+	// (a user the test adds: who owns the mirror is not the deploy files'
+	// concern), fed through the leaf connection as the leaf user; the
+	// region's gateway reads it there.
+	admin := connectTo(leaf.ClientURL(), seeds, nats.RootCAs(caFile))(t, regionAdmin)
+	if _, err := admin.js.CreateStream(t.Context(), jetstream.StreamConfig{
+		Name:        natsauth.EventStream,
+		Mirror:      &jetstream.StreamSource{Name: natsauth.EventStream, Domain: "hub"},
+		AllowDirect: true,
+	}); err != nil {
+		t.Fatalf("create the region's mirror: %v", err)
+	}
+	hubLast, err := events.LastSequence(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	regional, err := eventstore.Open(t.Context(), gw.js, eventstore.Config{BindOnly: true})
+	if err != nil {
+		t.Fatalf("the region's gateway binds to the mirror: %v", err)
+	}
+	waitFor(t, "the mirror caught up with the hub", func() bool {
+		last, err := regional.LastSequence(t.Context())
+		return err == nil && last == hubLast
+	})
+	readStream(t, regional, hubLast)
 }
 
 // checkUsers compares the nkey users of a loaded config with natsauth's
 // identities.
-func checkUsers(t *testing.T, file string, opts *server.Options, seeds string) {
+func checkUsers(t *testing.T, file string, opts *server.Options, seeds string, added ...natsauth.Identity) {
 	t.Helper()
 	ids := map[string]natsauth.Identity{}
+	skip := map[string]bool{}
+	for _, id := range added {
+		pub, err := id.Ensure(seeds)
+		if err != nil {
+			t.Fatal(err)
+		}
+		skip[pub] = true
+	}
 	for _, id := range deployUsers {
 		pub, err := id.Ensure(seeds)
 		if err != nil {
@@ -187,6 +245,9 @@ func checkUsers(t *testing.T, file string, opts *server.Options, seeds string) {
 		t.Fatalf("%s defines no nkey users", file)
 	}
 	for _, u := range users {
+		if skip[u.Nkey] {
+			continue
+		}
 		id, ok := ids[u.Nkey]
 		if !ok {
 			t.Errorf("%s: user %s is none of the test's identities", file, u.Nkey)
@@ -231,10 +292,13 @@ func runConfig(t *testing.T, path, conf string, subs [][2]string) (*server.Serve
 	if err != nil {
 		t.Fatalf("%s: %v", filepath.Base(path), err)
 	}
-	opts.NoLog, opts.NoSigs = true, true
+	opts.NoLog, opts.NoSigs = os.Getenv("NATS_LOGS") == "", true
 	s, err := server.NewServer(opts)
 	if err != nil {
 		t.Fatalf("%s: %v", filepath.Base(path), err)
+	}
+	if !opts.NoLog {
+		s.ConfigureLogger()
 	}
 	go s.Start()
 	t.Cleanup(func() {

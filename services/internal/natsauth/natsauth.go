@@ -179,11 +179,14 @@ func (i Identity) Permissions() *server.Permissions {
 		// hears receipts: reading them is reading.
 		return perms(readStream("$JS.API", EventStream), []string{inbox, receipts.SubjectPrefix + ".>"})
 	case Leaf:
-		// Seen from the leaf: it may send its region's receipts and its
-		// gateways' reads of the hub's stream, and receive its gateways'
-		// replies.
-		pub := append(readStream("$JS."+hubDomain+".API", EventStream), receipts.SubjectPrefix+"."+i.Region+".>")
-		return perms(pub, []string{"_INBOX." + string(Gateway) + "." + i.Region + ".>"})
+		// Seen from the leaf: it may send its region's receipts, its
+		// mirror's reads of the hub's stream and the mirror's flow control
+		// replies; and receive its gateways' replies, and the mirror
+		// consumer's create replies ($JSC.R) and deliveries ($JS.M).
+		pub := append(readStream("$JS."+hubDomain+".API", EventStream),
+			"$JS.FC."+EventStream+".>",
+			receipts.SubjectPrefix+"."+i.Region+".>")
+		return perms(pub, []string{"_INBOX." + string(Gateway) + "." + i.Region + ".>", "$JSC.R.>", "$JS.M.>"})
 	}
 	return nil
 }
