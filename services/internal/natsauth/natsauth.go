@@ -165,19 +165,22 @@ func (i Identity) Permissions() *server.Permissions {
 		return nil
 	}
 	inbox := i.InboxPrefix() + ".>"
+	// Followers hear JetStream's advisories about the event stream (its
+	// deletion, creation, update), to notice a new life of it at once.
+	advisories := "$JS.EVENT.ADVISORY.STREAM.*." + EventStream
 	switch i.Role {
 	case ControlPlane:
 		pub := append([]string{eventSubjects}, manageStream(EventStream)...)
 		pub = append(pub, writeObjects(snapshots.DefaultBucket)...)
-		return perms(pub, []string{inbox, receipts.SubjectPrefix + ".>"})
+		return perms(pub, []string{inbox, advisories, receipts.SubjectPrefix + ".>"})
 	case Gateway:
 		pub := append(readStream("$JS.API", EventStream), readObjects(snapshots.DefaultBucket)...)
 		pub = append(pub, i.ReceiptSubject())
-		return perms(pub, []string{inbox})
+		return perms(pub, []string{inbox, advisories})
 	case Audit:
 		// The audit process shares the control plane's plumbing, which
 		// hears receipts: reading them is reading.
-		return perms(readStream("$JS.API", EventStream), []string{inbox, receipts.SubjectPrefix + ".>"})
+		return perms(readStream("$JS.API", EventStream), []string{inbox, advisories, receipts.SubjectPrefix + ".>"})
 	case Leaf:
 		// Seen from the leaf: it may send its region's receipts, its
 		// mirror's reads of the hub's stream and the mirror's flow control

@@ -342,8 +342,15 @@ func readStream(t *testing.T, store *eventstore.Store, seq uint64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
+	// Followers hear the stream's advisories (the caller checks that the
+	// subscription drew no violation).
+	stop, err := store.OnStreamChange(func() {})
+	if err != nil {
+		t.Fatalf("watch the stream's advisories: %v", err)
+	}
+	defer stop()
 	errDone := errors.New("done")
-	err := store.Follow(ctx, 1, func(r eventstore.Record) error {
+	err = store.Follow(ctx, 1, func(r eventstore.Record) error {
 		if r.Sequence >= seq {
 			return errDone
 		}
