@@ -143,6 +143,9 @@ func checkRoles(t *testing.T, connect connector) {
 	// The control plane creates the stream, appends, saves a snapshot and
 	// hears receipts.
 	cp := connect(t, controlPlane)
+	if err := eventstore.EnsureStream(ctx, cp.js, eventstore.Config{}); err != nil {
+		t.Fatalf("control plane: create the event stream: %v", err)
+	}
 	events, err := eventstore.Open(ctx, cp.js, eventstore.Config{})
 	if err != nil {
 		t.Fatalf("control plane: open the event store: %v", err)
@@ -191,7 +194,7 @@ func checkGateway(t *testing.T, connect connector, tracker *receipts.Tracker, st
 	t.Run("gateway reads", func(t *testing.T) {
 		t.Parallel()
 		gw := connect(t, gateway1)
-		store, err := eventstore.Open(ctx, gw.js, eventstore.Config{BindOnly: true})
+		store, err := eventstore.Open(ctx, gw.js, eventstore.Config{})
 		if err != nil {
 			t.Fatalf("bind to the stream: %v", err)
 		}
@@ -228,7 +231,7 @@ func checkGateway(t *testing.T, connect connector, tracker *receipts.Tracker, st
 		op      func(ctx context.Context, gw *client) error
 	}{
 		{"infergate.events.p.key.forged", func(ctx context.Context, gw *client) error {
-			store, err := eventstore.Open(ctx, gw.js, eventstore.Config{BindOnly: true})
+			store, err := eventstore.Open(ctx, gw.js, eventstore.Config{})
 			if err != nil {
 				return nil // not the check this is
 			}
@@ -302,7 +305,7 @@ func checkAudit(t *testing.T, connect connector, seq uint64) {
 	t.Run("audit reads only", func(t *testing.T) {
 		t.Parallel()
 		au := connect(t, auditor)
-		store, err := eventstore.Open(ctx, au.js, eventstore.Config{BindOnly: true})
+		store, err := eventstore.Open(ctx, au.js, eventstore.Config{})
 		if err != nil {
 			t.Fatalf("bind to the stream: %v", err)
 		}
@@ -313,7 +316,7 @@ func checkAudit(t *testing.T, connect connector, seq uint64) {
 			return err
 		})
 		au.denied(t, "$JS.API.STREAM.UPDATE."+natsauth.EventStream, func(ctx context.Context) error {
-			_, err := eventstore.Open(ctx, au.js, eventstore.Config{})
+			_, err := eventstore.UpdateStream(ctx, au.js, eventstore.Config{})
 			return err
 		})
 		au.denied(t, "$JS.API.STREAM.DELETE."+natsauth.EventStream, func(ctx context.Context) error {

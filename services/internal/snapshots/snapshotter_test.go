@@ -19,10 +19,7 @@ import (
 func TestSnapshotter(t *testing.T) {
 	t.Parallel()
 	_, js := natstest.JetStream(t)
-	events, err := eventstore.Open(t.Context(), js, eventstore.Config{Memory: true})
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := natstest.EventStore(t, js)
 	store, err := snapshots.Open(t.Context(), js, snapshots.Config{Memory: true})
 	if err != nil {
 		t.Fatal(err)
@@ -79,9 +76,7 @@ func TestSnapshotter(t *testing.T) {
 	if err := js.DeleteStream(t.Context(), "INFERGATE_EVENTS"); err != nil {
 		t.Fatal(err)
 	}
-	if events, err = eventstore.Open(t.Context(), js, eventstore.Config{Memory: true}); err != nil {
-		t.Fatal(err)
-	}
+	events = natstest.EventStore(t, js)
 	last = appendKeys("b", 3)
 	state = waitSnapshot(t, events, store, last)
 	m = authmap.New()

@@ -45,7 +45,7 @@ Usage:
   infergate admin stream create --replicas N [--duplicate-window D] [--memory]
   infergate admin stream update [--replicas N] [--duplicate-window D]
   infergate admin stream info                  the event stream, checked against its declaration
-      (admin stream talks to NATS: --nats-url, env INFERGATE_NATS_URL; --nats-creds, env INFERGATE_NATS_CREDS)
+      (admin stream talks to NATS: --nats-url, env INFERGATE_NATS_URL; --nats-nkey, env INFERGATE_NATS_NKEY; --nats-ca, env INFERGATE_NATS_CA)
   infergate demo-upstream [--addr 127.0.0.1:8001]
 
 Common flags (every command that calls the control plane):

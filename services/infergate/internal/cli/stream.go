@@ -15,13 +15,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natsauth"
 )
 
 const streamUsage = `usage:
   infergate admin stream create --replicas N [--duplicate-window D] [--memory]
   infergate admin stream update [--replicas N] [--duplicate-window D]
   infergate admin stream info
-flags of each: --nats-url (env INFERGATE_NATS_URL), --nats-creds (env INFERGATE_NATS_CREDS), -o table|json`
+flags of each: --nats-url (env INFERGATE_NATS_URL), --nats-nkey (env INFERGATE_NATS_NKEY), --nats-ca (env INFERGATE_NATS_CA), -o table|json`
 
 // runAdmin runs `infergate admin …`: the operator's commands that talk to
 // NATS directly, not to the control plane.
@@ -44,7 +45,8 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := flag.NewFlagSet("infergate admin stream "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	natsURL := fs.String("nats-url", envOr("INFERGATE_NATS_URL", nats.DefaultURL), "NATS server URLs, comma-separated (env INFERGATE_NATS_URL)")
-	natsCreds := fs.String("nats-creds", os.Getenv("INFERGATE_NATS_CREDS"), "NATS credentials file of an identity that may manage the stream (env INFERGATE_NATS_CREDS)")
+	natsNkey := fs.String("nats-nkey", os.Getenv("INFERGATE_NATS_NKEY"), "nkey seed file of the control plane's NATS user, which may manage the stream (env INFERGATE_NATS_NKEY)")
+	natsCA := fs.String("nats-ca", os.Getenv("INFERGATE_NATS_CA"), "CA file for the NATS servers' TLS certificates; default the system's (env INFERGATE_NATS_CA)")
 	output := fs.String("o", "table", "output: table or json")
 	var cfg eventstore.Config
 	switch sub {
@@ -70,11 +72,13 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	opts := []nats.Option{nats.Name("infergate-admin")}
-	if *natsCreds != "" {
-		opts = append(opts, nats.UserCredentials(*natsCreds))
+	// The stream's owner acts as the control plane's NATS user (natsauth):
+	// the one identity that may create and update it.
+	auth, err := natsauth.Identity{Role: natsauth.ControlPlane}.ClientOptions(*natsNkey, *natsCA)
+	if err != nil {
+		return err
 	}
-	nc, err := nats.Connect(*natsURL, opts...)
+	nc, err := nats.Connect(*natsURL, append([]nats.Option{nats.Name("infergate-admin")}, auth...)...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
 	}

@@ -2,15 +2,19 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natsauth"
+	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natstest"
 )
 
@@ -103,5 +107,45 @@ func TestAdminStreamShowsDrift(t *testing.T) {
 	}
 	if out := stream("update"); !strings.Contains(out, "declaration       matches") {
 		t.Errorf("update did not repair the stream:\n%s", out)
+	}
+}
+
+// TestAdminStreamAsTheControlPlane: on a server with users, the stream's
+// owner creates it as the control plane's NATS user (natsauth), the one
+// identity allowed to; the audit user cannot.
+func TestAdminStreamAsTheControlPlane(t *testing.T) {
+	t.Parallel()
+	keys := t.TempDir()
+	cp, au := natsauth.Identity{Role: natsauth.ControlPlane}, natsauth.Identity{Role: natsauth.Audit}
+	var users []*server.NkeyUser
+	for _, id := range []natsauth.Identity{cp, au} {
+		pub, err := id.Ensure(keys)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, id.User(pub))
+	}
+	srv, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), Users: users})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	stream := func(ctx context.Context, seed string, args ...string) (string, error) {
+		var out bytes.Buffer
+		args = append(append([]string{"admin", "stream"}, args...), "--nats-url", srv.ClientURL(), "--nats-nkey", seed)
+		err := run(ctx, args, &out, &out)
+		return out.String(), err
+	}
+	// Denied, the request gets no answer: bound the wait.
+	short, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	if out, err := stream(short, au.SeedFile(keys), "create", "--replicas", "1"); err == nil {
+		t.Errorf("created the stream with the audit user's seed:\n%s", out)
+	}
+	if out, err := stream(t.Context(), cp.SeedFile(keys), "create", "--replicas", "1"); err != nil {
+		t.Fatalf("create as the control plane: %v\n%s", err, out)
+	}
+	if out, err := stream(t.Context(), cp.SeedFile(keys), "info"); err != nil {
+		t.Errorf("info as the control plane: %v\n%s", err, out)
 	}
 }

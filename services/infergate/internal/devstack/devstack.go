@@ -359,8 +359,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 
 type natsIdentities struct{ plane, audit, gateway natsauth.Identity }
 
-// bindAs connects as id and binds to the event stream, which the control
-// plane has created: audit and the gateway may not create or change it.
+// bindAs connects as id and binds to the event stream, which the stack
+// has made sure of as the control plane: audit and the gateway may not
+// create or change it.
 func bindAs(ctx context.Context, connect func(natsauth.Identity) (*nats.Conn, error), id natsauth.Identity) (*nats.Conn, *eventstore.Store, error) {
 	nc, err := connect(id)
 	if err != nil {
@@ -371,7 +372,7 @@ func bindAs(ctx context.Context, connect func(natsauth.Identity) (*nats.Conn, er
 		nc.Close()
 		return nil, nil, err
 	}
-	store, err := eventstore.Open(ctx, js, eventstore.Config{BindOnly: true})
+	store, err := eventstore.Open(ctx, js, eventstore.Config{})
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
