@@ -496,15 +496,27 @@ func (s *Store) Follow(ctx context.Context, from uint64, fn func(Record) error, 
 			}
 		}
 	}()
-	for d := range ahead {
-		if d.err != nil {
-			return d.err
-		}
-		if err := fn(d.rec); err != nil {
-			return err
+	for {
+		// Return as soon as ctx ends: an ordered consumer whose stream was
+		// deleted can sit in its own reset loop for seconds before Next
+		// notices Stop, and a caller that stopped following (the stream
+		// changed) must not wait for it. The receiving goroutine leaves
+		// when Next returns (quit is closed).
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case d, ok := <-ahead:
+			if !ok {
+				return ctx.Err()
+			}
+			if d.err != nil {
+				return d.err
+			}
+			if err := fn(d.rec); err != nil {
+				return err
+			}
 		}
 	}
-	return ctx.Err()
 }
 
 // Events flattens records into their events, in order.
