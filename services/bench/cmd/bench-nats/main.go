@@ -1,7 +1,9 @@
 // Command bench-nats runs an embedded NATS server with JetStream
 // (services/internal/natsembed) on a store directory until SIGINT or
 // SIGTERM: the event stream for the load and cold-start benchmarks, in a
-// process of its own so it is not measured with the gateway.
+// process of its own so it is not measured with the gateway; and the NATS
+// server the fault suite (services/infergate/internal/faults) kills with
+// SIGKILL and starts again on the same store and port.
 //
 //	bench-nats --store-dir DIR --port 14222
 package main

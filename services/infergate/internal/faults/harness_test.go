@@ -65,7 +65,7 @@ func build() error {
 	}
 	const mod = "github.com/infergate/infergate/services/"
 	args = append(args,
-		"./testdata/natsd",
+		mod+"bench/cmd/bench-nats",
 		mod+"keys/cmd/infergate-keys",
 		mod+"deployments/cmd/infergate-deployments",
 		mod+"audit/cmd/infergate-audit",
@@ -76,7 +76,7 @@ func build() error {
 		return fmt.Errorf("go build: %v\n%s", err, out)
 	}
 	fmt.Fprintf(os.Stderr, "faults: built the binaries in %s (race=%v)\n", time.Since(start).Round(time.Millisecond), raceEnabled)
-	bins.nats = filepath.Join(dir, "natsd")
+	bins.nats = filepath.Join(dir, "bench-nats")
 	bins.keys = filepath.Join(dir, "infergate-keys")
 	bins.deployments = filepath.Join(dir, "infergate-deployments")
 	bins.audit = filepath.Join(dir, "infergate-audit")

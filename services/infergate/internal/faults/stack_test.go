@@ -71,7 +71,7 @@ func newStack(t *testing.T) *stack {
 	}
 	s := &stack{t: t, dir: t.TempDir(), natsPort: freePort(t)}
 	s.natsURL = fmt.Sprintf("nats://127.0.0.1:%d", s.natsPort)
-	s.nats = startProc(t, "natsd", bins.nats, "--store-dir", filepath.Join(s.dir, "nats"), "--port", strconv.Itoa(s.natsPort))
+	s.nats = startProc(t, "nats", bins.nats, "--store-dir", filepath.Join(s.dir, "nats"), "--port", strconv.Itoa(s.natsPort))
 	s.waitNATS()
 	nc, err := nats.Connect(s.natsURL, nats.Name("faults-test"), nats.MaxReconnects(-1),
 		nats.ReconnectWait(50*time.Millisecond), nats.RetryOnFailedConnect(true))
@@ -121,7 +121,7 @@ func (s *stack) waitNATS() {
 	s.t.Helper()
 	waitUntil(s.t, waitLong, "NATS child process accepts JetStream calls", func() error {
 		if gone, err := s.nats.exited(); gone {
-			s.t.Fatalf("natsd exited: %v\n%s", err, s.nats.out.tail(20))
+			s.t.Fatalf("NATS exited: %v\n%s", err, s.nats.out.tail(20))
 		}
 		nc, err := nats.Connect(s.natsURL, nats.Timeout(time.Second))
 		if err != nil {
