@@ -112,8 +112,9 @@ type Follower struct {
 	// known to be. 0: never.
 	syncedAt atomic.Int64
 
-	// poke wakes the watcher for a check at once.
-	poke chan struct{}
+	// poke wakes the watcher for a check at once; wake cuts a retry's
+	// backoff short (the stream that was missing may be back).
+	poke, wake chan struct{}
 
 	// mu guards the fields below.
 	mu       sync.Mutex
@@ -144,14 +145,16 @@ func New(cfg Config) *Follower {
 		cfg.Name = "consumer"
 	}
 	cfg.Log = cfg.Log.With("follower", cfg.Name)
-	return &Follower{cfg: cfg, changed: make(chan struct{}), poke: make(chan struct{}, 1)}
+	return &Follower{cfg: cfg, changed: make(chan struct{}), poke: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 }
 
 // Poke asks for a check of the stream's life now (it never blocks).
 func (f *Follower) Poke() {
-	select {
-	case f.poke <- struct{}{}:
-	default:
+	for _, ch := range []chan struct{}{f.poke, f.wake} {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -186,6 +189,7 @@ func (f *Follower) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(wait):
+		case <-f.wake: // the stream changed (e.g. created again): try now
 		}
 	}
 }
