@@ -1,7 +1,6 @@
 package h1
 
 import (
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -10,20 +9,22 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
 )
 
 // Conn is one client connection the fast path serves. A Handler uses it
 // for the request it is given, on the connection's own goroutine.
 type Conn struct {
-	s    *Server
-	nc   net.Conn
-	raw  syscall.RawConn // nil when nc is not a socket
-	h    Handler
-	log  *slog.Logger
-	dial DialFunc
-	hl   *handoffListener
+	s  *Server
+	nc net.Conn
+	// probe tells whether the client has gone.
+	probe sockprobe.Probe
+	h     Handler
+	log   *slog.Logger
+	dial  DialFunc
+	hl    *handoffListener
 
 	// buf holds what was read from the client and not yet used:
 	// buf[r:w].
@@ -59,9 +60,7 @@ const readBufSize = 8 << 10
 
 func newConn(s *Server, nc net.Conn, hb *handlerBox, hl *handoffListener) *Conn {
 	c := &Conn{s: s, nc: nc, h: hb.h, log: hb.log, dial: hb.dial, hl: hl, buf: make([]byte, readBufSize)}
-	if sc, ok := nc.(syscall.Conn); ok {
-		c.raw, _ = sc.SyscallConn()
-	}
+	c.probe.Init(nc)
 	if host, _, err := net.SplitHostPort(nc.RemoteAddr().String()); err == nil {
 		c.remoteIP = host
 	}
@@ -296,23 +295,15 @@ func appendStatus(b []byte, status int) []byte {
 	return append(b, "\r\n"...)
 }
 
-// gone reports, without blocking, whether the client has closed the
-// connection (or reset it). Bytes waiting (a pipelined request) mean it
+// Gone reports, without blocking, whether the client has closed the
+// connection (or reset it): keepalive.Watcher, asked while the request
+// waits for its upstream. Bytes waiting (a pipelined request) mean it
 // has not.
-func (c *Conn) gone() bool {
-	if c.raw == nil {
-		return false
-	}
+func (c *Conn) Gone() bool {
 	if c.w > c.r {
 		return false
 	}
-	var closed bool
-	err := c.raw.Control(func(fd uintptr) {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		closed = (n == 0 && err == nil) || (err != nil && !errors.Is(err, syscall.EAGAIN) && !errors.Is(err, syscall.EINTR))
-	})
-	return err != nil || closed
+	return c.probe.State() == sockprobe.Closed
 }
 
 // Buffers.

@@ -1,6 +1,7 @@
 package h1
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -9,15 +10,12 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
-
-var errDeadline = os.ErrDeadlineExceeded
 
 // Result is how a forwarded request went.
 type Result struct {
@@ -70,40 +68,40 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 		addr = net.JoinHostPort(up.Hostname(), "80")
 	}
 	var (
-		uc   *upConn
+		uc   *keepalive.Conn
 		head []byte
 	)
 	for attempt := 0; ; attempt++ {
 		var reused bool
-		uc, reused, err = c.s.up.get(addr, c.dial)
+		uc, reused, err = c.s.up.get(c.s.ctx, addr, c.dial)
 		if err != nil {
 			return Result{Waited: time.Since(start), Err: err}
 		}
-		uc.client = c
+		uc.Bound(c, time.Time{})
 		wrote := false
-		if _, err = uc.nc.Write(out); err == nil {
+		if _, err = uc.Write(out); err == nil {
 			wrote = true
-			head, err = uc.readHead()
+			head, err = readHead(uc.Reader())
 		}
 		if err == nil {
 			break
 		}
-		_ = uc.nc.Close()
-		if errors.Is(err, errClientGone) {
+		_ = uc.Close()
+		if errors.Is(err, keepalive.ErrClientGone) {
 			c.closeAfter = true
 			return Result{Waited: time.Since(start), Err: err, ClientGone: true}
 		}
 		// A reused connection the upstream closed before answering: try
 		// once more on a fresh one if the request never got out, or may
 		// be sent twice. (The body is in memory.)
-		if !reused || attempt > 0 || uc.br.Buffered() > 0 || (wrote && !keepalive.Idempotent(req.Method)) {
+		if !reused || attempt > 0 || uc.Reader().Buffered() > 0 || (wrote && !keepalive.Idempotent(req.Method)) {
 			return Result{Waited: time.Since(start), Err: err}
 		}
 	}
 	res.Waited = time.Since(start)
 	resp, err := parseResponseHead(head)
 	if err != nil {
-		_ = uc.nc.Close()
+		_ = uc.Close()
 		res.Err = err
 		return res
 	}
@@ -133,28 +131,29 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	}
 	o = c.appendConnection(o)
 	o = append(o, "\r\n"...)
-	_, _ = uc.br.Discard(len(head))
+	br := uc.Reader()
+	_, _ = br.Discard(len(head))
 	keep := !resp.close && mode != bodyUntilClose
 	res.Answered = true
 	switch mode {
 	case bodyNone:
 		err = c.write(o)
 	case bodyLength:
-		err = c.relayLength(uc, o, resp.length, bp)
+		err = c.relayLength(br, o, resp.length, bp)
 	default:
-		err = c.relayChunks(uc, o, mode == bodyChunked, bp)
+		err = c.relayChunks(br, o, mode == bodyChunked, bp)
 	}
 	if err != nil {
 		res.Err = err
-		res.ClientGone = errors.Is(err, errClientGone) || errors.Is(err, errClientWrite)
+		res.ClientGone = errors.Is(err, keepalive.ErrClientGone) || errors.Is(err, errClientWrite)
 		c.closeAfter = true
-		_ = uc.nc.Close()
+		_ = uc.Close()
 		return res
 	}
-	if keep && uc.br.Buffered() == 0 {
+	if keep && br.Buffered() == 0 {
 		c.s.up.put(uc)
 	} else {
-		_ = uc.nc.Close()
+		_ = uc.Close()
 	}
 	return res
 }
@@ -178,11 +177,11 @@ const (
 
 // relayLength sends the head o and a body of n bytes: what of it is
 // already read goes with the head, the rest as it arrives.
-func (c *Conn) relayLength(uc *upConn, o []byte, n int64, bp *[]byte) error {
-	if k := min(int64(uc.br.Buffered()), n, int64(cap(o)-len(o))); k > 0 {
-		p, _ := uc.br.Peek(int(k))
+func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte) error {
+	if k := min(int64(br.Buffered()), n, int64(cap(o)-len(o))); k > 0 {
+		p, _ := br.Peek(int(k))
 		o = append(o, p...)
-		_, _ = uc.br.Discard(int(k))
+		_, _ = br.Discard(int(k))
 		n -= k
 	}
 	if err := c.write(o); err != nil {
@@ -190,7 +189,7 @@ func (c *Conn) relayLength(uc *upConn, o []byte, n int64, bp *[]byte) error {
 	}
 	buf := (*bp)[:cap(*bp)]
 	for n > 0 {
-		k, err := uc.br.Read(buf[:min(int64(len(buf)), n)])
+		k, err := br.Read(buf[:min(int64(len(buf)), n)])
 		if k > 0 {
 			n -= int64(k)
 			if werr := c.write(buf[:k]); werr != nil {
@@ -210,10 +209,10 @@ func (c *Conn) relayLength(uc *upConn, o []byte, n int64, bp *[]byte) error {
 // relayChunks sends the head o, then the body — chunked, or up to the
 // upstream's close — as chunks to the client, one write per upstream
 // read, so streams (SSE) go out as they come.
-func (c *Conn) relayChunks(uc *upConn, o []byte, chunked bool, bp *[]byte) error {
-	var r io.Reader = uc.br
+func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte) error {
+	var r io.Reader = br
 	if chunked {
-		r = httputil.NewChunkedReader(uc.br)
+		r = httputil.NewChunkedReader(br)
 	}
 	buf := (*bp)[:cap(*bp)]
 	const hole = 8 // room for the chunk's size line
@@ -229,7 +228,7 @@ func (c *Conn) relayChunks(uc *upConn, o []byte, chunked bool, bp *[]byte) error
 		}
 		if err == io.EOF {
 			if chunked {
-				if err := readTrailer(uc.br); err != nil {
+				if err := readTrailer(br); err != nil {
 					return err
 				}
 			}
@@ -332,16 +331,16 @@ func appendRequestHead(b []byte, req *Request, up *url.URL, clientIP string) []b
 // readHead returns the upstream's final response head (1xx answers other
 // than 101 are skipped), still in the reader's buffer: valid until the
 // next read.
-func (uc *upConn) readHead() ([]byte, error) {
+func readHead(br *bufio.Reader) ([]byte, error) {
 	for {
-		h, err := uc.peekHead()
+		h, err := peekHead(br)
 		if err != nil {
 			return nil, err
 		}
 		// "HTTP/1.1 1xx": informational, the real answer follows. 101
 		// is an error here: the fast path never asks for an upgrade.
 		if len(h) >= 12 && h[9] == '1' && !bytes.HasPrefix(h[9:], []byte("101")) {
-			_, _ = uc.br.Discard(len(h))
+			_, _ = br.Discard(len(h))
 			continue
 		}
 		return h, nil
@@ -350,16 +349,16 @@ func (uc *upConn) readHead() ([]byte, error) {
 
 var crlfcrlf = []byte("\r\n\r\n")
 
-func (uc *upConn) peekHead() ([]byte, error) {
+func peekHead(br *bufio.Reader) ([]byte, error) {
 	for {
-		b, _ := uc.br.Peek(uc.br.Buffered())
+		b, _ := br.Peek(br.Buffered())
 		if i := bytes.Index(b, crlfcrlf); i >= 0 {
 			return b[:i+4], nil
 		}
-		if len(b) == uc.br.Size() {
+		if len(b) == br.Size() {
 			return nil, errHeadTooBig
 		}
-		if _, err := uc.br.Peek(len(b) + 1); err != nil {
+		if _, err := br.Peek(len(b) + 1); err != nil {
 			if len(b) > 0 && err == io.EOF {
 				err = io.ErrUnexpectedEOF
 			}

@@ -56,6 +56,10 @@ type Server struct {
 	handler atomic.Pointer[handlerBox]
 	up      upstreams
 	closing atomic.Bool
+	// ctx bounds upstream dials; it ends when shutdown gives up on the
+	// open requests.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu sync.Mutex // mu protects conns
 	// conns are the connections the fast path serves.
@@ -97,7 +101,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	if s.conns == nil {
 		s.conns = map[*Conn]struct{}{}
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.Unlock()
+	defer s.cancel()
 	hl := newHandoffListener(ln.Addr())
 	fbErr := make(chan error, 1)
 	go func() { fbErr <- s.Fallback.Serve(hl) }()
@@ -186,6 +192,7 @@ func (s *Server) shutdown(ctx context.Context) {
 	select {
 	case <-done:
 	case <-ctx.Done():
+		s.cancel()
 		s.mu.Lock()
 		for c := range s.conns {
 			_ = c.nc.Close()

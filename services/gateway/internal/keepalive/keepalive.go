@@ -1,16 +1,21 @@
-// Package keepalive keeps the gateway's idle keep-alive connections to
-// upstreams — for the HTTP/1.1 fast path and for the net/http path's
-// synchronous client alike — and tells, with one non-blocking peek,
-// whether a pooled connection can still carry a request.
+// Package keepalive is the gateway's keep-alive connections to upstreams
+// — one connection type for the HTTP/1.1 fast path and for the net/http
+// path's synchronous client alike — and the pool of idle ones, which
+// tells with one non-blocking peek whether a pooled connection can still
+// carry a request.
 package keepalive
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"net"
 	"net/http"
+	"os"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
 )
 
 // Defaults of a Pool.
@@ -19,8 +24,9 @@ const (
 	DefaultIdleTimeout = 90 * time.Second
 )
 
-// Conn is what a Pool needs of a connection.
-type Conn interface {
+// Pooled is what a Pool needs of a connection (a *Conn; tests pool
+// stand-ins).
+type Pooled interface {
 	// Usable reports whether the idle connection can carry another
 	// request: the upstream has not closed it, nor sent anything unasked.
 	Usable() bool
@@ -29,7 +35,7 @@ type Conn interface {
 
 // Pool holds idle connections by address, most recent last. The zero value
 // is ready to use, with the defaults.
-type Pool[C Conn] struct {
+type Pool[C Pooled] struct {
 	// MaxPerHost is how many idle connections an address keeps; 0:
 	// DefaultMaxPerHost.
 	MaxPerHost int
@@ -41,7 +47,7 @@ type Pool[C Conn] struct {
 	idle map[string][]entry[C]
 }
 
-type entry[C Conn] struct {
+type entry[C Pooled] struct {
 	c     C
 	since time.Time
 }
@@ -131,37 +137,121 @@ func Idempotent(method string) bool {
 	return false
 }
 
-// Liveness checks a connection's socket with one non-blocking peek: open
-// means the upstream has neither closed it nor sent anything. The peek
-// function is made once per connection, so a check allocates nothing.
-// Only the connection's current user may call Open.
-type Liveness struct {
-	raw   syscall.RawConn
-	peek  func(fd uintptr)
-	alive bool
+// DialFunc connects to an upstream address ("host:port"); its context
+// bounds the connect.
+type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// Conn is a keep-alive connection to an upstream, the one type both
+// front ends use: the fast path writes its request bytes and reads the
+// response from Reader; the net/http path's synchronous client writes
+// with http.Request.Write and reads with http.ReadResponse on the same
+// Reader.
+//
+// Its reads can be bounded (Bound): they fail with ErrHeadTimeout past a
+// deadline (the upstream response head's bound) and with ErrClientGone
+// once a Watcher says the request's client has gone — checked every
+// PollEvery while a read waits, since nothing else watches the client
+// meanwhile.
+type Conn struct {
+	nc    net.Conn
+	br    *bufio.Reader
+	addr  string
+	probe sockprobe.Probe
+
+	// watch and until bound the current request's reads (Bound).
+	watch Watcher
+	until time.Time
+	// deadline is the read deadline set on nc.
+	deadline time.Time
 }
 
-// NewLiveness returns the check for nc; for a connection without a
-// socket (not a syscall.Conn) Open is always false.
-func NewLiveness(nc net.Conn) *Liveness {
-	l := &Liveness{}
-	if sc, ok := nc.(syscall.Conn); ok {
-		l.raw, _ = sc.SyscallConn()
+// Watcher says whether a request's client has gone.
+type Watcher interface{ Gone() bool }
+
+// PollEvery is how often a read that waits asks its Watcher.
+const PollEvery = time.Second
+
+// ReadBufSize is a connection's read buffer.
+const ReadBufSize = 32 << 10
+
+// Errors of a bounded read.
+var (
+	ErrHeadTimeout = errors.New("keepalive: the upstream's response head did not come in time")
+	ErrClientGone  = errors.New("keepalive: the client went away")
+)
+
+// Dial connects to addr with dial and ctx (which bounds the connect).
+func Dial(ctx context.Context, dial DialFunc, addr string) (*Conn, error) {
+	nc, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
 	}
-	l.peek = func(fd uintptr) {
-		var b [1]byte
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		l.alive = n < 0 && (errors.Is(err, syscall.EAGAIN) || errors.Is(err, syscall.EWOULDBLOCK))
-	}
-	return l
+	c := &Conn{nc: nc, addr: addr}
+	c.probe.Init(nc)
+	c.br = bufio.NewReaderSize(connReader{c}, ReadBufSize)
+	return c, nil
 }
 
-// Open reports whether the connection is still open and silent.
-func (l *Liveness) Open() bool {
-	if l.raw == nil {
-		return false
+// Addr is the address dialled, the connection's key in a Pool.
+func (c *Conn) Addr() string { return c.addr }
+
+// Reader reads the upstream's responses.
+func (c *Conn) Reader() *bufio.Reader { return c.br }
+
+// Write writes to the upstream.
+func (c *Conn) Write(b []byte) (int, error) { return c.nc.Write(b) }
+
+// Close closes the connection (at once: it also ends a blocked read).
+func (c *Conn) Close() error { return c.nc.Close() }
+
+// Usable reports, with one non-blocking peek, whether the upstream has not
+// closed an idle connection (nor sent anything unasked on it).
+func (c *Conn) Usable() bool {
+	return c.br.Buffered() == 0 && c.probe.State() == sockprobe.Empty
+}
+
+// Bound makes the reads that follow fail with ErrHeadTimeout after until
+// (zero: no deadline) and with ErrClientGone once w reports its client
+// gone (nil: nobody to watch). Bound(nil, time.Time{}) lifts both.
+func (c *Conn) Bound(w Watcher, until time.Time) {
+	c.watch, c.until = w, until
+}
+
+// connReader reads from the upstream within the connection's bounds.
+type connReader struct{ c *Conn }
+
+func (r connReader) Read(b []byte) (int, error) {
+	c := r.c
+	if c.watch == nil && c.until.IsZero() {
+		if !c.deadline.IsZero() {
+			c.deadline = time.Time{}
+			_ = c.nc.SetReadDeadline(c.deadline)
+		}
+		return c.nc.Read(b)
 	}
-	l.alive = false
-	err := l.raw.Control(l.peek)
-	return err == nil && l.alive
+	for {
+		now := time.Now()
+		if !c.until.IsZero() && !now.Before(c.until) {
+			return 0, ErrHeadTimeout
+		}
+		// The next deadline: the next poll, or the bound if sooner. It is
+		// renewed only when half of a poll is gone: a timer update per
+		// read would cost more than the read's bookkeeping.
+		target := c.until
+		if c.watch != nil && (target.IsZero() || now.Add(PollEvery).Before(target)) {
+			target = now.Add(PollEvery)
+		}
+		if c.deadline.IsZero() || c.deadline.After(target) || (c.deadline.Sub(now) < PollEvery/2 && c.deadline.Before(target)) {
+			c.deadline = target
+			_ = c.nc.SetReadDeadline(target)
+		}
+		n, err := c.nc.Read(b)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+			if c.watch != nil && c.watch.Gone() {
+				return 0, ErrClientGone
+			}
+			continue
+		}
+		return n, err
+	}
 }

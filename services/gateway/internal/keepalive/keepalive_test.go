@@ -6,17 +6,18 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
+	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
 )
 
 // conn is a real loopback TCP connection with its liveness check.
 type conn struct {
 	net.Conn
 	peer   net.Conn // the server's end
-	live   *keepalive.Liveness
+	probe  *sockprobe.Probe
 	closed bool
 }
 
-func (c *conn) Usable() bool { return c.live.Open() }
+func (c *conn) Usable() bool { return c.probe.State() == sockprobe.Empty }
 func (c *conn) Close() error { c.closed = true; return c.Conn.Close() }
 
 func dial(t *testing.T, ln net.Listener) *conn {
@@ -30,14 +31,16 @@ func dial(t *testing.T, ln net.Listener) *conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { nc.Close(); peer.Close() })
-	return &conn{Conn: nc, peer: peer, live: keepalive.NewLiveness(nc)}
+	c := &conn{Conn: nc, peer: peer, probe: new(sockprobe.Probe)}
+	c.probe.Init(nc)
+	return c
 }
 
 // settled waits until what the peer did (close, send) has reached c's
 // socket.
 func settled(t *testing.T, c *conn) {
 	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); c.live.Open(); {
+	for deadline := time.Now().Add(10 * time.Second); c.Usable(); {
 		if time.Now().After(deadline) {
 			t.Fatal("the peer's close or data never arrived")
 		}

@@ -73,13 +73,7 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		return true
 	}
 	d := out.d
-	// No key of ours goes upstream, wherever auth is off too
-	// (credentials.go, as Serve).
-	for i := range req.Header {
-		if fl := &req.Header[i]; !fl.Drop && credentialField(fl.Name, fl.Value) {
-			fl.Drop = true
-		}
-	}
+	dropCredentials(req.Header)
 	// The path to send upstream: for path routing, the rest after
 	// /d/<project>/<deployment>.
 	req.Path = t.Path
@@ -99,6 +93,18 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		answerError(c, http.StatusBadGateway, CodeUpstreamUnavailable)
 	}
 	return true
+}
+
+// dropCredentials marks every field that must not go upstream: no key
+// of ours goes upstream, wherever auth is off too (credentials.go, as
+// Serve's stripCredentials). The rule itself (credentialField) is on
+// names and values, not on the parser's types.
+func dropCredentials(fields []h1.Field) {
+	for i := range fields {
+		if fl := &fields[i]; !fl.Drop && credentialField(fl.Name, fl.Value) {
+			fl.Drop = true
+		}
+	}
 }
 
 // fieldCredentials is credentials for a fast-path request: X-API-Key (its

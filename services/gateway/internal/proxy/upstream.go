@@ -26,20 +26,16 @@ import (
 type upstreamTransport struct {
 	fallback http.RoundTripper
 	dial     DialFunc
-	idle     keepalive.Pool[*upConn]
+	idle     keepalive.Pool[*keepalive.Conn]
 }
 
 func newUpstreamTransport(fallback http.RoundTripper, dial DialFunc) *upstreamTransport {
 	return &upstreamTransport{fallback: fallback, dial: dial}
 }
 
-type upConn struct {
-	conn net.Conn
-	live *keepalive.Liveness
-	br   *bufio.Reader
-	bw   *bufio.Writer
-	addr string
-}
+// writers buffer a request's head (and in-memory body) for its one
+// write: lent per request, not held by every pooled connection.
+var writers = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
 // fast reports whether req can take the synchronous path.
 func fast(req *http.Request) bool {
@@ -80,7 +76,7 @@ func (t *upstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		if err == nil {
 			return resp, nil
 		}
-		_ = c.conn.Close()
+		_ = c.Close()
 		if ctx.Err() != nil {
 			return nil, t.ctxErr(ctx, err)
 		}
@@ -103,7 +99,7 @@ func (t *upstreamTransport) ctxErr(ctx context.Context, err error) error {
 
 // exchange writes req on c and reads the response head; wrote says whether
 // the request was written out.
-func (t *upstreamTransport) exchange(ctx context.Context, c *upConn, req *http.Request, attempt int) (_ *http.Response, wrote bool, _ error) {
+func (t *upstreamTransport) exchange(ctx context.Context, c *keepalive.Conn, req *http.Request, attempt int) (_ *http.Response, wrote bool, _ error) {
 	if attempt > 0 && req.GetBody != nil {
 		body, err := req.GetBody()
 		if err != nil {
@@ -113,19 +109,24 @@ func (t *upstreamTransport) exchange(ctx context.Context, c *upConn, req *http.R
 	}
 	// Closing the connection is how a canceled request stops a blocked
 	// write or read.
-	stop := context.AfterFunc(ctx, func() { _ = c.conn.Close() })
-	if err := req.Write(c.bw); err != nil {
+	stop := context.AfterFunc(ctx, func() { _ = c.Close() })
+	bw := writers.Get().(*bufio.Writer)
+	bw.Reset(c)
+	err := req.Write(bw)
+	if err == nil {
+		err = bw.Flush()
+	}
+	bw.Reset(nil)
+	writers.Put(bw)
+	if err != nil {
 		stop()
 		return nil, false, err
 	}
-	if err := c.bw.Flush(); err != nil {
-		stop()
-		return nil, false, err
-	}
-	resp, err := http.ReadResponse(c.br, req)
+	br := c.Reader()
+	resp, err := http.ReadResponse(br, req)
 	// 1xx answers other than 101 are informational: the real one follows.
 	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
-		resp, err = http.ReadResponse(c.br, req)
+		resp, err = http.ReadResponse(br, req)
 	}
 	if err != nil {
 		stop()
@@ -145,7 +146,7 @@ func (t *upstreamTransport) exchange(ctx context.Context, c *upConn, req *http.R
 // the end, and closes it otherwise.
 type upBody struct {
 	t    *upstreamTransport
-	c    *upConn
+	c    *keepalive.Conn
 	rc   io.ReadCloser
 	stop func() bool
 	keep bool
@@ -186,30 +187,20 @@ func (b *upBody) finish(complete bool) {
 		b.t.put(b.c)
 		return
 	}
-	_ = b.c.conn.Close()
+	_ = b.c.Close()
 }
 
 // conn returns an idle connection to addr that is still open, or a new one.
-func (t *upstreamTransport) conn(ctx context.Context, addr string) (*upConn, bool, error) {
+func (t *upstreamTransport) conn(ctx context.Context, addr string) (*keepalive.Conn, bool, error) {
 	if c, ok := t.idle.Get(addr); ok {
 		return c, true, nil
 	}
-	nc, err := t.dial(ctx, "tcp", addr)
-	if err != nil {
-		return nil, false, err
-	}
-	return &upConn{conn: nc, live: keepalive.NewLiveness(nc), addr: addr,
-		br: bufio.NewReaderSize(nc, 32<<10), bw: bufio.NewWriterSize(nc, 32<<10)}, false, nil
+	c, err := keepalive.Dial(ctx, t.dial, addr)
+	return c, false, err
 }
 
-// Usable reports, with one non-blocking peek, whether the upstream has not
-// closed an idle connection (nor sent anything unasked on it).
-func (c *upConn) Usable() bool { return c.br.Buffered() == 0 && c.live.Open() }
-
-func (c *upConn) Close() error { return c.conn.Close() }
-
 // put returns c to the idle pool.
-func (t *upstreamTransport) put(c *upConn) { t.idle.Put(c.addr, c) }
+func (t *upstreamTransport) put(c *keepalive.Conn) { t.idle.Put(c.Addr(), c) }
 
 // CloseIdleConnections closes every idle connection (http.Client and tests
 // call it).

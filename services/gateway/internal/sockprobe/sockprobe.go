@@ -1,0 +1,64 @@
+// Package sockprobe tells, without blocking and without consuming
+// anything, what waits on a connection's socket: nothing, data, or the
+// peer's close. The gateway asks it whether a pooled upstream connection
+// can still carry a request and whether a client that is waiting for an
+// upstream has gone.
+//
+// It peeks with recv(MSG_PEEK|MSG_DONTWAIT) on Linux; elsewhere every
+// probe answers Unknown and callers take the safe side (an idle upstream
+// connection is not reused; a client is assumed present until a read or
+// write to it fails or a time bound ends the request).
+package sockprobe
+
+import (
+	"net"
+	"syscall"
+)
+
+// State is what a probe found.
+type State int8
+
+// The states.
+const (
+	// Unknown: the connection is not a socket, or the platform cannot
+	// peek.
+	Unknown State = iota
+	// Empty: open, nothing to read.
+	Empty
+	// Data: bytes wait to be read.
+	Data
+	// Closed: the peer closed or reset the connection.
+	Closed
+)
+
+// Probe checks one connection. The function handed to the socket is made
+// once, in Init, so a check allocates nothing. Only the connection's
+// current user may call State.
+type Probe struct {
+	raw  syscall.RawConn
+	peek func(fd uintptr)
+	st   State
+}
+
+// Init makes p the probe of nc.
+func (p *Probe) Init(nc net.Conn) {
+	*p = Probe{}
+	if sc, ok := nc.(syscall.Conn); ok {
+		p.raw, _ = sc.SyscallConn()
+	}
+	if p.raw != nil && canPeek {
+		p.peek = func(fd uintptr) { p.st = peek(fd) }
+	}
+}
+
+// State peeks at the socket.
+func (p *Probe) State() State {
+	if p.peek == nil {
+		return Unknown
+	}
+	p.st = Unknown
+	if err := p.raw.Control(p.peek); err != nil {
+		return Closed // the descriptor is gone: closed locally
+	}
+	return p.st
+}
