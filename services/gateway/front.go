@@ -28,11 +28,19 @@ type Front struct {
 
 // NewFront returns a front end for srv (whose Handler is normally a
 // gateway's Handler, or a stand-in until the gateway exists); fastPath
-// turns the HTTP/1.1 fast path on, used once Use names a gateway.
-func NewFront(srv *http.Server, fastPath bool) *Front {
+// turns the HTTP/1.1 fast path on, used once Use names a gateway. b are
+// the time bounds (zero fields: defaults), the gateway's own
+// (Config.Bounds): NewFront sets srv's ReadHeaderTimeout and IdleTimeout
+// from them and its ReadTimeout and WriteTimeout to none, since the
+// gateway's handler bounds the body and each write itself — a whole-
+// request bound would cut every long stream.
+func NewFront(srv *http.Server, fastPath bool, b Bounds) *Front {
+	b.SetDefaults()
+	srv.ReadHeaderTimeout, srv.IdleTimeout = b.Head, b.Idle
+	srv.ReadTimeout, srv.WriteTimeout = 0, 0
 	f := &Front{srv: srv}
 	if fastPath {
-		f.fast = &h1.Server{Fallback: srv}
+		f.fast = &h1.Server{Fallback: srv, Bounds: b}
 	}
 	return f
 }

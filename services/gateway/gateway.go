@@ -24,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/infergate/infergate/services/gateway/internal/bounds"
 	"github.com/infergate/infergate/services/gateway/internal/metrics"
 	"github.com/infergate/infergate/services/gateway/internal/proxy"
 	"github.com/infergate/infergate/services/gateway/internal/route"
@@ -82,7 +83,25 @@ type Config struct {
 	// once after every applied record. Default receipts.DefaultHeartbeat.
 	// Reports need NATS; without it there are none.
 	Heartbeat time.Duration
+	// Bounds are the data plane's time bounds (docs/gateway.md, "Time
+	// bounds"); zero fields take their defaults. Serve the gateway with a
+	// Front made with the same.
+	Bounds Bounds
 }
+
+// Bounds are the data plane's time bounds, on both front ends.
+type Bounds = bounds.Bounds
+
+// The bounds' defaults (docs/gateway.md, "Time bounds", says why each).
+const (
+	DefaultHeadTimeout             = bounds.DefaultHead
+	DefaultBodyTimeout             = bounds.DefaultBody
+	DefaultBodyMinRate             = int64(bounds.DefaultBodyMinRate)
+	DefaultUpstreamConnectTimeout  = bounds.DefaultConnect
+	DefaultUpstreamResponseTimeout = bounds.DefaultResponseHead
+	DefaultWriteTimeout            = bounds.DefaultWrite
+	DefaultIdleTimeout             = bounds.DefaultIdle
+)
 
 // DefaultMaxStaleness is the staleness bound when Config sets none.
 const DefaultMaxStaleness = 5 * time.Minute
@@ -115,6 +134,7 @@ func (c *Config) setDefaults() {
 	if c.MaxStaleness == 0 {
 		c.MaxStaleness = DefaultMaxStaleness
 	}
+	c.Bounds.SetDefaults()
 }
 
 // Validate reports every problem at once.
@@ -128,6 +148,9 @@ func (c *Config) Validate() error {
 	}
 	if strings.ContainsAny(c.BaseDomain, "/: ") {
 		errs = append(errs, fmt.Errorf("%w: base domain %q is not a host name", ErrInvalidConfig, c.BaseDomain))
+	}
+	if err := c.Bounds.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("%w: %w", ErrInvalidConfig, err))
 	}
 	return errors.Join(errs...)
 }
@@ -208,6 +231,7 @@ func New(cfg Config) (*Gateway, error) {
 		Metrics:   g.metrics,
 		Log:       cfg.Log,
 		Upstreams: cfg.Upstreams,
+		Bounds:    cfg.Bounds,
 	})
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -220,14 +244,15 @@ func New(cfg Config) (*Gateway, error) {
 		proxy.WriteError(w, http.StatusNotFound, proxy.CodeDeploymentNotFound)
 	})
 	g.handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w = proxy.BoundWrites(w, cfg.Bounds.Write)
 		switch t, kind := route.Parse(r, cfg.BaseDomain); kind {
 		case route.Deployment:
 			g.proxy.Serve(w, r, t)
 		case route.Unroutable:
 			g.metrics.Decided(authmap.ResultDeploymentNotFound)
-			proxy.WriteError(w, http.StatusNotFound, proxy.CodeDeploymentNotFound)
+			proxy.Refuse(w, r, http.StatusNotFound, proxy.CodeDeploymentNotFound)
 		case route.BadPath:
-			proxy.WriteError(w, http.StatusBadRequest, proxy.CodeInvalidPath)
+			proxy.Refuse(w, r, http.StatusBadRequest, proxy.CodeInvalidPath)
 		default:
 			mux.ServeHTTP(w, r)
 		}
@@ -294,6 +319,9 @@ func (g *Gateway) StaleAt(now time.Time) bool {
 // propagation reporter waits on it to publish the applied sequence as it
 // moves.
 func (g *Gateway) Changed() <-chan struct{} { return g.follower.Changed() }
+
+// Bounds are the gateway's time bounds, defaults filled in.
+func (g *Gateway) Bounds() Bounds { return g.cfg.Bounds }
 
 // ID is the gateway's id.
 func (g *Gateway) ID() string { return g.cfg.ID }

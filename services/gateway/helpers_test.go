@@ -238,7 +238,7 @@ func serveFront(t *testing.T, g *gateway.Gateway, fast bool) *httptest.Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	front := gateway.NewFront(httpserver.New(ln.Addr().String(), g.Handler()), fast)
+	front := gateway.NewFront(httpserver.New(ln.Addr().String(), g.Handler()), fast, g.Bounds())
 	front.Use(g)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)

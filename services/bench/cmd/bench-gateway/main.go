@@ -81,7 +81,7 @@ func run() error {
 	srv := httpserver.New(*addr, gw.Handler())
 	srv.ReadTimeout, srv.WriteTimeout = 0, 0 // as cmd/infergate-gateway
 	serveErr := make(chan error, 1)
-	front := gateway.NewFront(srv, *fastPath)
+	front := gateway.NewFront(srv, *fastPath, gw.Bounds())
 	front.Use(gw)
 	go func() { serveErr <- front.Serve(ctx, ln, 5*time.Second) }()
 	if err := gw.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {

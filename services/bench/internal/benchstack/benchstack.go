@@ -220,7 +220,7 @@ func (s *Stack) startGateway(ctx context.Context, id string, log *slog.Logger) (
 	srv.ReadTimeout, srv.WriteTimeout = 0, 0
 	// As the gateway process serves it: the HTTP/1.1 fast path in front,
 	// unless INFERGATE_HTTP1_FASTPATH=false (as for the process).
-	front := gateway.NewFront(srv, os.Getenv("INFERGATE_HTTP1_FASTPATH") != "false")
+	front := gateway.NewFront(srv, os.Getenv("INFERGATE_HTTP1_FASTPATH") != "false", gw.Bounds())
 	front.Use(gw)
 	s.wg.Go(func() { _ = front.Serve(ctx, ln, time.Second) })
 	return &Gateway{Gateway: gw, URL: "http://" + ln.Addr().String()}, nil

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -65,7 +66,11 @@ func run() error {
 		"upstream addresses allowed despite the default policy (which refuses loopback, link-local and unspecified addresses): CIDRs, addresses and host names, comma-separated (env INFERGATE_UPSTREAM_ALLOW)")
 	maxStaleness := fs.String("max-staleness", env("INFERGATE_MAX_STALENESS", gateway.DefaultMaxStaleness.String()),
 		"how long the gateway may serve auth-enabled deployments from a map it cannot confirm is current (NATS or the hub away, the process frozen) before it answers 503 gateway_stale; 0: forever, trading revocation for availability (env INFERGATE_MAX_STALENESS)")
+	bnds, bndsErr := boundFlags(fs, env)
 	_ = fs.Parse(os.Args[1:])
+	if err := errors.Join(bndsErr(), bnds.Validate()); err != nil {
+		return err
+	}
 	staleness, err := time.ParseDuration(*maxStaleness)
 	if err != nil || staleness < 0 {
 		return fmt.Errorf("--max-staleness %q: want a duration such as 5m, or 0 for none", *maxStaleness)
@@ -105,13 +110,12 @@ func run() error {
 	var handler handlerSwap
 	handler.set(starting{})
 	srv := httpserver.New(addr, &handler)
-	// Streams (SSE) and request bodies may last as long as they need; the
-	// header timeout still guards against slow clients.
-	srv.ReadTimeout, srv.WriteTimeout = 0, 0
 
 	var wg sync.WaitGroup
 	serveErr := make(chan error, 1)
-	front := gateway.NewFront(srv, *fastPath)
+	// The front end sets srv's timeouts from the bounds: streams (SSE)
+	// and request bodies may last as long as they make progress.
+	front := gateway.NewFront(srv, *fastPath, *bnds)
 	wg.Go(func() { serveErr <- front.Serve(ctx, ln, grace) })
 	log.Info("listening", "addr", ln.Addr().String(), "region", region, "base_domain", baseDomain, "http1_fastpath", *fastPath,
 		"upstream_allow", upstreams.String())
@@ -146,7 +150,7 @@ func run() error {
 		}
 		gw, err := gateway.New(gateway.Config{
 			Events: store, NATS: nc, Region: region, BaseDomain: baseDomain, ID: id, Log: log,
-			Snapshots: snaps, Upstreams: upstreams, MaxStaleness: staleness,
+			Snapshots: snaps, Upstreams: upstreams, MaxStaleness: staleness, Bounds: *bnds,
 		})
 		if err != nil {
 			return err
@@ -170,6 +174,47 @@ func run() error {
 		return nil
 	}
 	return err
+}
+
+// boundFlags declares the data plane's time bounds (docs/gateway.md,
+// "Time bounds"), each a flag falling back to an INFERGATE_* variable;
+// errs reports the variables that are not durations (or numbers).
+func boundFlags(fs *flag.FlagSet, env func(string, string) string) (b *gateway.Bounds, errs func() error) {
+	b = new(gateway.Bounds)
+	var bad []error
+	dur := func(p *time.Duration, name, envName string, def time.Duration, usage string) {
+		v := def
+		if s := env(envName, ""); s != "" {
+			d, err := time.ParseDuration(s)
+			if err != nil {
+				bad = append(bad, fmt.Errorf("%s: %w", envName, err))
+			}
+			v = d
+		}
+		fs.DurationVar(p, name, v, usage+" (env "+envName+")")
+	}
+	dur(&b.Head, "head-timeout", "INFERGATE_HEAD_TIMEOUT", gateway.DefaultHeadTimeout,
+		"how long a new connection may take to send its first byte, and any request its whole head")
+	dur(&b.Body, "body-timeout", "INFERGATE_BODY_TIMEOUT", gateway.DefaultBodyTimeout,
+		"how long a request body may take, plus a second per --body-min-rate bytes received")
+	rate := gateway.DefaultBodyMinRate
+	if s := env("INFERGATE_BODY_MIN_RATE", ""); s != "" {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			bad = append(bad, fmt.Errorf("INFERGATE_BODY_MIN_RATE: %w", err))
+		}
+		rate = n
+	}
+	fs.Int64Var(&b.BodyMinRate, "body-min-rate", rate, "bytes per second a request body must keep up, past --body-timeout (env INFERGATE_BODY_MIN_RATE)")
+	dur(&b.Connect, "upstream-connect-timeout", "INFERGATE_UPSTREAM_CONNECT_TIMEOUT", gateway.DefaultUpstreamConnectTimeout,
+		"how long a connect to an upstream may take (502 past it)")
+	dur(&b.ResponseHead, "upstream-response-timeout", "INFERGATE_UPSTREAM_RESPONSE_TIMEOUT", gateway.DefaultUpstreamResponseTimeout,
+		"how long the upstream may take to send its response head (504 past it); generous: a model may think for minutes before its first token")
+	dur(&b.Write, "write-timeout", "INFERGATE_WRITE_TIMEOUT", gateway.DefaultWriteTimeout,
+		"how long one write to a client may block: a client that stops reading loses its connection and its upstream request")
+	dur(&b.Idle, "idle-timeout", "INFERGATE_IDLE_TIMEOUT", gateway.DefaultIdleTimeout,
+		"how long a keep-alive connection may wait for its next request")
+	return b, func() error { return errors.Join(bad...) }
 }
 
 // openStore binds to the event stream, retrying while NATS is unreachable

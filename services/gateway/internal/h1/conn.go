@@ -1,9 +1,12 @@
 package h1
 
 import (
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -11,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/infergate/infergate/services/gateway/internal/bounds"
 	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
 )
 
@@ -42,6 +46,14 @@ type Conn struct {
 	closeAfter bool
 	// deadline is the read deadline set on nc; zero: none.
 	deadline time.Time
+	// wroteAt is when the write deadline was last set.
+	wroteAt time.Time
+	// served counts the requests answered on the connection.
+	served int
+	// linger: the connection closes with a request body unread (a
+	// refusal answered without waiting for it); close it gently, so
+	// the client reads the answer instead of a reset.
+	linger bool
 
 	// remoteIP is the client's address without port, for
 	// X-Forwarded-For; "" if it has none.
@@ -85,14 +97,36 @@ func (c *Conn) serve() {
 		}
 	}()
 	if !c.loop() {
+		if c.linger {
+			c.closeGently()
+		}
 		_ = c.nc.Close()
 	}
 }
 
+// closeGently sends the client a FIN and reads what it still sends for a
+// moment (as net/http does): closing a socket with unread bytes would
+// reset the connection, and the reset can destroy the answer before the
+// client has read it.
+func (c *Conn) closeGently() {
+	type closeWriter interface{ CloseWrite() error }
+	cw, ok := c.nc.(closeWriter)
+	if !ok || cw.CloseWrite() != nil {
+		return
+	}
+	_ = c.nc.SetReadDeadline(time.Now().Add(lingerFor))
+	_, _ = io.CopyN(io.Discard, c.nc, lingerBytes)
+}
+
+const (
+	lingerFor   = 500 * time.Millisecond
+	lingerBytes = 256 << 10
+)
+
 // loop serves requests until the connection closes (false) or is handed
 // to net/http (true).
 func (c *Conn) loop() bool {
-	srv := c.s.Fallback
+	b := &c.s.Bounds
 	for {
 		if c.r > 0 {
 			c.w = copy(c.buf, c.buf[c.r:c.w])
@@ -102,9 +136,10 @@ func (c *Conn) loop() bool {
 		if c.s.closingNow() {
 			return false
 		}
-		// The first byte of a request must come within IdleTimeout, and
-		// a head that does not come whole in one read within
-		// ReadHeaderTimeout of its start.
+		// The first byte of a new connection must come within the head
+		// bound, the first of a later request within the idle bound,
+		// and a head that does not come whole in one read within the
+		// head bound of its first byte.
 		n := headEnd(c.buf[:c.w])
 		if c.w == 0 {
 			// Let the other connections' goroutines run first: by the
@@ -113,13 +148,13 @@ func (c *Conn) loop() bool {
 			// park and a wake-up through the poller) is saved. With
 			// nothing else to run, Gosched returns at once.
 			runtime.Gosched()
-			idle := srv.IdleTimeout
-			if idle == 0 {
-				idle = srv.ReadTimeout // as net/http
+			if c.served == 0 {
+				c.setDeadline(b.Head)
+			} else {
+				c.setDeadline(b.Idle)
 			}
-			c.setDeadline(idle)
 		} else if n < 0 {
-			c.setDeadline(srv.ReadHeaderTimeout)
+			c.setDeadline(b.Head)
 		}
 		for n < 0 {
 			if c.w == len(c.buf) {
@@ -132,8 +167,8 @@ func (c *Conn) loop() bool {
 			if n = headEnd(c.buf[:c.w]); n < 0 && err != nil {
 				return false
 			}
-			if n < 0 && first && k > 0 {
-				c.setDeadline(srv.ReadHeaderTimeout)
+			if n < 0 && first && k > 0 && c.served > 0 {
+				c.setDeadline(b.Head)
 			}
 		}
 		if !c.state.CompareAndSwap(stateIdle, stateActive) {
@@ -151,6 +186,7 @@ func (c *Conn) loop() bool {
 			}
 			return c.handoff()
 		}
+		c.served++
 		if !c.taken || c.closeAfter || c.bodyLeft > 0 {
 			return false
 		}
@@ -181,6 +217,10 @@ func (c *Conn) setDeadline(d time.Duration) {
 // net/http.
 func (c *Conn) handoff() bool {
 	c.setDeadline(0)
+	if !c.wroteAt.IsZero() {
+		// net/http sets its own, or none.
+		_ = c.nc.SetWriteDeadline(time.Time{})
+	}
 	var pre []byte
 	if c.w > c.r {
 		pre = c.buf[c.r:c.w]
@@ -202,7 +242,9 @@ func (c *Conn) take() {
 // RemoteIP is the client's IP address ("" if unknown).
 func (c *Conn) RemoteIP() string { return c.remoteIP }
 
-// appendBody appends the request's body to b.
+// appendBody appends the request's body to b. The body must come
+// within its bound (bounds.Bounds.BodyDeadline); one that does not fails
+// with bounds.ErrBodyTimeout, and the connection closes.
 func (c *Conn) appendBody(b []byte) ([]byte, error) {
 	if c.bodyLeft == 0 {
 		return b, nil
@@ -214,29 +256,27 @@ func (c *Conn) appendBody(b []byte) ([]byte, error) {
 	if c.bodyLeft == 0 {
 		return b, nil
 	}
-	c.setDeadline(0)
 	n := len(b)
 	b = growTo(b, n+int(c.bodyLeft))
-	_, err := io.ReadFull(c.nc, b[n:])
-	if err != nil {
-		c.closeAfter = true
-		return b[:n], err
+	start, got := time.Now(), int64(0)
+	for c.bodyLeft > 0 {
+		c.deadline = c.s.Bounds.BodyDeadline(start, got)
+		_ = c.nc.SetReadDeadline(c.deadline)
+		k, err := c.nc.Read(b[n:])
+		n += k
+		got += int64(k)
+		c.bodyLeft -= int64(k)
+		if err != nil && c.bodyLeft > 0 {
+			c.closeAfter = true
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				err = fmt.Errorf("%w: %w", bounds.ErrBodyTimeout, err)
+			} else if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return b[:n], err
+		}
 	}
-	c.bodyLeft = 0
 	return b, nil
-}
-
-// discardBody reads the request's body and drops it, so the next request
-// can be read.
-func (c *Conn) discardBody() {
-	if c.bodyLeft == 0 {
-		return
-	}
-	bp := getBuf()
-	defer putBuf(bp)
-	if _, err := c.appendBody((*bp)[:0]); err != nil {
-		c.closeAfter = true
-	}
 }
 
 func growTo(b []byte, n int) []byte {
@@ -249,11 +289,19 @@ func growTo(b []byte, n int) []byte {
 }
 
 // Answer writes a whole response: status, the header lines in header
-// (each ending in CRLF), Content-Length, Date, and body. It reads and
-// drops the request's body first.
+// (each ending in CRLF), Content-Length, Date, and body. It does not
+// wait for the request's body: what of it has come is dropped, and if
+// more was to come the connection closes after the answer.
 func (c *Conn) Answer(status int, header string, body []byte) error {
 	c.take()
-	c.discardBody()
+	if c.bodyLeft > 0 {
+		k := min(int64(c.w-c.r), c.bodyLeft)
+		c.r += int(k)
+		c.bodyLeft -= k
+		if c.bodyLeft > 0 {
+			c.closeAfter, c.linger = true, true
+		}
+	}
 	bp := getBuf()
 	defer putBuf(bp)
 	b := appendStatus((*bp)[:0], status)
@@ -265,7 +313,7 @@ func (c *Conn) Answer(status int, header string, body []byte) error {
 	b = c.appendConnection(b)
 	b = append(b, "\r\n"...)
 	b = append(b, body...)
-	if _, err := c.nc.Write(b); err != nil {
+	if err := c.write(b); err != nil {
 		c.closeAfter = true
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/infergate/infergate/services/gateway/internal/bounds"
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
 
@@ -60,7 +61,9 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	b := appendRequestHead((*bp)[:0], req, up, c.remoteIP)
 	b, err := c.appendBody(b)
 	if err != nil {
-		return Result{Waited: time.Since(start), Err: err, ClientGone: true}
+		// A body that did not come in time is answered (408); one the
+		// client broke off is not.
+		return Result{Waited: time.Since(start), Err: err, ClientGone: !errors.Is(err, bounds.ErrBodyTimeout)}
 	}
 	out := b
 	addr := up.Host
@@ -73,11 +76,13 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	)
 	for attempt := 0; ; attempt++ {
 		var reused bool
-		uc, reused, err = c.s.up.get(c.s.ctx, addr, c.dial)
+		uc, reused, err = c.s.up.get(c.s.ctx, c.s.Bounds.Connect, addr, c.dial)
 		if err != nil {
 			return Result{Waited: time.Since(start), Err: err}
 		}
-		uc.Bound(c, time.Time{})
+		// The response head must come within its bound of the request
+		// going out; the client is watched meanwhile.
+		uc.Bound(c, time.Now().Add(c.s.Bounds.ResponseHead))
 		wrote := false
 		if _, err = uc.Write(out); err == nil {
 			wrote = true
@@ -99,6 +104,9 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 		}
 	}
 	res.Waited = time.Since(start)
+	// The body streams for as long as it lasts (SSE); the client is
+	// still watched.
+	uc.Bound(c, time.Time{})
 	resp, err := parseResponseHead(head)
 	if err != nil {
 		_ = uc.Close()
@@ -161,7 +169,15 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 // errClientWrite wraps a failed write to the client.
 var errClientWrite = errors.New("h1: write to client")
 
+// write writes b to the client within the write bound: a client that
+// stops reading fails the write once it has blocked that long. The
+// deadline is renewed at most once a second, a timer update per write
+// costing more than the write's bookkeeping.
 func (c *Conn) write(b []byte) error {
+	if now := time.Now(); now.Sub(c.wroteAt) >= time.Second {
+		c.wroteAt = now
+		_ = c.nc.SetWriteDeadline(now.Add(c.s.Bounds.Write + time.Second))
+	}
 	if _, err := c.nc.Write(b); err != nil {
 		return fmt.Errorf("%w: %w", errClientWrite, err)
 	}

@@ -22,6 +22,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/infergate/infergate/services/gateway/internal/bounds"
 )
 
 // Handler answers requests the front end took.
@@ -49,9 +51,11 @@ const MaxBody = 16 << 10
 
 // Server is the front end.
 type Server struct {
-	// Fallback serves every connection the fast path hands over. Its
-	// ReadHeaderTimeout and IdleTimeout are the fast path's too.
+	// Fallback serves every connection the fast path hands over.
 	Fallback *http.Server
+	// Bounds are the fast path's time bounds (zero fields: defaults);
+	// set them before Serve. The caller gives Fallback the same.
+	Bounds bounds.Bounds
 
 	handler atomic.Pointer[handlerBox]
 	up      upstreams
@@ -102,6 +106,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		s.conns = map[*Conn]struct{}{}
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.Bounds.SetDefaults()
 	s.mu.Unlock()
 	defer s.cancel()
 	hl := newHandoffListener(ln.Addr())

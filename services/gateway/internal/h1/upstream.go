@@ -15,17 +15,18 @@ type upstreams struct {
 	idle keepalive.Pool[*keepalive.Conn]
 }
 
-const dialTimeout = 10 * time.Second
-
-// dialer connects for a Handler that is not a Dialer.
-var dialer = net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}
+// dialer connects for a Handler that is not a Dialer (the connect bound
+// is get's context).
+var dialer = net.Dialer{KeepAlive: 30 * time.Second}
 
 // get returns an idle connection to addr that is still open, or a new one
-// made with dial within ctx.
-func (u *upstreams) get(ctx context.Context, addr string, dial DialFunc) (*keepalive.Conn, bool, error) {
+// made with dial within ctx and the connect bound.
+func (u *upstreams) get(ctx context.Context, connect time.Duration, addr string, dial DialFunc) (*keepalive.Conn, bool, error) {
 	if c, ok := u.idle.Get(addr); ok {
 		return c, true, nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, connect)
+	defer cancel()
 	c, err := keepalive.Dial(ctx, dial, addr)
 	return c, false, err
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strconv"
+	"time"
 )
 
 // Code is the machine-readable code of an error answer.
@@ -19,6 +20,8 @@ const (
 	CodeGatewayStale
 	CodeUpstreamUnavailable
 	CodeInvalidPath
+	CodeRequestTimeout
+	CodeUpstreamTimeout
 	numCodes
 )
 
@@ -39,6 +42,10 @@ var errorTexts = [numCodes]struct{ code, typ, message string }{
 		"The deployment's upstream did not answer."},
 	CodeInvalidPath: {"invalid_path", "invalid_request_error",
 		"The request path has a '.' or '..' segment (also escaped, or with ';' parameters); the gateway does not forward such paths."},
+	CodeRequestTimeout: {"request_timeout", "invalid_request_error",
+		"The request body did not arrive in time."},
+	CodeUpstreamTimeout: {"upstream_timeout", "server_error",
+		"The deployment's upstream did not answer in time."},
 }
 
 // errorBodies are the answers' JSON, made once: writing an error allocates
@@ -69,6 +76,18 @@ func (c Code) String() string { return errorTexts[c].code }
 // RetryAfterStale is the Retry-After, in seconds, of a gateway_stale
 // answer: about when a gateway that got its connection back has caught up.
 const RetryAfterStale = "5"
+
+// Refuse answers r with an error without reading its body: if r has one
+// (HTTP/1), the connection then closes at once — net/http would
+// otherwise wait for the body (to drain it) before sending the answer,
+// or after it, with no bound.
+func Refuse(w http.ResponseWriter, r *http.Request, status int, c Code) {
+	if r.ContentLength != 0 && r.ProtoMajor == 1 {
+		w.Header().Set("Connection", "close")
+		defer func() { _ = http.NewResponseController(w).SetReadDeadline(time.Now()) }()
+	}
+	WriteError(w, status, c)
+}
 
 // WriteError answers with an OpenAI-style error body:
 // {"error": {"message", "type", "param", "code"}}.

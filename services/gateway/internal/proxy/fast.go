@@ -2,10 +2,13 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/http"
 
+	"github.com/infergate/infergate/services/gateway/internal/bounds"
 	"github.com/infergate/infergate/services/gateway/internal/h1"
+	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 	"github.com/infergate/infergate/services/gateway/internal/route"
 	"github.com/infergate/infergate/services/internal/authmap"
 )
@@ -87,6 +90,13 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 	case res.ClientGone:
 		h.cfg.Metrics.UpstreamError(true)
 		h.cfg.Log.Debug("client canceled a proxied request", "project", t.Project, "deployment", t.Deployment)
+	case errors.Is(res.Err, bounds.ErrBodyTimeout):
+		h.cfg.Log.Debug("request body timed out", "project", t.Project, "deployment", t.Deployment)
+		answerError(c, http.StatusRequestTimeout, CodeRequestTimeout)
+	case errors.Is(res.Err, keepalive.ErrHeadTimeout):
+		h.cfg.Metrics.UpstreamError(false)
+		h.logUpstreamFailure(t, d.Upstream.Host, res.Err)
+		answerError(c, http.StatusGatewayTimeout, CodeUpstreamTimeout)
 	default:
 		h.cfg.Metrics.UpstreamError(false)
 		h.logUpstreamFailure(t, d.Upstream.Host, res.Err)

@@ -8,16 +8,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/infergate/infergate/services/gateway/internal/bounds"
+	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 	"github.com/infergate/infergate/services/gateway/internal/metrics"
 	"github.com/infergate/infergate/services/gateway/internal/route"
 	"github.com/infergate/infergate/services/internal/apikey"
@@ -43,6 +47,9 @@ type Config struct {
 	// pass, on both front ends (nil: the default policy, which refuses
 	// loopback, link-local and unspecified addresses).
 	Upstreams *upstreampolicy.Policy
+	// Bounds are the time bounds (zero fields: defaults); Serve applies
+	// the body, upstream and write bounds, the front end the others.
+	Bounds bounds.Bounds
 }
 
 // Handler serves requests routed to deployments.
@@ -57,12 +64,12 @@ type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 
 // Dialer is how every upstream connection is made, by all three upstream
 // clients (the fast path's, the synchronous one in upstream.go and
-// http.Transport): a 10 s connect timeout, TCP keep-alive, and p checked
-// on the address actually dialled — after DNS, so a name that resolves
+// http.Transport): the connect bound, TCP keep-alive, and p checked on
+// the address actually dialled — after DNS, so a name that resolves
 // elsewhere than when its URL was checked (DNS rebinding) is still
 // refused.
-func Dialer(p *upstreampolicy.Policy) DialFunc {
-	return p.DialContext(&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second})
+func Dialer(p *upstreampolicy.Policy, connect time.Duration) DialFunc {
+	return p.DialContext(&net.Dialer{Timeout: connect, KeepAlive: 30 * time.Second})
 }
 
 // NewTransport is the upstream transport for what the synchronous client
@@ -70,8 +77,9 @@ func Dialer(p *upstreampolicy.Policy) DialFunc {
 // connections kept in numbers (the standard library keeps 2 idle per
 // host, which starves a busy gateway into dialing), bigger buffers, no
 // proxy from the environment (upstreams are the platform's own), and
-// connections made with dial.
-func NewTransport(dial DialFunc) *http.Transport {
+// connections made with dial, a response head awaited for at most
+// responseHead.
+func NewTransport(dial DialFunc, responseHead time.Duration) *http.Transport {
 	return &http.Transport{
 		DialContext:           dial,
 		ForceAttemptHTTP2:     true,
@@ -80,6 +88,7 @@ func NewTransport(dial DialFunc) *http.Transport {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ExpectContinueTimeout: time.Second,
+		ResponseHeaderTimeout: responseHead,
 		ReadBufferSize:        32 << 10,
 		WriteBufferSize:       32 << 10,
 	}
@@ -87,10 +96,11 @@ func NewTransport(dial DialFunc) *http.Transport {
 
 // New returns a handler.
 func New(cfg Config) *Handler {
-	h := &Handler{cfg: cfg, dial: Dialer(cfg.Upstreams)}
+	cfg.Bounds.SetDefaults()
+	h := &Handler{cfg: cfg, dial: Dialer(cfg.Upstreams, cfg.Bounds.Connect)}
 	h.rp = &httputil.ReverseProxy{
 		Rewrite:   rewrite,
-		Transport: newUpstreamTransport(NewTransport(h.dial), h.dial),
+		Transport: newUpstreamTransport(NewTransport(h.dial, cfg.Bounds.ResponseHead), h.dial, cfg.Bounds.ResponseHead),
 		// Zero: ReverseProxy still flushes every write at once for
 		// streams — text/event-stream and responses of unknown length
 		// (chunked) — and lets a response of known length go out with
@@ -111,6 +121,8 @@ type call struct {
 	t        route.Target
 	upstream *url.URL
 	start    time.Time
+	// body is the request's body, bounded; nil: none.
+	body *boundedBody
 }
 
 type callKey struct{}
@@ -120,11 +132,15 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) 
 	out := h.decide(t, credentials(r.Header))
 	h.record(t, out)
 	if out.status != 0 {
-		WriteError(w, out.status, out.code)
+		Refuse(w, r, out.status, out.code)
 		return
 	}
 	d := out.d
 	c := &call{t: t, upstream: d.Upstream, start: time.Now()}
+	if r.Body != nil && r.Body != http.NoBody {
+		c.body = &boundedBody{rc: http.NewResponseController(w), body: r.Body, b: &h.cfg.Bounds, start: c.start}
+		r.Body = c.body
+	}
 	h.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), callKey{}, c)))
 }
 
@@ -311,6 +327,15 @@ func (h *Handler) modifyResponse(resp *http.Response) error {
 
 func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
 	c, _ := r.Context().Value(callKey{}).(*call)
+	if c != nil && (errors.Is(err, bounds.ErrBodyTimeout) || (c.body != nil && c.body.timedOut)) {
+		// Checked first: net/http cancels the request's context when a
+		// read of its connection fails, the body's deadline included.
+		h.cfg.Metrics.UpstreamError(true)
+		h.cfg.Metrics.Upstream(time.Since(c.start))
+		h.cfg.Log.Debug("request body timed out", "project", c.t.Project, "deployment", c.t.Deployment)
+		Refuse(w, r, http.StatusRequestTimeout, CodeRequestTimeout)
+		return
+	}
 	canceled := errors.Is(err, context.Canceled) && r.Context().Err() != nil
 	h.cfg.Metrics.UpstreamError(canceled)
 	if c != nil {
@@ -322,8 +347,100 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		return
 	}
 	h.logUpstreamFailure(c.t, c.upstream.Host, err)
+	if errors.Is(err, keepalive.ErrHeadTimeout) {
+		WriteError(w, http.StatusGatewayTimeout, CodeUpstreamTimeout)
+		return
+	}
 	WriteError(w, http.StatusBadGateway, CodeUpstreamUnavailable)
 }
+
+// boundedBody reads a request body within its bound (Bounds.Body and
+// BodyMinRate), by read deadlines on the client's connection (or HTTP/2
+// stream). The deadline is lifted once the body has ended: net/http's
+// background read, which notices a client that goes away, must not time
+// out under a response that streams for minutes.
+type boundedBody struct {
+	rc    *http.ResponseController
+	body  io.ReadCloser
+	b     *bounds.Bounds
+	start time.Time
+	got   int64
+	done  bool
+	// timedOut: the body did not come within its bound.
+	timedOut bool
+}
+
+func (x *boundedBody) Read(p []byte) (int, error) {
+	if x.done {
+		return x.body.Read(p)
+	}
+	_ = x.rc.SetReadDeadline(x.b.BodyDeadline(x.start, x.got))
+	n, err := x.body.Read(p)
+	x.got += int64(n)
+	switch {
+	case err == io.EOF:
+		x.done = true
+		_ = x.rc.SetReadDeadline(time.Time{})
+	case err != nil:
+		// The deadline stays: net/http must not then wait, without
+		// one, to drain the rest of a body that will not come.
+		x.done = true
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			x.timedOut = true
+			err = fmt.Errorf("%w: %w", bounds.ErrBodyTimeout, err)
+		}
+	}
+	return n, err
+}
+
+func (x *boundedBody) Close() error { return x.body.Close() }
+
+// BoundWrites returns w with every write to the client bounded by d: a
+// client that stops reading fails the write that has blocked d, and the
+// request (and its upstream request) ends. The deadline is renewed
+// before each write, header and flush — at most once a second — since a
+// stream may be silent for minutes between writes. (http.Server's
+// WriteTimeout bounds the whole response instead, which would cut every
+// long stream.)
+func BoundWrites(w http.ResponseWriter, d time.Duration) http.ResponseWriter {
+	bw := &boundedWriter{ResponseWriter: w, rc: http.NewResponseController(w), d: d}
+	bw.renew()
+	return bw
+}
+
+type boundedWriter struct {
+	http.ResponseWriter
+	rc  *http.ResponseController
+	d   time.Duration
+	set time.Time
+}
+
+func (b *boundedWriter) renew() {
+	if now := time.Now(); now.Sub(b.set) >= time.Second {
+		b.set = now
+		_ = b.rc.SetWriteDeadline(now.Add(b.d + time.Second))
+	}
+}
+
+func (b *boundedWriter) WriteHeader(status int) {
+	b.renew()
+	b.ResponseWriter.WriteHeader(status)
+}
+
+func (b *boundedWriter) Write(p []byte) (int, error) {
+	b.renew()
+	return b.ResponseWriter.Write(p)
+}
+
+// FlushError flushes within the bound (http.ResponseController finds it).
+func (b *boundedWriter) FlushError() error {
+	b.renew()
+	return b.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection (hijack,
+// deadlines).
+func (b *boundedWriter) Unwrap() http.ResponseWriter { return b.ResponseWriter }
 
 // logUpstreamFailure says why a request to t got 502: the upstream policy
 // refused the address the upstream host resolved to (a deployment that

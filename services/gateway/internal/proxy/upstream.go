@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"time"
 
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
@@ -26,11 +27,13 @@ import (
 type upstreamTransport struct {
 	fallback http.RoundTripper
 	dial     DialFunc
-	idle     keepalive.Pool[*keepalive.Conn]
+	// responseHead bounds the wait for a response head.
+	responseHead time.Duration
+	idle         keepalive.Pool[*keepalive.Conn]
 }
 
-func newUpstreamTransport(fallback http.RoundTripper, dial DialFunc) *upstreamTransport {
-	return &upstreamTransport{fallback: fallback, dial: dial}
+func newUpstreamTransport(fallback http.RoundTripper, dial DialFunc, responseHead time.Duration) *upstreamTransport {
+	return &upstreamTransport{fallback: fallback, dial: dial, responseHead: responseHead}
 }
 
 // writers buffer a request's head (and in-memory body) for its one
@@ -123,11 +126,13 @@ func (t *upstreamTransport) exchange(ctx context.Context, c *keepalive.Conn, req
 		return nil, false, err
 	}
 	br := c.Reader()
+	c.Bound(nil, time.Now().Add(t.responseHead))
 	resp, err := http.ReadResponse(br, req)
 	// 1xx answers other than 101 are informational: the real one follows.
 	for err == nil && resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 		resp, err = http.ReadResponse(br, req)
 	}
+	c.Bound(nil, time.Time{})
 	if err != nil {
 		stop()
 		return nil, true, err

@@ -20,8 +20,8 @@ import (
 // loopbackTransport is the proxy's upstream client with loopback allowed:
 // the test upstreams are on loopback.
 func loopbackTransport() *upstreamTransport {
-	dial := Dialer(upstreampolicy.MustParse(upstreampolicy.Loopback))
-	return newUpstreamTransport(NewTransport(dial), dial)
+	dial := Dialer(upstreampolicy.MustParse(upstreampolicy.Loopback), time.Second)
+	return newUpstreamTransport(NewTransport(dial, time.Minute), dial, time.Minute)
 }
 
 // Both upstream clients — the synchronous one and http.Transport — dial
@@ -30,8 +30,8 @@ func loopbackTransport() *upstreamTransport {
 func TestUpstreamTransportRefusesByPolicy(t *testing.T) {
 	t.Parallel()
 	up, conns := upstreamServer(t, func(w http.ResponseWriter, r *http.Request) {})
-	dial := Dialer(nil)
-	rt := newUpstreamTransport(NewTransport(dial), dial)
+	dial := Dialer(nil, time.Second)
+	rt := newUpstreamTransport(NewTransport(dial, time.Minute), dial, time.Minute)
 	t.Cleanup(rt.CloseIdleConnections)
 	for _, tc := range []struct {
 		name string

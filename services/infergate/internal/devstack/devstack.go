@@ -323,7 +323,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		run("demo model", func() error { return demoModel.serve(ctx) })
 	}
 	run("gateway server", func() error {
-		front := gateway.NewFront(httpserver.New(gwLn.Addr().String(), gw.Handler()), !cfg.NoHTTP1FastPath)
+		front := gateway.NewFront(httpserver.New(gwLn.Addr().String(), gw.Handler()), !cfg.NoHTTP1FastPath, gw.Bounds())
 		front.Use(gw)
 		return front.Serve(ctx, gwLn, 5*time.Second)
 	})
