@@ -15,7 +15,7 @@ export PATH := $(TOOLS):$(PATH)
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null | sed 's|^$(CURDIR)|.|')
 PKGS    := $(addsuffix /...,$(MODULES))
 
-.PHONY: help tools gen check-gen build test lint fmt run clean bench bench-coldstart bench-load console-screenshots
+.PHONY: help tools gen check-gen build test fuzz lint fmt run clean bench bench-coldstart bench-load console-screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,19 @@ build: ## build every binary into bin/
 
 test: ## run every test of every module, with the race detector
 	go test -race -count=1 -timeout 20m $(PKGS)
+
+# The gateway's parsers against net/http's (differential fuzzing, issue
+# 12). `make test` runs their seed corpus (smuggling cases and every input
+# that once failed, testdata/fuzz) as ordinary tests; this runs each fuzzer
+# for FUZZTIME. A failing input is written to testdata/fuzz: commit it with
+# the fix.
+FUZZTIME ?= 5m
+FUZZ_H1  := ./services/gateway/internal/h1
+
+fuzz: ## differential fuzzing of the gateway's HTTP/1.1 parsers, FUZZTIME each (default 5m)
+	go test -run '^$$' -fuzz '^FuzzRequestAgainstNetHTTP$$' -fuzztime $(FUZZTIME) $(FUZZ_H1)
+	go test -run '^$$' -fuzz '^FuzzResponseAgainstNetHTTP$$' -fuzztime $(FUZZTIME) $(FUZZ_H1)
+	go test -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) $(FUZZ_H1)
 
 lint: $(TOOLS_STAMP) ## gofmt, go vet and buf lint
 	@unformatted=$$(gofmt -l $(MODULES)); if [ -n "$$unformatted" ]; then \
