@@ -145,6 +145,9 @@ func generate(dir string, n, perDep int) error {
 		return err
 	}
 	fmt.Printf("stream: %d messages\n", last)
+	if n := w.Stalls(); n > 0 {
+		fmt.Printf("the server fell behind %d times: the generator waited for the publishes in flight\n", n)
+	}
 	return nil
 }
 

@@ -9,6 +9,7 @@ package seed
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,7 @@ type Writer struct {
 	project string
 	failed  atomic.Int64
 	lastErr atomic.Value // error
+	stalls  atomic.Int64
 }
 
 // New opens (creating if need be) the event stream on nc and returns a
@@ -43,6 +45,9 @@ func New(ctx context.Context, nc *nats.Conn, project string) (*Writer, error) {
 	w := &Writer{project: project}
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(4096),
+		// An acknowledgement that never comes fails its publish, so
+		// waiting for the outstanding ones (Publish) always ends.
+		jetstream.WithPublishAsyncTimeout(2*time.Minute),
 		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) {
 			w.failed.Add(1)
 			w.lastErr.Store(err)
@@ -77,12 +82,32 @@ func (w *Writer) Publish(typ, name string, expected uint64, events []*eventv1.Ev
 		return nil, err
 	}
 	subject := w.store.Subject(eventstore.Aggregate{Project: w.project, Type: typ, Name: name})
-	return w.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: data},
-		jetstream.WithMsgID(events[0].GetId()),
-		jetstream.WithExpectStream(streamName),
-		jetstream.WithExpectLastSequencePerSubject(expected),
-	)
+	for {
+		f, err := w.js.PublishMsgAsync(&nats.Msg{Subject: subject, Data: data},
+			jetstream.WithMsgID(events[0].GetId()),
+			jetstream.WithExpectStream(streamName),
+			jetstream.WithExpectLastSequencePerSubject(expected),
+			jetstream.WithStallWait(stallWait),
+		)
+		if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+			return f, err
+		}
+		// The server acknowledges slower than the seeder publishes (a
+		// busy machine, a disk that syncs): wait for the publishes in
+		// flight instead of failing (issue 12: bench-coldstart stopped
+		// here after a million keys), then publish this one again.
+		w.stalls.Add(1)
+		<-w.js.PublishAsyncComplete()
+	}
 }
+
+// stallWait is how long a publish waits for a free slot among the
+// MaxPending in flight before the writer waits for all of them.
+const stallWait = 5 * time.Second
+
+// Stalls counts how often a publish had to wait for the publishes in
+// flight.
+func (w *Writer) Stalls() int64 { return w.stalls.Load() }
 
 // Wait blocks until every publish so far is acknowledged and reports
 // whether any failed.
