@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/infergate/infergate/services/gateway/internal/bounds"
+	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
 
 // Handler answers requests the front end took.
@@ -35,7 +36,7 @@ type Handler interface {
 }
 
 // DialFunc connects to an upstream address ("host:port").
-type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+type DialFunc = keepalive.DialFunc
 
 // Dialer is a Handler that also says how upstream connections are made
 // (the gateway's: with its upstream policy checked on every address it

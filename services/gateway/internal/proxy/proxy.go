@@ -60,7 +60,7 @@ type Handler struct {
 }
 
 // DialFunc connects to an upstream address.
-type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error)
+type DialFunc = keepalive.DialFunc
 
 // Dialer is how every upstream connection is made, by all three upstream
 // clients (the fast path's, the synchronous one in upstream.go and
