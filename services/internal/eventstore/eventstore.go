@@ -89,6 +89,8 @@ type Store struct {
 	cfg    Config
 	cache  *aggCache
 	avail  availability
+	// mirror is set on a store opened on a region's mirror (OpenMirror).
+	mirror *mirror
 }
 
 // Subject is the subject an aggregate's events are stored on.
@@ -152,6 +154,9 @@ type AppendResult struct {
 func (s *Store) Append(ctx context.Context, agg Aggregate, expectedVersion uint64, events []*eventv1.Event, opts ...AppendOption) (AppendResult, error) {
 	if err := agg.Validate(); err != nil {
 		return AppendResult{}, err
+	}
+	if s.mirror != nil {
+		return AppendResult{}, fmt.Errorf("append to %s: %w", agg, ErrReadOnly)
 	}
 	if len(events) == 0 {
 		return AppendResult{}, fmt.Errorf("%w: no events to append", ErrInvalid)
@@ -346,6 +351,12 @@ type StreamState struct {
 	LastSeq  uint64
 	// Replicas is the stream's replica count, as configured.
 	Replicas int
+	// CurrentAt and Behind say how current a region's mirror is with the
+	// hub's stream: when it last heard the hub, it lacked Behind of the
+	// records the hub then held. CurrentAt is zero on the hub's stream
+	// itself, which is current as of the read.
+	CurrentAt time.Time
+	Behind    uint64
 }
 
 // Identity is the life of the stream the state was read from. Its time is
@@ -356,9 +367,13 @@ func (st StreamState) Identity() Identity {
 
 // State reads the stream's state now.
 func (s *Store) State(ctx context.Context) (StreamState, error) {
+	asked := time.Now()
 	info, err := s.stream.Info(ctx)
 	if err != nil {
 		return StreamState{}, fmt.Errorf("eventstore: stream info: %w", err)
+	}
+	if s.mirror != nil {
+		return s.mirrorState(ctx, asked, info)
 	}
 	return StreamState{
 		Stream:   s.cfg.Stream,

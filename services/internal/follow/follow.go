@@ -331,11 +331,17 @@ func (f *Follower) noteState(st eventstore.StreamState, applied uint64, readAt i
 	if !st.Identity().Equal(f.identity) {
 		return
 	}
-	if applied >= st.LastSeq || f.applied.Load() >= st.LastSeq {
+	// A region's mirror is as current as when it last heard the hub, and
+	// then lacked st.Behind records: staleness is counted from the hub.
+	last := st.LastSeq + st.Behind
+	if !st.CurrentAt.IsZero() {
+		readAt = min(readAt, st.CurrentAt.UnixNano())
+	}
+	if applied >= last || f.applied.Load() >= last {
 		f.syncedAt.Store(max(f.syncedAt.Load(), readAt))
 		return
 	}
-	f.pendingSeq, f.pendingAt = st.LastSeq, readAt
+	f.pendingSeq, f.pendingAt = last, readAt
 }
 
 func (f *Follower) checkReady() {

@@ -5,6 +5,8 @@ package natsembed
 import (
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -35,6 +37,17 @@ type Config struct {
 	// permissions (natsauth); none: anyone may, with every permission
 	// (tests).
 	Users []*server.NkeyUser
+	// Domain is the server's JetStream domain: the hub's and each
+	// region's leaf server have their own (docs/multi-region.md); empty:
+	// none.
+	Domain string
+	// LeafPort, if not 0, accepts leaf-node connections on it (-1: a free
+	// port, see LeafURL): the hub's side of a region's link.
+	LeafPort int
+	// LeafRemotes are the hub's leaf-node URLs this server connects to as
+	// a region's leaf server; LeafNkeySeed, if set, is its nkey seed there.
+	LeafRemotes  []*url.URL
+	LeafNkeySeed string
 }
 
 func (c *Config) setDefaults() {
@@ -66,7 +79,8 @@ func (c *Config) Validate() error {
 
 // Server is a running embedded NATS server with JetStream.
 type Server struct {
-	srv *server.Server
+	srv  *server.Server
+	leaf server.LeafNodeOpts
 }
 
 // Start starts a server and waits until it accepts connections.
@@ -75,16 +89,22 @@ func Start(cfg Config) (*Server, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	leaf, err := leafOpts(cfg)
+	if err != nil {
+		return nil, err
+	}
 	srv, err := server.NewServer(&server.Options{
-		ServerName: cfg.ServerName,
-		Host:       cfg.Host,
-		Port:       cfg.Port,
-		JetStream:  true,
-		StoreDir:   cfg.StoreDir,
-		NoLog:      !cfg.Logs,
-		NoSigs:     true,
-		SyncAlways: cfg.SyncAlways,
-		Nkeys:      cfg.Users,
+		ServerName:      cfg.ServerName,
+		Host:            cfg.Host,
+		Port:            cfg.Port,
+		JetStream:       true,
+		StoreDir:        cfg.StoreDir,
+		NoLog:           !cfg.Logs,
+		NoSigs:          true,
+		SyncAlways:      cfg.SyncAlways,
+		Nkeys:           cfg.Users,
+		JetStreamDomain: cfg.Domain,
+		LeafNode:        leaf,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("natsembed: %w", err)
@@ -97,8 +117,43 @@ func Start(cfg Config) (*Server, error) {
 		srv.Shutdown()
 		return nil, fmt.Errorf("natsembed: server not ready after %s", cfg.ReadyTimeout)
 	}
-	return &Server{srv: srv}, nil
+	return &Server{srv: srv, leaf: leaf}, nil
 }
+
+func leafOpts(cfg Config) (server.LeafNodeOpts, error) {
+	var lo server.LeafNodeOpts
+	if cfg.LeafPort == -1 {
+		// The server does not say which port it picked: pick it here.
+		ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, "0"))
+		if err != nil {
+			return lo, fmt.Errorf("natsembed: leaf port: %w", err)
+		}
+		cfg.LeafPort = ln.Addr().(*net.TCPAddr).Port
+		ln.Close()
+	}
+	if cfg.LeafPort != 0 {
+		lo.Host, lo.Port = cfg.Host, cfg.LeafPort
+	}
+	if len(cfg.LeafRemotes) > 0 {
+		// Reconnect quickly: a region's link coming back is what ends
+		// its staleness.
+		lo.ReconnectInterval = 250 * time.Millisecond
+		lo.Remotes = []*server.RemoteLeafOpts{{URLs: cfg.LeafRemotes, Nkey: cfg.LeafNkeySeed}}
+	}
+	return lo, nil
+}
+
+// LeafURL is the nats-leaf:// URL regions' leaf servers connect to; empty
+// when the server accepts no leaf-node connections.
+func (s *Server) LeafURL() string {
+	if s.leaf.Port == 0 {
+		return ""
+	}
+	return fmt.Sprintf("nats-leaf://%s", net.JoinHostPort(s.leaf.Host, fmt.Sprint(s.leaf.Port)))
+}
+
+// LeafNodes is how many leaf-node connections the server has now.
+func (s *Server) LeafNodes() int { return s.srv.NumLeafNodes() }
 
 // ClientURL is the nats:// URL clients connect to.
 func (s *Server) ClientURL() string { return s.srv.ClientURL() }

@@ -133,3 +133,67 @@ func Cluster(t testing.TB, n int) string {
 		}
 	}
 }
+
+// Hub starts the hub's server: JetStream domain "hub", accepting regions'
+// leaf-node connections (LeafURL). Stopped when the test ends.
+func Hub(t testing.TB) *natsembed.Server {
+	t.Helper()
+	s, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), ServerName: "hub",
+		Domain: eventstore.DefaultHubDomain, LeafPort: -1})
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	t.Cleanup(s.Shutdown)
+	return s
+}
+
+// Leaf starts a region's leaf server: its own JetStream domain (the
+// region's name), connected to the hub at leafURL (the hub's LeafURL, or a
+// proxy in front of it). It returns once the link is up.
+func Leaf(t testing.TB, region, leafURL string) *natsembed.Server {
+	t.Helper()
+	u, err := url.Parse(leafURL)
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	s, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), ServerName: "leaf-" + region,
+		Domain: region, LeafRemotes: []*url.URL{u}})
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	t.Cleanup(s.Shutdown)
+	deadline := time.Now().Add(10 * time.Second)
+	for s.LeafNodes() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("natstest: leaf %s did not connect to %s", region, leafURL)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return s
+}
+
+// Mirror creates region's mirror of the hub's stream on leaf (as
+// `infergate admin stream create-mirror` would) and opens a store on it,
+// checking the origin's life through the hub's domain.
+func Mirror(t testing.TB, leaf *natsembed.Server) *eventstore.Store {
+	t.Helper()
+	nc := Connect(t, leaf)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	hub, err := jetstream.NewWithDomain(nc, eventstore.DefaultHubDomain)
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := eventstore.CreateMirror(ctx, js, hub, eventstore.MirrorConfig{}); err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	s, err := eventstore.OpenMirror(ctx, js, hub, eventstore.MirrorConfig{})
+	if err != nil {
+		t.Fatalf("natstest: %v", err)
+	}
+	return s
+}

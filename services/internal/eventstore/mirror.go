@@ -1,0 +1,264 @@
+package eventstore
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A region keeps a mirror of the hub's stream in its leaf server's own
+// JetStream domain (SPEC §7, docs/multi-region.md): same name, same
+// sequence numbers, no subjects of its own, fed by JetStream through the
+// leaf-node link. Its gateways read only the mirror.
+//
+// Stream identity through a mirror: receipts are compared with the hub
+// stream's identity, so a reader of a mirror reports the identity of the
+// origin life the mirror copies. CreateMirror writes that identity into
+// the mirror's metadata when it creates the mirror, and a mirror is only
+// ever of one origin life: JetStream keeps a mirror of a deleted origin
+// with its old records, so when the hub's stream is recreated the mirror
+// must be recreated too (CreateMirror does it when it finds the mirror of
+// a previous life). A store opened on a mirror with the hub reachable
+// (OpenMirror's origin) checks the origin's life at every state read and
+// reports the stream gone while the mirror copies a life that no longer
+// exists: its followers reset and wait, never serving the old life's
+// records as current.
+
+// Metadata keys on a mirror naming the origin life it copies.
+const (
+	MetaOriginStream  = "infergate.origin.stream"
+	MetaOriginCreated = "infergate.origin.created"
+)
+
+// DefaultHubDomain is the hub's JetStream domain in deploy/nats.
+const DefaultHubDomain = "hub"
+
+// ErrReadOnly means the store is a region's mirror: appends go to the hub.
+var ErrReadOnly = errors.New("eventstore: read-only: a region's mirror; append on the hub")
+
+// ErrStaleMirror means the mirror copies a life of the hub's stream that
+// no longer exists (the hub's stream was deleted or recreated). It wraps
+// jetstream.ErrStreamNotFound: to readers the stream they followed is gone.
+var ErrStaleMirror = fmt.Errorf("eventstore: the mirror copies a previous life of the hub's stream; recreate it with \"infergate admin stream create-mirror\": %w", jetstream.ErrStreamNotFound)
+
+// MirrorConfig describes a region's mirror of the hub's stream.
+type MirrorConfig struct {
+	// Config names the hub's stream (the mirror has the same name and
+	// prefix) and, for CreateMirror, the mirror's replicas and storage.
+	Config
+	// OriginDomain is the hub's JetStream domain; default "hub".
+	OriginDomain string
+}
+
+func (c *MirrorConfig) setDefaults() {
+	c.Config.setDefaults()
+	c.OriginDomain = cmp.Or(c.OriginDomain, DefaultHubDomain)
+}
+
+// mirrorDeclared is the mirror's whole configuration.
+func (c *MirrorConfig) declared(origin Identity) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:        c.Stream,
+		Description: "infergate events: a region's mirror of the hub's stream",
+		Mirror:      &jetstream.StreamSource{Name: c.Stream, Domain: c.OriginDomain},
+		Storage:     c.storage(),
+		Replicas:    cmp.Or(c.Replicas, DefaultReplicas),
+		Retention:   jetstream.LimitsPolicy,
+		Discard:     jetstream.DiscardOld,
+		MaxMsgs:     -1,
+		MaxBytes:    -1,
+		// Aggregates are loaded with direct gets by subject, here too.
+		AllowDirect: true,
+		DenyDelete:  true,
+		DenyPurge:   true,
+		Metadata: map[string]string{
+			MetaOriginStream:  origin.Stream,
+			MetaOriginCreated: origin.Created.UTC().Format(time.RFC3339Nano),
+		},
+	}
+}
+
+// originOf reads the origin life a mirror's metadata names.
+func originOf(cfg jetstream.StreamConfig) (Identity, error) {
+	name, created := cfg.Metadata[MetaOriginStream], cfg.Metadata[MetaOriginCreated]
+	t, err := time.Parse(time.RFC3339Nano, created)
+	if name == "" || err != nil {
+		return Identity{}, fmt.Errorf("%w: stream %s: no origin in its metadata (%s=%q, %s=%q): not made by \"infergate admin stream create-mirror\"",
+			ErrStreamMismatch, cfg.Name, MetaOriginStream, name, MetaOriginCreated, created)
+	}
+	return Identity{Stream: name, Created: t}.truncated(), nil
+}
+
+func (i Identity) truncated() Identity {
+	return Identity{Stream: i.Stream, Created: i.Created.UTC().Truncate(time.Microsecond)}
+}
+
+// verifyMirror reports how got differs from a mirror of the hub's stream.
+func (c *MirrorConfig) verifyMirror(got jetstream.StreamConfig) error {
+	var errs []error
+	differ := func(field string, expected, actual any) {
+		errs = append(errs, &MismatchError{Stream: c.Stream, Field: field, Expected: fmt.Sprint(expected), Actual: fmt.Sprint(actual)})
+	}
+	switch {
+	case got.Mirror == nil:
+		differ("mirror", c.Stream+" in domain "+c.OriginDomain, "none (not a mirror)")
+	case got.Mirror.Name != c.Stream || mirrorDomain(got.Mirror) != c.OriginDomain:
+		differ("mirror", c.Stream+" in domain "+c.OriginDomain, got.Mirror.Name+" in domain "+mirrorDomain(got.Mirror))
+	}
+	if !got.AllowDirect {
+		differ("allow direct", true, false)
+	}
+	if _, err := originOf(got); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// mirrorDomain is the domain a mirror reads from: the server keeps a
+// domain as the external API prefix $JS.<domain>.API.
+func mirrorDomain(src *jetstream.StreamSource) string {
+	if src.Domain != "" {
+		return src.Domain
+	}
+	if src.External != nil {
+		if d, ok := strings.CutPrefix(src.External.APIPrefix, "$JS."); ok {
+			if d, ok := strings.CutSuffix(d, ".API"); ok {
+				return d
+			}
+		}
+	}
+	return ""
+}
+
+// CreateMirror creates the region's mirror of the hub's stream in the
+// domain js addresses (the region's leaf server), with the identity of the
+// origin's current life (read through hub, a JetStream context on the hub's
+// domain) in its metadata. A mirror of that life already there is left as
+// it is; a mirror of a previous life (the hub's stream was recreated) is
+// deleted and created again, since JetStream would keep its old records.
+// This is what `infergate admin stream create-mirror --domain <region>`
+// runs: the mirror, like the hub's stream, is declared once, here.
+func CreateMirror(ctx context.Context, js, hub jetstream.JetStream, cfg MirrorConfig) (*jetstream.StreamInfo, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	origin, err := hub.Stream(ctx, cfg.Stream)
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: create mirror: the hub's stream %s in domain %s: %w", cfg.Stream, cfg.OriginDomain, err)
+	}
+	oinfo := origin.CachedInfo()
+	if err := cfg.Verify(oinfo.Config); err != nil {
+		return nil, fmt.Errorf("eventstore: create mirror: the hub's stream: %w", err)
+	}
+	life := Identity{Stream: cfg.Stream, Created: oinfo.Created}.truncated()
+	want := cfg.declared(life)
+	if cur, err := js.Stream(ctx, cfg.Stream); err == nil {
+		got := cur.CachedInfo().Config
+		if cfg.verifyMirror(got) != nil {
+			return nil, fmt.Errorf("eventstore: create mirror: %s exists and is not this region's mirror: %w", cfg.Stream, cfg.verifyMirror(got))
+		}
+		if was, _ := originOf(got); was.Equal(life) {
+			return cur.CachedInfo(), nil
+		}
+		if err := js.DeleteStream(ctx, cfg.Stream); err != nil {
+			return nil, fmt.Errorf("eventstore: create mirror: delete the mirror of a previous life: %w", err)
+		}
+	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("eventstore: create mirror: %w", err)
+	}
+	stream, err := js.CreateStream(ctx, want)
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: create mirror %s: %w", cfg.Stream, err)
+	}
+	return stream.CachedInfo(), nil
+}
+
+// mirror is what a Store opened on a region's mirror knows of it.
+type mirror struct {
+	domain string
+	// origin, if set, reads the hub's stream through its domain; nil: the
+	// origin's life is taken on trust from the metadata.
+	origin jetstream.JetStream
+}
+
+// OpenMirror binds to the region's mirror of the hub's stream in the
+// domain js addresses, and verifies it is one (made by CreateMirror); it
+// never creates or changes it. The store reads like one opened on the
+// hub — same subjects, same sequences — and reports the identity of the
+// origin life the mirror copies; Append returns ErrReadOnly. origin, if
+// not nil, is a JetStream context on the hub's domain (through the leaf
+// link): every State then checks the origin's life, and a mirror of a
+// life that no longer exists reads as gone (ErrStaleMirror). While the
+// hub cannot be reached the mirror's metadata is trusted, and its
+// readers' staleness bound (State's CurrentAt) is what limits them.
+func OpenMirror(ctx context.Context, js, origin jetstream.JetStream, cfg MirrorConfig) (*Store, error) {
+	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	stream, err := js.Stream(ctx, cfg.Stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("eventstore: open mirror %s: %w; create it once with \"infergate admin stream create-mirror\"", cfg.Stream, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("eventstore: open mirror %s: %w", cfg.Stream, err)
+	}
+	got := stream.CachedInfo().Config
+	if err := cfg.verifyMirror(got); err != nil {
+		return nil, err
+	}
+	st := cfg.Config
+	st.Replicas, st.Memory = got.Replicas, got.Storage == jetstream.MemoryStorage
+	return &Store{js: js, stream: stream, cfg: st, cache: newAggCache(st.CachedAggregates),
+		mirror: &mirror{domain: cfg.OriginDomain, origin: origin}}, nil
+}
+
+// IsMirror reports whether the store reads a region's mirror.
+func (s *Store) IsMirror() bool { return s.mirror != nil }
+
+// mirrorState is State on a mirror.
+func (s *Store) mirrorState(ctx context.Context, asked time.Time, info *jetstream.StreamInfo) (StreamState, error) {
+	life, err := originOf(info.Config)
+	if err != nil {
+		return StreamState{}, err
+	}
+	if s.mirror.origin != nil {
+		// A short bound: a region cut off answers from its mirror at
+		// once rather than after the hub's timeout.
+		octx, cancel := context.WithTimeout(ctx, time.Second)
+		oi, err := s.mirror.origin.Stream(octx, s.cfg.Stream)
+		cancel()
+		switch {
+		case errors.Is(err, jetstream.ErrStreamNotFound):
+			return StreamState{}, fmt.Errorf("%w (the hub's stream is gone)", ErrStaleMirror)
+		case err == nil && !life.Equal(Identity{Stream: s.cfg.Stream, Created: oi.CachedInfo().Created}.truncated()):
+			return StreamState{}, fmt.Errorf("%w (the mirror copies %s, the hub's stream is %s)", ErrStaleMirror, life, Identity{Stream: s.cfg.Stream, Created: oi.CachedInfo().Created}.truncated())
+		}
+		// Any other error: the hub is out of reach; trust the metadata.
+	}
+	st := StreamState{
+		Stream:   s.cfg.Stream,
+		Created:  life.Created,
+		FirstSeq: info.State.FirstSeq,
+		LastSeq:  info.State.LastSeq,
+		Replicas: info.Config.Replicas,
+		// Never heard from the origin: current as of nothing.
+		CurrentAt: time.Unix(0, 1),
+	}
+	if mi := info.Mirror; mi != nil && mi.Active >= 0 {
+		// The mirror hears the origin at least every second (its
+		// consumer's heartbeat) while the link is up: it held everything
+		// the origin held, less Lag records, when it last heard it.
+		// Counted back from when the question was asked, on this
+		// process's clock: never more current than it was.
+		st.CurrentAt = asked.Add(-mi.Active)
+		st.Behind = mi.Lag
+	}
+	return st, nil
+}
