@@ -41,7 +41,7 @@ func TestMirrorKeepsSequencesAndHeaders(t *testing.T) {
 	}
 	appendN(0, 20)
 	leaf := natstest.Leaf(t, "eu", hub.LeafURL())
-	mirror := natstest.Mirror(t, leaf)
+	mirror, _ := natstest.Mirror(t, leaf)
 	appendN(20, 20)
 
 	hubID, err := events.Identity(ctx)
@@ -116,7 +116,7 @@ func TestMirrorOfARecreatedHubStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	leaf := natstest.Leaf(t, "us", hub.LeafURL())
-	mirror := natstest.Mirror(t, leaf)
+	mirror, _ := natstest.Mirror(t, leaf)
 	waitUntil(t, "the mirror caught up", func() bool {
 		st, err := mirror.State(ctx)
 		return err == nil && st.LastSeq == 1
@@ -136,7 +136,7 @@ func TestMirrorOfARecreatedHubStream(t *testing.T) {
 		t.Errorf("state of a mirror of the previous life: %v, want ErrStaleMirror", err)
 	}
 	// Recreated, the mirror copies the new life.
-	again := natstest.Mirror(t, leaf)
+	again, _ := natstest.Mirror(t, leaf)
 	if _, err := events.Append(ctx, keyAgg("b"), 0, []*eventv1.Event{updated("new life")}); err != nil {
 		t.Fatal(err)
 	}

@@ -133,6 +133,9 @@ func leafOpts(cfg Config) (server.LeafNodeOpts, error) {
 	}
 	if cfg.LeafPort != 0 {
 		lo.Host, lo.Port = cfg.Host, cfg.LeafPort
+		// Regions link only through the URLs they are given (a load
+		// balancer, a proxy), never around them to an advertised address.
+		lo.NoAdvertise = true
 	}
 	if len(cfg.LeafRemotes) > 0 {
 		// Reconnect quickly: a region's link coming back is what ends

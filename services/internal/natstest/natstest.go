@@ -172,10 +172,12 @@ func Leaf(t testing.TB, region, leafURL string) *natsembed.Server {
 	return s
 }
 
-// Mirror creates region's mirror of the hub's stream on leaf (as
+// Mirror creates the region's mirror of the hub's stream on leaf (as
 // `infergate admin stream create-mirror` would) and opens a store on it,
-// checking the origin's life through the hub's domain.
-func Mirror(t testing.TB, leaf *natsembed.Server) *eventstore.Store {
+// checking the origin's life through the hub's domain. It returns the
+// store and its connection to the leaf server (a region's gateway sends
+// its receipts on it).
+func Mirror(t testing.TB, leaf *natsembed.Server) (*eventstore.Store, *nats.Conn) {
 	t.Helper()
 	nc := Connect(t, leaf)
 	js, err := jetstream.New(nc)
@@ -195,5 +197,5 @@ func Mirror(t testing.TB, leaf *natsembed.Server) *eventstore.Store {
 	if err != nil {
 		t.Fatalf("natstest: %v", err)
 	}
-	return s
+	return s, nc
 }

@@ -1,0 +1,165 @@
+package gateway_test
+
+import (
+	"context"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	propagationv1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
+	"github.com/infergate/infergate/services/gateway"
+	"github.com/infergate/infergate/services/internal/aggregate"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/natstest"
+	"github.com/infergate/infergate/services/internal/receipts"
+)
+
+// regions is a hub (where the control plane writes and tracks receipts)
+// and a leaf server per region with its mirror; region eu's leaf-node
+// link goes through a proxy the test cuts.
+type regions struct {
+	hub     *backend
+	tracker *receipts.Tracker
+	link    *natstest.Proxy // eu's leaf-node link
+	leaves  map[string]*natsembed.Server
+	mirrors map[string]*eventstore.Store
+	conns   map[string]*nats.Conn
+}
+
+func newRegions(t *testing.T) *regions {
+	t.Helper()
+	hub := natstest.Hub(t)
+	nc := natstest.Connect(t, hub)
+	js := natstest.JetStreamOn(t, hub)
+	b := &backend{t: t, srv: hub, nc: nc, store: natstest.EventStore(t, js), live: aggregate.LiveKeys{}}
+	tracker, err := receipts.NewTracker(nc, b.store.Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tracker.Close)
+	r := &regions{hub: b, tracker: tracker, leaves: map[string]*natsembed.Server{},
+		mirrors: map[string]*eventstore.Store{}, conns: map[string]*nats.Conn{}}
+	r.link = natstest.NewProxy(t, strings.TrimPrefix(hub.LeafURL(), "nats-leaf://"))
+	for region, url := range map[string]string{"eu": "nats-leaf://" + r.link.Addr(), "us": hub.LeafURL()} {
+		r.leaves[region] = natstest.Leaf(t, region, url)
+		r.mirrors[region], r.conns[region] = natstest.Mirror(t, r.leaves[region])
+	}
+	return r
+}
+
+// gateway runs a gateway of region on its mirror, reporting over its
+// leaf server, with a 2 s staleness bound.
+func (r *regions) gateway(t *testing.T, region string) (*gateway.Gateway, *httptest.Server, func()) {
+	t.Helper()
+	b := *r.hub
+	b.store = r.mirrors[region]
+	g, srv, stop := runGatewayOn(t, &b, fronts[0], gateway.Config{
+		ID: "gw-" + region + "-1", Region: region, NATS: r.conns[region],
+		MaxStaleness: 2 * time.Second, Heartbeat: 100 * time.Millisecond,
+	})
+	return g, srv, stop
+}
+
+func (r *regions) wait(seq uint64, timeout time.Duration) *propagationv1.Propagation {
+	return r.tracker.Wait(context.Background(), seq, []string{"eu", "us"}, timeout)
+}
+
+// TestRegionCutOff cuts region eu's leaf-node link: eu keeps serving from
+// its map, a gateway restarted there becomes ready from the region's
+// mirror, a change made meanwhile is not confirmed and names eu's gateway
+// as lagging; past its staleness bound eu refuses auth-enabled
+// deployments as stale, and the change is confirmed (eu counted as
+// refusing); the hub keeps taking writes. Healed, eu catches up and a new
+// change is confirmed by both regions.
+func TestRegionCutOff(t *testing.T) {
+	t.Parallel()
+	r := newRegions(t)
+	b := r.hub
+	up := newRecorder(t)
+	alpha, _ := b.key("alpha", nil)
+	beta, _ := b.key("beta", nil)
+	seq := b.deployment("chat", up.URL, true, []string{"alpha", "beta"}, "eu", "us")
+	open := b.deployment("open", up.URL, false, nil, "eu", "us")
+	eu, euSrv, stopEU := r.gateway(t, "eu")
+	us, usSrv, _ := r.gateway(t, "us")
+	for _, g := range []*gateway.Gateway{eu, us} {
+		waitApplied(t, g, open)
+	}
+	if p := r.wait(seq, 5*time.Second); !p.GetConfirmed() || p.GetGateways() != 2 {
+		t.Fatalf("before the cut: %v; want confirmed by both regions' gateways", p)
+	}
+
+	eventually(t, "both regions' gateways report in step", func() bool {
+		gws := r.tracker.Gateways()
+		return len(gws) == 2 && !gws[0].Stale && !gws[1].Stale
+	})
+	// The cut.
+	r.link.Cut()
+	eventually(t, "eu's leaf link down", func() bool { return r.leaves["eu"].LeafNodes() == 0 })
+	unlinked := b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+		return d.Unlink(m, "alpha", b.live)
+	})
+	p := r.wait(unlinked, 300*time.Millisecond)
+	if p.GetConfirmed() || len(p.GetLagging()) != 1 || p.GetLagging()[0].GetId() != "gw-eu-1" ||
+		p.GetLagging()[0].GetRegion() != "eu" || p.GetLagging()[0].GetRefusingAsStale() {
+		t.Fatalf("a change during the cut: %v; want not confirmed, gw-eu-1 (eu) lagging and not yet refusing", p)
+	}
+	waitApplied(t, us, unlinked)
+	if a := get(t, usSrv, host("chat"), "/v1/models", "X-API-Key", alpha); a.status != 401 {
+		t.Errorf("us after the unlink: %d %s; want 401", a.status, a.code)
+	}
+	if a := get(t, euSrv, host("chat"), "/v1/models", "X-API-Key", beta); a.status != 200 {
+		t.Errorf("eu cut off, within its bound: %d %s; want 200 from its map", a.status, a.code)
+	}
+
+	// A gateway restarted in eu during the cut is ready from the mirror.
+	stopEU()
+	eu2, eu2Srv, _ := r.gateway(t, "eu")
+	eventually(t, "the restarted eu gateway ready from its mirror", func() bool {
+		code, st := readyz(t, eu2Srv)
+		return code == 200 && st.Ready
+	})
+	if eu2.Applied() >= unlinked {
+		t.Errorf("the restarted eu gateway applied %d during the cut; the mirror cannot hold %d", eu2.Applied(), unlinked)
+	}
+
+	// Past the bound: eu refuses auth-enabled deployments as stale, serves
+	// the others, and the change is confirmed with eu refusing.
+	eventually(t, "eu refusing as stale", func() bool {
+		_, st := readyz(t, eu2Srv)
+		return st.RefusingStale
+	})
+	if a := get(t, eu2Srv, host("chat"), "/v1/models", "X-API-Key", alpha); a.status != 503 || a.code != "gateway_stale" {
+		t.Errorf("eu past its bound: %d %s; want 503 gateway_stale", a.status, a.code)
+	}
+	if a := get(t, eu2Srv, host("open"), "/v1/models"); a.status != 200 {
+		t.Errorf("eu past its bound, auth-disabled deployment: %d %s; want 200", a.status, a.code)
+	}
+	p = r.wait(unlinked, 5*time.Second)
+	if !p.GetConfirmed() || len(p.GetLagging()) != 1 || !p.GetLagging()[0].GetRefusingAsStale() {
+		t.Errorf("the change past eu's bound: %v; want confirmed, gw-eu-1 lagging and refusing as stale", p)
+	}
+
+	// Healed: eu catches up, and a new change is confirmed by both.
+	r.link.Heal()
+	waitApplied(t, eu2, unlinked)
+	eventually(t, "eu synced again", func() bool { _, st := readyz(t, eu2Srv); return !st.RefusingStale })
+	if a := get(t, eu2Srv, host("chat"), "/v1/models", "X-API-Key", alpha); a.status != 401 {
+		t.Errorf("eu after healing: %d %s; want 401 (unlinked during the cut)", a.status, a.code)
+	}
+	eventually(t, "the hub hears eu in step again", func() bool {
+		gws := r.tracker.Gateways()
+		return len(gws) == 2 && !gws[0].Stale && gws[0].Sequence >= unlinked
+	})
+	again := b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+		return d.Unlink(m, "beta", b.live)
+	})
+	if p := r.wait(again, 5*time.Second); !p.GetConfirmed() || p.GetGatewaysApplied() != 2 {
+		t.Errorf("a change after healing: %v; want confirmed, applied by both regions", p)
+	}
+}
