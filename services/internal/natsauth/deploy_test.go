@@ -201,34 +201,32 @@ func TestDeployConfigs(t *testing.T) {
 	// concern), fed through the leaf connection as the leaf user; the
 	// region's gateway reads it there.
 	admin := connectTo(leaf.ClientURL(), seeds, nats.RootCAs(caFile))(t, regionAdmin)
-	if _, err := admin.js.CreateStream(t.Context(), jetstream.StreamConfig{
-		Name:        natsauth.EventStream,
-		Mirror:      &jetstream.StreamSource{Name: natsauth.EventStream, Domain: "hub"},
-		AllowDirect: true,
-	}); err != nil {
+	// The origin's life is read on the hub, as the control plane.
+	if _, err := eventstore.CreateMirror(t.Context(), admin.js, cp.js, eventstore.MirrorConfig{}); err != nil {
 		t.Fatalf("create the region's mirror: %v", err)
 	}
 	hubLast, err := events.LastSequence(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A mirror has no subjects of its own, so eventstore.Open (which
-	// verifies the hub's declaration) is not for it; the gateway reads it
-	// with the JetStream calls its user is allowed.
-	waitFor(t, "the mirror caught up with the hub", func() bool {
-		mirror, err := gw.js.Stream(t.Context(), natsauth.EventStream)
-		if err != nil {
-			return false
-		}
-		info, err := mirror.Info(t.Context())
-		return err == nil && info.State.LastSeq == hubLast
-	})
-	mirror, err := gw.js.Stream(t.Context(), natsauth.EventStream)
+	// The region's gateway opens the mirror as the gateway process does
+	// (--hub-domain hub): its user may read the mirror and check the hub
+	// stream's life through the hub's domain, nothing more.
+	gwHub, err := jetstream.NewWithDomain(gw.nc, "hub")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if msg, err := mirror.GetMsg(t.Context(), hubLast); err != nil || msg.Subject != "infergate.events.p.key.alpha" {
-		t.Errorf("the region's gateway reads the mirror: %v, %v", msg, err)
+	mirror, err := eventstore.OpenMirror(t.Context(), gw.js, gwHub, eventstore.MirrorConfig{})
+	if err != nil {
+		t.Fatalf("the region's gateway opens the mirror: %v", err)
+	}
+	waitFor(t, "the mirror caught up with the hub", func() bool {
+		st, err := mirror.State(t.Context())
+		return err == nil && st.LastSeq == hubLast && st.Identity().Equal(identity)
+	})
+	recs, _, err := mirror.Load(t.Context(), eventstore.Aggregate{Project: "p", Type: eventstore.TypeKey, Name: "alpha"})
+	if err != nil || len(recs) == 0 || recs[len(recs)-1].Sequence != hubLast {
+		t.Errorf("the region's gateway reads the mirror: %v, %v", recs, err)
 	}
 	gw.noViolations(t)
 }

@@ -175,7 +175,10 @@ func (i Identity) Permissions() *server.Permissions {
 		return perms(pub, []string{inbox, advisories, receipts.SubjectPrefix + ".>"})
 	case Gateway:
 		pub := append(readStream("$JS.API", EventStream), readObjects(snapshots.DefaultBucket)...)
-		pub = append(pub, i.ReceiptSubject())
+		// A region's gateway reads its mirror ($JS.API on its leaf server)
+		// and checks through the hub's domain that the mirror copies the
+		// hub stream's current life (eventstore.OpenMirror).
+		pub = append(pub, "$JS."+hubDomain+".API.STREAM.INFO."+EventStream, i.ReceiptSubject())
 		return perms(pub, []string{inbox, advisories})
 	case Audit:
 		// The audit process shares the control plane's plumbing, which

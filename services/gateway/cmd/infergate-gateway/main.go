@@ -67,6 +67,8 @@ func run() error {
 	maxStaleness := fs.String("max-staleness", env("INFERGATE_MAX_STALENESS", gateway.DefaultMaxStaleness.String()),
 		"how long the gateway may serve auth-enabled deployments from a map it cannot confirm is current (NATS or the hub away, the process frozen) before it answers 503 gateway_stale; 0: forever, trading revocation for availability (env INFERGATE_MAX_STALENESS)")
 	bnds, bndsErr := boundFlags(fs, env)
+	hubDomain := fs.String("hub-domain", env("INFERGATE_HUB_DOMAIN", ""),
+		`read the region's mirror of the event stream on this gateway's (leaf) NATS server, and check through the hub's JetStream domain, named here (e.g. "hub"), that it copies the hub stream's current life; "": read the hub's stream itself (env INFERGATE_HUB_DOMAIN; docs/multi-region.md)`)
 	_ = fs.Parse(os.Args[1:])
 	if err := errors.Join(bndsErr(), bnds.Validate()); err != nil {
 		return err
@@ -133,7 +135,7 @@ func run() error {
 	}
 	defer nc.Close()
 	runErr := func() error {
-		store, err := openStore(ctx, nc, log)
+		store, err := openStore(ctx, nc, *hubDomain, log)
 		if err != nil {
 			return err // only ctx's end: asked to stop
 		}
@@ -217,20 +219,31 @@ func boundFlags(fs *flag.FlagSet, env func(string, string) string) (b *gateway.B
 	return b, func() error { return errors.Join(bad...) }
 }
 
-// openStore binds to the event stream, retrying while NATS is unreachable
-// or no operator has created the stream yet; a stream that differs from
-// the declaration is an error at once. It logs the first failure and the
+// openStore binds to the event stream — or, with a hub domain, to the
+// region's mirror of it — retrying while NATS is unreachable or no
+// operator has created the stream yet; a stream that differs from the
+// declaration is an error at once. It logs the first failure and the
 // success after it, not every attempt.
-func openStore(ctx context.Context, nc *nats.Conn, log *slog.Logger) (*eventstore.Store, error) {
+func openStore(ctx context.Context, nc *nats.Conn, hubDomain string, log *slog.Logger) (*eventstore.Store, error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
+	}
+	open := func(ctx context.Context) (*eventstore.Store, error) { return eventstore.Open(ctx, js, eventstore.Config{}) }
+	if hubDomain != "" {
+		hub, err := jetstream.NewWithDomain(nc, hubDomain)
+		if err != nil {
+			return nil, err
+		}
+		open = func(ctx context.Context) (*eventstore.Store, error) {
+			return eventstore.OpenMirror(ctx, js, hub, eventstore.MirrorConfig{OriginDomain: hubDomain})
+		}
 	}
 	for wait, failed := 250*time.Millisecond, false; ; wait = min(2*wait, 5*time.Second) {
 		octx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		// Bind and verify only: an operator owns the stream's
 		// configuration (infergate admin stream).
-		store, err := eventstore.Open(octx, js, eventstore.Config{})
+		store, err := open(octx)
 		cancel()
 		if err == nil {
 			if failed {

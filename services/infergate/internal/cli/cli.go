@@ -45,6 +45,7 @@ Usage:
   infergate admin stream create --replicas N [--duplicate-window D] [--memory]
   infergate admin stream update [--replicas N] [--duplicate-window D]
   infergate admin stream info                  the event stream, checked against its declaration
+  infergate admin stream create-mirror --domain REGION [--hub-domain hub]   a region's mirror of the stream (docs/multi-region.md)
       (admin stream talks to NATS: --nats-url, env INFERGATE_NATS_URL; --nats-nkey, env INFERGATE_NATS_NKEY; --nats-ca, env INFERGATE_NATS_CA)
   infergate demo-upstream [--addr 127.0.0.1:8001]
 

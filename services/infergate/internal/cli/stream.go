@@ -22,6 +22,7 @@ const streamUsage = `usage:
   infergate admin stream create --replicas N [--duplicate-window D] [--memory]
   infergate admin stream update [--replicas N] [--duplicate-window D]
   infergate admin stream info
+  infergate admin stream create-mirror --domain REGION [--hub-nats-url URL | --hub-domain hub] [--replicas N] [--memory]
 flags of each: --nats-url (env INFERGATE_NATS_URL), --nats-nkey (env INFERGATE_NATS_NKEY), --nats-ca (env INFERGATE_NATS_CA), -o table|json`
 
 // runAdmin runs `infergate admin …`: the operator's commands that talk to
@@ -54,6 +55,8 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the stream: 3 on a production cluster, 1 on a single server (update: default keeps it)")
 		fs.DurationVar(&cfg.DuplicateWindow, "duplicate-window", 0, "how long retried appends are recognised, at least 2m (create: default 2m; update: default keeps it)")
 		fs.BoolVar(&cfg.Memory, "memory", false, "keep the stream in memory, not in files (tests and demos only: a NATS restart loses every event; update never changes storage)")
+	case "create-mirror":
+		return runCreateMirror(ctx, fs, args, natsURL, natsNkey, natsCA, output, stdout)
 	case "info":
 	default:
 		fmt.Fprintf(stderr, "unknown admin stream command %q\n%s\n", sub, streamUsage)
@@ -100,6 +103,80 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	return printStream(stdout, *output, info, eventstore.Mismatches(cfg.Verify(info.Config)))
+}
+
+// runCreateMirror creates a region's mirror of the hub's stream in the
+// region's JetStream domain, with the hub stream's current life in its
+// metadata; run again after the hub's stream was recreated, it replaces
+// the mirror of the previous life (eventstore.CreateMirror). It needs a
+// NATS user that may manage streams in the region's domain.
+func runCreateMirror(ctx context.Context, fs *flag.FlagSet, args []string, natsURL, natsNkey, natsCA, output *string, stdout io.Writer) error {
+	var cfg eventstore.MirrorConfig
+	domain := fs.String("domain", "", "the region's JetStream domain (its leaf server's), where the mirror lives; required")
+	fs.StringVar(&cfg.OriginDomain, "hub-domain", eventstore.DefaultHubDomain, "the hub's JetStream domain, where the stream is")
+	hubURL := fs.String("hub-nats-url", "", "the hub's NATS URLs, to read the stream's life there as the control plane (--nats-url is then the region's leaf server); default: through --nats-url and the hub's domain")
+	fs.IntVar(&cfg.Replicas, "replicas", 1, "replicas of the mirror in the region")
+	fs.BoolVar(&cfg.Memory, "memory", false, "keep the mirror in memory (tests and demos only)")
+	if _, err := parse(fs, args); err != nil {
+		return err
+	}
+	if *domain == "" {
+		fmt.Fprintln(fs.Output(), "--domain is required: the region's JetStream domain")
+		return errUsage
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	auth, err := natsauth.Identity{Role: natsauth.ControlPlane}.ClientOptions(*natsNkey, *natsCA)
+	if err != nil {
+		return err
+	}
+	nc, err := nats.Connect(*natsURL, append([]nats.Option{nats.Name("infergate-admin")}, auth...)...)
+	if err != nil {
+		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
+	}
+	defer nc.Close()
+	region, err := jetstream.NewWithDomain(nc, *domain)
+	if err != nil {
+		return err
+	}
+	hub, err := jetstream.NewWithDomain(nc, cfg.OriginDomain)
+	if err != nil {
+		return err
+	}
+	if *hubURL != "" {
+		hnc, err := nats.Connect(*hubURL, append([]nats.Option{nats.Name("infergate-admin")}, auth...)...)
+		if err != nil {
+			return fmt.Errorf("connect to the hub at %s: %w", *hubURL, err)
+		}
+		defer hnc.Close()
+		if hub, err = jetstream.New(hnc); err != nil {
+			return err
+		}
+		if region, err = jetstream.New(nc); err != nil {
+			return err
+		}
+	}
+	info, err := eventstore.CreateMirror(ctx, region, hub, cfg)
+	if err != nil {
+		return err
+	}
+	v := struct {
+		Mirror   string `json:"mirror"`
+		Domain   string `json:"domain"`
+		Of       string `json:"of"`
+		Life     string `json:"origin_created"`
+		LastSeq  uint64 `json:"last_seq"`
+		Replicas int    `json:"replicas"`
+	}{info.Config.Name, *domain, info.Config.Name + " in domain " + cfg.OriginDomain,
+		info.Config.Metadata[eventstore.MetaOriginCreated], info.State.LastSeq, info.Config.Replicas}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
+	fmt.Fprintf(tw, "mirror\t%s (domain %s)\nof\t%s, created %s\nlast sequence\t%d\nreplicas\t%d\n", v.Mirror, v.Domain, v.Of, v.Life, v.LastSeq, v.Replicas)
+	return tw.Flush()
 }
 
 // streamView is what `admin stream` prints.
