@@ -229,7 +229,9 @@ func openStore(ctx context.Context, nc *nats.Conn, hubDomain string, log *slog.L
 	if err != nil {
 		return nil, err
 	}
-	open := func(ctx context.Context) (*eventstore.Store, error) { return eventstore.Open(ctx, js, eventstore.Config{}) }
+	open := func(ctx context.Context) (*eventstore.Store, error) {
+		return eventstore.Open(ctx, js, eventstore.Config{})
+	}
 	if hubDomain != "" {
 		hub, err := jetstream.NewWithDomain(nc, hubDomain)
 		if err != nil {
