@@ -14,6 +14,7 @@ import (
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/aggregate"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/linkproxy"
 	"github.com/infergate/infergate/services/internal/natsembed"
 	"github.com/infergate/infergate/services/internal/natstest"
 	"github.com/infergate/infergate/services/internal/receipts"
@@ -25,7 +26,7 @@ import (
 type regions struct {
 	hub     *backend
 	tracker *receipts.Tracker
-	link    *natstest.Proxy // eu's leaf-node link
+	link    *linkproxy.Proxy // eu's leaf-node link
 	leaves  map[string]*natsembed.Server
 	mirrors map[string]*eventstore.Store
 	conns   map[string]*nats.Conn
@@ -90,14 +91,14 @@ func TestRegionCutOff(t *testing.T) {
 	for _, g := range []*gateway.Gateway{eu, us} {
 		waitApplied(t, g, open)
 	}
+	eventually(t, "both regions' gateways report in step", func() bool {
+		gws := r.tracker.Gateways()
+		return len(gws) == 2 && gws[0].Ready && gws[1].Ready && !gws[0].Stale && !gws[1].Stale
+	})
 	if p := r.wait(seq, 5*time.Second); !p.GetConfirmed() || p.GetGateways() != 2 {
 		t.Fatalf("before the cut: %v; want confirmed by both regions' gateways", p)
 	}
 
-	eventually(t, "both regions' gateways report in step", func() bool {
-		gws := r.tracker.Gateways()
-		return len(gws) == 2 && !gws[0].Stale && !gws[1].Stale
-	})
 	// The cut.
 	r.link.Cut()
 	eventually(t, "eu's leaf link down", func() bool { return r.leaves["eu"].LeafNodes() == 0 })

@@ -228,6 +228,13 @@ func (s *Store) mirrorState(ctx context.Context, asked time.Time, info *jetstrea
 	if err != nil {
 		return StreamState{}, err
 	}
+	st := StreamState{
+		Stream:   s.cfg.Stream,
+		Created:  life.Created,
+		FirstSeq: info.State.FirstSeq,
+		LastSeq:  info.State.LastSeq,
+		Replicas: info.Config.Replicas,
+	}
 	if s.mirror.origin != nil {
 		// A short bound: a region cut off answers from its mirror at
 		// once rather than after the hub's timeout.
@@ -237,28 +244,32 @@ func (s *Store) mirrorState(ctx context.Context, asked time.Time, info *jetstrea
 		switch {
 		case errors.Is(err, jetstream.ErrStreamNotFound):
 			return StreamState{}, fmt.Errorf("%w (the hub's stream is gone)", ErrStaleMirror)
-		case err == nil && !life.Equal(Identity{Stream: s.cfg.Stream, Created: oi.CachedInfo().Created}.truncated()):
-			return StreamState{}, fmt.Errorf("%w (the mirror copies %s, the hub's stream is %s)", ErrStaleMirror, life, Identity{Stream: s.cfg.Stream, Created: oi.CachedInfo().Created}.truncated())
+		case err == nil:
+			o := oi.CachedInfo()
+			now := Identity{Stream: s.cfg.Stream, Created: o.Created}.truncated()
+			if !life.Equal(now) {
+				return StreamState{}, fmt.Errorf("%w (the mirror copies %s, the hub's stream is %s)", ErrStaleMirror, life, now)
+			}
+			// The hub answered: the mirror lacks what the hub holds
+			// beyond it, as of the question.
+			st.CurrentAt = asked
+			if o.State.LastSeq > st.LastSeq {
+				st.Behind = o.State.LastSeq - st.LastSeq
+			}
+			return st, nil
 		}
-		// Any other error: the hub is out of reach; trust the metadata.
+		// Any other error: the hub is out of reach; the mirror says when
+		// it last heard it.
 	}
-	st := StreamState{
-		Stream:   s.cfg.Stream,
-		Created:  life.Created,
-		FirstSeq: info.State.FirstSeq,
-		LastSeq:  info.State.LastSeq,
-		Replicas: info.Config.Replicas,
-		// Never heard from the origin: current as of nothing.
-		CurrentAt: time.Unix(0, 1),
+	mi := info.Mirror
+	if mi == nil || mi.Active < 0 {
+		return StreamState{}, fmt.Errorf("eventstore: the mirror %s has not heard from the hub yet", s.cfg.Stream)
 	}
-	if mi := info.Mirror; mi != nil && mi.Active >= 0 {
-		// The mirror hears the origin at least every second (its
-		// consumer's heartbeat) while the link is up: it held everything
-		// the origin held, less Lag records, when it last heard it.
-		// Counted back from when the question was asked, on this
-		// process's clock: never more current than it was.
-		st.CurrentAt = asked.Add(-mi.Active)
-		st.Behind = mi.Lag
-	}
+	// The mirror hears the origin at least every second (its consumer's
+	// heartbeat) while the link is up: it held everything the origin
+	// held, less Lag records, when it last heard it. Counted back from
+	// when the question was asked, on this process's clock.
+	st.CurrentAt = asked.Add(-mi.Active)
+	st.Behind = mi.Lag
 	return st, nil
 }

@@ -217,8 +217,11 @@ func (f *Follower) once(ctx context.Context) error {
 		return err
 	}
 	id := st.Identity()
+	// A region's mirror may lack records the hub holds (st.Behind):
+	// ready means caught up with the hub as far as it can be known.
+	target := st.LastSeq + st.Behind
 	if !cp.Stream.Equal(id) || cp.Sequence > st.LastSeq {
-		if err := f.reset(ctx, id, st.LastSeq); err != nil {
+		if err := f.reset(ctx, id, target); err != nil {
 			return err
 		}
 		if cp.Sequence > 0 || !cp.Stream.IsZero() {
@@ -231,7 +234,7 @@ func (f *Follower) once(ctx context.Context) error {
 	} else if !f.Identity().Equal(id) {
 		// First run on a consumer that kept its state (a restarted read
 		// model): take its checkpoint as it is.
-		f.setLife(id, cp.Sequence, st.LastSeq)
+		f.setLife(id, cp.Sequence, target)
 	}
 	if cp.Sequence > f.applied.Load() {
 		f.advance(cp.Sequence) // a consumer reset may start from a snapshot

@@ -31,6 +31,7 @@ const usage = `infergate — API-key authentication for OpenAI-compatible infere
 
 Usage:
   infergate dev [--demo] [flags]           run everything in one process
+  infergate dev --regions eu,us [--region-max-staleness 30s]   the hub, and per region a leaf NATS server, mirror and gateway
   infergate keys create NAME [--description D] [--expires-in 720h | --expires-at RFC3339]
   infergate keys list | get NAME | update NAME --description D | delete NAME
   infergate deployments create NAME --model M --upstream URL [--regions a,b] [--auth] [--keys a,b]
@@ -257,9 +258,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.StringVar(&cfg.DatabaseURL, "database-url", os.Getenv("INFERGATE_DATABASE_URL"), "PostgreSQL URL for the read models (else memory)")
 	fs.BoolVar(&cfg.Demo, "demo", false, "create a demo key and deployment and print a curl command")
 	fastPath := fs.Bool("http1-fastpath", envOr("INFERGATE_HTTP1_FASTPATH", "true") != "false", "serve common HTTP/1.1 gateway requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
+	regions := fs.String("regions", "", "regions to run on this machine, comma-separated (e.g. eu,us): the embedded NATS server becomes the hub, and each region gets a leaf NATS server with a mirror of the stream and its own gateway (docs/multi-region.md)")
+	fs.DurationVar(&cfg.RegionMaxStaleness, "region-max-staleness", 0, "with --regions: the regions' gateways' staleness bound (default 5m); short bounds show a cut-off region refusing as stale sooner")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
+	cfg.Regions = splitList(*regions)
 	cfg.NoHTTP1FastPath = !*fastPath
 	cfg.Out = stdout
 	err := devstack.Run(ctx, cfg, nil)

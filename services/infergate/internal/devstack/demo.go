@@ -20,6 +20,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/demomodel"
+	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
 )
 
@@ -200,6 +201,14 @@ func printBanner(cfg Config, st *Stack) {
 			d.EndpointURL, d.Secret, demomodel.ModelID)
 		fmt.Fprintf(w, "  Without *.localhost name resolution (most SDKs): %s/v1/chat/completions\n", d.PathURL)
 		fmt.Fprintf(w, "  The key's secret is shown only now; a restart with --demo replaces the key.\n")
+	}
+	if len(st.Regions) > 0 {
+		fmt.Fprintf(w, "\nRegions (the embedded NATS server above is the hub, JetStream domain %q):\n", eventstore.DefaultHubDomain)
+		for _, r := range st.Regions {
+			fmt.Fprintf(w, "  %-13s  gateway %s   leaf NATS %s (domain %q, mirror of the stream)\n", r.Name, r.GatewayURL, r.NATSURL, r.Name)
+		}
+		fmt.Fprintf(w, "  links          %s/regions   (GET: each region's link and gateway status)\n", st.RegionsURL)
+		fmt.Fprintf(w, "  cut a region   curl -X POST %s/regions/%s/cut    (heal: .../heal)\n", st.RegionsURL, st.Regions[0].Name)
 	}
 	fmt.Fprintf(w, "\nCtrl-C stops it; the data stays in %s.\n", cfg.DataDir)
 }

@@ -74,6 +74,16 @@ type Config struct {
 	NoHTTP1FastPath bool
 	// StatusInterval and StatusTimeout tune the deployment status checker.
 	StatusInterval, StatusTimeout time.Duration
+	// Regions, if any, makes the embedded server the hub of those
+	// regions, each with its own leaf NATS server, mirror and gateway
+	// (regions.go; docs/multi-region.md). None: one server, one gateway.
+	Regions []string
+	// RegionMaxStaleness is the regions' gateways' staleness bound;
+	// 0: the gateway's default (5m).
+	RegionMaxStaleness time.Duration
+	// RegionsAddr is where the regions' link switches listen; default
+	// 127.0.0.1:0 (a free port).
+	RegionsAddr string
 	// Out receives the banner; default os.Stdout.
 	Out io.Writer
 	// Log receives the services' logs; default discards below warnings.
@@ -92,6 +102,7 @@ func (c *Config) setDefaults() {
 	def(&c.NATSAddr, "127.0.0.1:0")
 	def(&c.BaseDomain, "localhost")
 	def(&c.Region, "local")
+	def(&c.RegionsAddr, "127.0.0.1:0")
 	if c.StatusInterval == 0 {
 		c.StatusInterval = 250 * time.Millisecond
 	}
@@ -123,6 +134,10 @@ type Stack struct {
 	// Config.Demo; it refuses every request that does not come through
 	// the gateway (demo.go).
 	DemoModelAddr string
+	// Regions are the regions of Config.Regions; RegionsURL is where
+	// their links are cut (POST /regions/<name>/cut) and healed.
+	Regions    []*Region
+	RegionsURL string
 
 	gatewayPort string
 }
@@ -137,6 +152,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	tokens, token, err := adminTokens(cfg)
 	if err != nil {
 		return err
+	}
+	if err := validRegions(cfg.Regions, cfg.Region); err != nil {
+		return fmt.Errorf("--regions: %w", err)
 	}
 	natsHost, natsPort, err := splitAddr(cfg.NATSAddr)
 	if err != nil {
@@ -159,7 +177,17 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		}
 		users = append(users, id.User(pub))
 	}
-	ns, err := natsembed.Start(natsembed.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Host: natsHost, Port: natsPort, Users: users})
+	nsCfg := natsembed.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Host: natsHost, Port: natsPort, Users: users}
+	if len(cfg.Regions) > 0 {
+		// The hub: its own JetStream domain, and the regions' leaf users.
+		leafUsers, err := hubUsers(keysDir, cfg.Regions)
+		if err != nil {
+			return err
+		}
+		nsCfg.Users = append(nsCfg.Users, leafUsers...)
+		nsCfg.Domain, nsCfg.LeafPort = eventstore.DefaultHubDomain, -1
+	}
+	ns, err := natsembed.Start(nsCfg)
 	if err != nil {
 		return err
 	}
@@ -284,6 +312,21 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	st.Gateway = gw
+	for _, name := range cfg.Regions {
+		r, err := startRegion(ctx, cfg, keysDir, ns.LeafURL(), js, name)
+		if err != nil {
+			return err
+		}
+		defer r.close()
+		st.Regions = append(st.Regions, r)
+	}
+	var regionsLn net.Listener
+	if len(st.Regions) > 0 {
+		if regionsLn, err = net.Listen("tcp", cfg.RegionsAddr); err != nil {
+			return fmt.Errorf("regions control: %w", err)
+		}
+		st.RegionsURL = "http://" + regionsLn.Addr().String()
+	}
 	// The console calls the public API over loopback, with the signed-in
 	// admin's token, like any other client.
 	cons, err := console.New(console.Config{
@@ -327,6 +370,29 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		front.Use(gw)
 		return front.Serve(ctx, gwLn, 5*time.Second)
 	})
+	for _, r := range st.Regions {
+		run("gateway "+r.Name, func() error { return r.gateway.Run(ctx) })
+		run("gateway server "+r.Name, func() error {
+			front := gateway.NewFront(httpserver.New(r.ln.Addr().String(), r.gateway.Handler()), !cfg.NoHTTP1FastPath)
+			front.Use(r.gateway)
+			return front.Serve(ctx, r.ln, 5*time.Second)
+		})
+	}
+	if regionsLn != nil {
+		run("regions control", func() error {
+			srv := httpserver.New(regionsLn.Addr().String(), regionsControl(st.Regions, cfg.Log))
+			go func() {
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				defer cancel()
+				_ = srv.Shutdown(sctx)
+			}()
+			if err := srv.Serve(regionsLn); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 
 	if err := st.waitReady(ctx, plane); err == nil {
 		if err := os.WriteFile(filepath.Join(cfg.DataDir, APIURLFile), []byte(st.APIURL+"\n"), 0o600); err != nil {
@@ -397,7 +463,15 @@ func (st *Stack) waitReady(ctx context.Context, plane *controlplane.Plane) error
 	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
-	for !st.Gateway.Ready() {
+	ready := func() bool {
+		for _, r := range st.Regions {
+			if !r.gateway.Ready() {
+				return false
+			}
+		}
+		return st.Gateway.Ready()
+	}
+	for !ready() {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -67,4 +68,67 @@ func TestRunVerifiesAnExistingStream(t *testing.T) {
 		}
 		return err
 	})
+}
+
+// TestRunRegions: `infergate dev --regions eu,us` runs the hub, and per
+// region a leaf server with a mirror and a gateway reading it; each
+// region's link is cut and healed at the regions' control address.
+func TestRunRegions(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	var out strings.Builder
+	started := make(chan *devstack.Stack, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- devstack.Run(ctx, devstack.Config{
+			DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", GatewayAddr: "127.0.0.1:0", Out: &out,
+			Regions: []string{"eu", "us"}, Demo: true,
+		}, func(st *devstack.Stack) { started <- st })
+	}()
+	var st *devstack.Stack
+	select {
+	case st = <-started:
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	}
+	if len(st.Regions) != 2 || !strings.Contains(out.String(), st.Regions[1].GatewayURL) || !strings.Contains(out.String(), st.RegionsURL+"/regions/eu/cut") {
+		t.Fatalf("banner without the regions:\n%s", out.String())
+	}
+	for _, r := range st.Regions {
+		if !r.Gateway.Ready() || r.Gateway.Applied() != st.Gateway.Applied() {
+			t.Errorf("region %s: ready %v, applied %d; the hub's gateway applied %d", r.Name, r.Gateway.Ready(), r.Gateway.Applied(), st.Gateway.Applied())
+		}
+	}
+	post := func(path string) {
+		t.Helper()
+		resp, err := http.Post(st.RegionsURL+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("POST %s: %s", path, resp.Status)
+		}
+	}
+	eu := st.Regions[0]
+	post("/regions/eu/cut")
+	waitFor(t, "eu cut off", func() bool { return !eu.Linked() })
+	post("/regions/eu/heal")
+	waitFor(t, "eu linked again", eu.Linked)
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

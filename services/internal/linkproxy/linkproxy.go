@@ -1,0 +1,146 @@
+// Package linkproxy is a TCP proxy put in a network link — a region's
+// leaf-node connection to the hub — to cut it, heal it or delay it: what
+// `infergate dev --regions` offers to watch a region cut off, and what the
+// region tests and benchmarks use.
+package linkproxy
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Proxy forwards every connection it accepts to one target.
+type Proxy struct {
+	ln     net.Listener
+	target string
+	delay  atomic.Int64 // one-way delay, ns
+	cut    atomic.Bool
+
+	// mu guards conns.
+	mu    sync.Mutex
+	conns map[net.Conn]struct{}
+}
+
+// Listen listens on addr (host:0 for a free port) and forwards every
+// connection to target until Close.
+func Listen(addr, target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("linkproxy: %w", err)
+	}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	go p.accept()
+	return p, nil
+}
+
+// Close stops listening and closes every connection.
+func (p *Proxy) Close() {
+	_ = p.ln.Close()
+	p.closeAll()
+}
+
+// IsCut reports whether the link is cut.
+func (p *Proxy) IsCut() bool { return p.cut.Load() }
+
+// Addr is the proxy's host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Cut closes every connection through the proxy and refuses new ones
+// until Heal: the link is down.
+func (p *Proxy) Cut() {
+	p.cut.Store(true)
+	p.closeAll()
+}
+
+// Heal lets connections through again.
+func (p *Proxy) Heal() { p.cut.Store(false) }
+
+// SetDelay delays every byte by d in each direction (one-way delay).
+func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+
+func (p *Proxy) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		_ = c.Close()
+		delete(p.conns, c)
+	}
+}
+
+func (p *Proxy) track(cs ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut.Load() {
+		return false
+	}
+	for _, c := range cs {
+		p.conns[c] = struct{}{}
+	}
+	return true
+}
+
+func (p *Proxy) accept() {
+	for {
+		in, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		if p.cut.Load() {
+			_ = in.Close()
+			continue
+		}
+		go func() {
+			out, err := net.DialTimeout("tcp", p.target, 2*time.Second)
+			if err != nil {
+				_ = in.Close()
+				return
+			}
+			if !p.track(in, out) {
+				_ = in.Close()
+				_ = out.Close()
+				return
+			}
+			go p.pipe(out, in)
+			p.pipe(in, out)
+		}()
+	}
+}
+
+// pipe copies src to dst, each chunk held back by the delay; closing one
+// side closes both.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	type chunk struct {
+		b  []byte
+		at time.Time
+	}
+	q := make(chan chunk, 1024)
+	go func() {
+		defer close(q)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := src.Read(b)
+			if n > 0 {
+				q <- chunk{b[:n], time.Now()}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for c := range q {
+		if d := time.Until(c.at.Add(time.Duration(p.delay.Load()))); d > 0 {
+			time.Sleep(d)
+		}
+		if _, err := dst.Write(c.b); err != nil {
+			_ = src.Close()
+			for range q { // let the reader finish
+			}
+			return
+		}
+	}
+}
