@@ -164,3 +164,39 @@ func TestRegionCutOff(t *testing.T) {
 		t.Errorf("a change after healing: %v; want confirmed, applied by both regions", p)
 	}
 }
+
+// TestRegionFollowsARecreatedHubStream: a mirror keeps a deleted origin's
+// records, so when the hub's stream is recreated the region's gateway
+// must not serve them: it drops its map and is not ready until the
+// region's mirror is recreated (admin stream create-mirror), then serves
+// the new life.
+func TestRegionFollowsARecreatedHubStream(t *testing.T) {
+	t.Parallel()
+	r := newRegions(t)
+	b := r.hub
+	up := newRecorder(t)
+	b.key("alpha", nil)
+	seq := b.deployment("chat", up.URL, true, []string{"alpha"}, "us")
+	us, usSrv, _ := r.gateway(t, "us")
+	waitApplied(t, us, seq)
+	old := us.Receipt().Stream
+
+	hubJS := natstest.JetStreamOn(t, b.srv)
+	if err := hubJS.DeleteStream(context.Background(), eventstore.DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	b.store = natstest.EventStore(t, hubJS)
+	eventually(t, "us drops the old life's map", func() bool { return !us.Ready() })
+	if a := get(t, usSrv, host("chat"), "/v1/models"); a.status != 503 {
+		t.Errorf("us while its mirror copies a dead life: %d %s; want 503", a.status, a.code)
+	}
+
+	natstest.Mirror(t, r.leaves["us"]) // recreated for the new life
+	b.live = aggregate.LiveKeys{}
+	b.key("alpha", nil)
+	seq = b.deployment("chat", up.URL, true, []string{"alpha"}, "us")
+	eventually(t, "us ready on the new life", func() bool {
+		rc := us.Receipt()
+		return us.Ready() && rc.Sequence >= seq && !rc.Stream.Equal(old)
+	})
+}
