@@ -154,3 +154,35 @@ func TestProcessWithItsOwnNATSUser(t *testing.T) {
 	})
 	p.Stop()
 }
+
+// TestProcessInARegion: with --hub-domain the binary reads its region's
+// mirror on its leaf server, reports the hub stream's life, and its
+// receipts reach the hub's tracker over the leaf-node link.
+func TestProcessInARegion(t *testing.T) {
+	t.Parallel()
+	bin := servicetest.Build(t, "infergate-gateway")
+	hub := natstest.Hub(t)
+	events := natstest.EventStore(t, natstest.JetStreamOn(t, hub))
+	leaf := natstest.Leaf(t, "eu", hub.LeafURL())
+	natstest.Mirror(t, leaf)
+	tracker, err := receipts.NewTracker(natstest.Connect(t, hub), events.Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(tracker.Close)
+	addr := servicetest.FreeAddr(t)
+	servicetest.StartProcess(t, bin, []string{"INFERGATE_NATS_URL=" + leaf.ClientURL(), "INFERGATE_ADDR=" + addr,
+		"INFERGATE_HUB_DOMAIN=hub", "INFERGATE_SNAPSHOT_BUCKET="}, "--region", "eu", "--id", "gw-eu-1")
+	life, err := events.Identity(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	servicetest.WaitFor(t, "the region's gateway heard at the hub, ready, on the hub stream's life", func(context.Context) error {
+		for _, g := range tracker.Gateways() {
+			if g.ID == "gw-eu-1" && g.Region == "eu" && g.Ready && g.Stream.Equal(life) {
+				return nil
+			}
+		}
+		return fmt.Errorf("gateways heard: %+v", tracker.Gateways())
+	})
+}
