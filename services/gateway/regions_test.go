@@ -75,7 +75,8 @@ func (r *regions) wait(seq uint64, timeout time.Duration) *propagationv1.Propaga
 // mirror, a change made meanwhile is not confirmed and names eu's gateway
 // as lagging; past its staleness bound eu refuses auth-enabled
 // deployments as stale, and the change is confirmed (eu counted as
-// refusing); the hub keeps taking writes. Healed, eu catches up and a new
+// refusing); the hub keeps taking writes, and a change for a deployment
+// served only in us is confirmed at once. Healed, eu catches up and a new
 // change is confirmed by both regions.
 func TestRegionCutOff(t *testing.T) {
 	t.Parallel()
@@ -85,6 +86,7 @@ func TestRegionCutOff(t *testing.T) {
 	alpha, _ := b.key("alpha", nil)
 	beta, _ := b.key("beta", nil)
 	seq := b.deployment("chat", up.URL, true, []string{"alpha", "beta"}, "eu", "us")
+	b.deployment("us-only", up.URL, true, []string{"alpha"}, "us")
 	open := b.deployment("open", up.URL, false, nil, "eu", "us")
 	eu, euSrv, stopEU := r.gateway(t, "eu")
 	us, usSrv, _ := r.gateway(t, "us")
@@ -109,6 +111,13 @@ func TestRegionCutOff(t *testing.T) {
 	if p.GetConfirmed() || len(p.GetLagging()) != 1 || p.GetLagging()[0].GetId() != "gw-eu-1" ||
 		p.GetLagging()[0].GetRegion() != "eu" || p.GetLagging()[0].GetRefusingAsStale() {
 		t.Fatalf("a change during the cut: %v; want not confirmed, gw-eu-1 (eu) lagging and not yet refusing", p)
+	}
+	// Writes for other regions are confirmed as usual.
+	usOnly := b.dep("us-only", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+		return d.Unlink(m, "alpha", b.live)
+	})
+	if p := r.tracker.Wait(context.Background(), usOnly, []string{"us"}, 5*time.Second); !p.GetConfirmed() || p.GetGateways() != 1 {
+		t.Errorf("a change for a deployment served only in us, during eu's cut: %v; want confirmed by us", p)
 	}
 	waitApplied(t, us, unlinked)
 	if a := get(t, usSrv, host("chat"), "/v1/models", "X-API-Key", alpha); a.status != 401 {
