@@ -202,7 +202,9 @@ func BenchmarkRegionCatchUp(b *testing.B) {
 	start := time.Now()
 	b.ReportMetric(start.Sub(cutAt).Seconds(), "cut-s")
 	cpu := stats.ProcessCPU()
-	w.links["eu"].Heal()
+	if err := w.links["eu"].Heal(); err != nil {
+		b.Fatal(err)
+	}
 	// When the first record arrives: the mirror's consumer on the hub is
 	// set up again on nats-server's own retry schedule (docs/benchmarks.md).
 	resumed := make(chan time.Duration, 1)

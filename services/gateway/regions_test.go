@@ -156,7 +156,9 @@ func TestRegionCutOff(t *testing.T) {
 	}
 
 	// Healed: eu catches up, and a new change is confirmed by both.
-	r.link.Heal()
+	if err := r.link.Heal(); err != nil {
+		t.Fatal(err)
+	}
 	waitApplied(t, eu2, unlinked)
 	eventually(t, "eu synced again", func() bool { _, st := readyz(t, eu2Srv); return !st.RefusingStale })
 	if a := get(t, eu2Srv, host("chat"), "/v1/models", "X-API-Key", alpha); a.status != 401 {

@@ -14,14 +14,16 @@ import (
 
 // Proxy forwards every connection it accepts to one target.
 type Proxy struct {
-	ln     net.Listener
+	addr   string
 	target string
 	delay  atomic.Int64 // one-way delay, ns
 	cut    atomic.Bool
 
-	// mu guards conns.
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	// mu guards the fields below.
+	mu     sync.Mutex
+	ln     net.Listener // nil while cut
+	closed bool
+	conns  map[net.Conn]struct{}
 }
 
 // Listen listens on addr (host:0 for a free port) and forwards every
@@ -31,14 +33,20 @@ func Listen(addr, target string) (*Proxy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("linkproxy: %w", err)
 	}
-	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	go p.accept()
+	p := &Proxy{ln: ln, addr: ln.Addr().String(), target: target, conns: map[net.Conn]struct{}{}}
+	go p.accept(ln)
 	return p, nil
 }
 
 // Close stops listening and closes every connection.
 func (p *Proxy) Close() {
-	_ = p.ln.Close()
+	p.mu.Lock()
+	p.closed = true
+	if p.ln != nil {
+		_ = p.ln.Close()
+		p.ln = nil
+	}
+	p.mu.Unlock()
 	p.closeAll()
 }
 
@@ -46,17 +54,39 @@ func (p *Proxy) Close() {
 func (p *Proxy) IsCut() bool { return p.cut.Load() }
 
 // Addr is the proxy's host:port.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+func (p *Proxy) Addr() string { return p.addr }
 
-// Cut closes every connection through the proxy and refuses new ones
-// until Heal: the link is down.
+// Cut closes every connection through the proxy and stops listening
+// until Heal: connecting is refused, as to a host whose link is down
+// (a proxy that accepted and hung up at once would look like a peer
+// that comes and goes, which NATS treats otherwise).
 func (p *Proxy) Cut() {
+	p.mu.Lock()
 	p.cut.Store(true)
+	if p.ln != nil {
+		_ = p.ln.Close()
+		p.ln = nil
+	}
+	p.mu.Unlock()
 	p.closeAll()
 }
 
-// Heal lets connections through again.
-func (p *Proxy) Heal() { p.cut.Store(false) }
+// Heal listens again, on the same address, and forwards again.
+func (p *Proxy) Heal() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.ln != nil {
+		return nil
+	}
+	ln, err := net.Listen("tcp", p.addr)
+	if err != nil {
+		return fmt.Errorf("linkproxy: heal: %w", err)
+	}
+	p.ln = ln
+	p.cut.Store(false)
+	go p.accept(ln)
+	return nil
+}
 
 // SetDelay delays every byte by d in each direction (one-way delay).
 func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
@@ -82,9 +112,9 @@ func (p *Proxy) track(cs ...net.Conn) bool {
 	return true
 }
 
-func (p *Proxy) accept() {
+func (p *Proxy) accept(ln net.Listener) {
 	for {
-		in, err := p.ln.Accept()
+		in, err := ln.Accept()
 		if err != nil {
 			return
 		}

@@ -96,8 +96,11 @@ func TestRunRegions(t *testing.T) {
 		t.Fatalf("banner without the regions:\n%s", out.String())
 	}
 	for _, r := range st.Regions {
-		if !r.Gateway.Ready() || r.Gateway.Applied() != st.Gateway.Applied() {
-			t.Errorf("region %s: ready %v, applied %d; the hub's gateway applied %d", r.Name, r.Gateway.Ready(), r.Gateway.Applied(), st.Gateway.Applied())
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := r.Gateway.WaitApplied(wctx, st.Gateway.Applied())
+		cancel()
+		if !r.Gateway.Ready() || err != nil {
+			t.Errorf("region %s: ready %v, %v; the hub's gateway applied %d", r.Name, r.Gateway.Ready(), err, st.Gateway.Applied())
 		}
 	}
 	post := func(path string) {

@@ -49,8 +49,8 @@ type Region struct {
 }
 
 // Cut cuts the region's leaf-node link to the hub; Heal restores it.
-func (r *Region) Cut()  { r.link.Cut() }
-func (r *Region) Heal() { r.link.Heal() }
+func (r *Region) Cut()        { r.link.Cut() }
+func (r *Region) Heal() error { return r.link.Heal() }
 
 // Linked reports whether the region's leaf server is linked to the hub.
 func (r *Region) Linked() bool { return r.leaf.LeafNodes() > 0 }
@@ -207,7 +207,10 @@ func regionsControl(regions []*Region, log *slog.Logger) http.Handler {
 	})
 	mux.HandleFunc("POST /regions/{name}/heal", func(w http.ResponseWriter, req *http.Request) {
 		if r := find(w, req); r != nil {
-			r.Heal()
+			if err := r.Heal(); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
 			log.Warn("region linked to the hub again", "region", r.Name)
 			fmt.Fprintf(w, "region %s linked to the hub again\n", r.Name)
 		}
