@@ -317,3 +317,67 @@ func TestAdvisoryWakesTheFollower(t *testing.T) {
 		t.Fatalf("resets = %d; want the first placement and the new stream", resets)
 	}
 }
+
+// hubView is a region's mirror as a follower sees it: the stream's state
+// with how current it is with the hub (CurrentAt, Behind) set by the test.
+type hubView struct {
+	*eventstore.Store
+	mu        sync.Mutex
+	currentAt time.Time
+	behind    uint64
+}
+
+func (h *hubView) set(at time.Time, behind uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.currentAt, h.behind = at, behind
+}
+
+func (h *hubView) State(ctx context.Context) (eventstore.StreamState, error) {
+	st, err := h.Store.State(ctx)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	st.CurrentAt, st.Behind = h.currentAt, h.behind
+	return st, err
+}
+
+// TestStalenessIsCountedFromTheHub: a follower of a region's mirror is
+// synced as of when the mirror last heard the hub, never later, however
+// complete the mirror is; it is not ready while the mirror lacks records
+// the hub holds, and becomes ready and synced once it has them.
+func TestStalenessIsCountedFromTheHub(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	e.appendKey(t, "k-one")
+	heard := time.Now().Add(-time.Hour)
+	src := &hubView{Store: e.events}
+	src.set(heard, 1) // the hub holds one more record than the mirror
+	r := &recorder{}
+	f := follow.New(follow.Config{Name: "test", Source: src, Consumer: r, PollInterval: 20 * time.Millisecond})
+	run(t, f)
+	waitHeld(t, r, []uint64{1})
+	applied := time.Now()
+	servicetest.WaitFor(t, "a poll after the record was applied", func(context.Context) error {
+		if since := f.Status().SinceLastContact; since < 0 || time.Now().Add(-since).Before(applied.Add(20*time.Millisecond)) {
+			return errors.New("no poll since")
+		}
+		return nil
+	})
+	if f.Ready() || !f.Synced().IsZero() {
+		t.Fatalf("mirror one record behind the hub: ready %v, synced %s; want not ready, never synced", f.Ready(), f.Synced())
+	}
+	src.set(heard, 0)
+	e.appendKey(t, "k-two") // the record the mirror lacked
+	servicetest.WaitFor(t, "ready", func(context.Context) error {
+		if !f.Ready() {
+			return errors.New("not ready")
+		}
+		return nil
+	})
+	servicetest.WaitFor(t, "synced as of the hub's last contact", func(context.Context) error {
+		if !f.Synced().Equal(heard) {
+			return fmt.Errorf("synced %s, want %s", f.Synced(), heard)
+		}
+		return nil
+	})
+}
