@@ -4,6 +4,7 @@ package natstest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -190,8 +191,17 @@ func Mirror(t testing.TB, leaf *natsembed.Server) (*eventstore.Store, *nats.Conn
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := eventstore.CreateMirror(ctx, js, hub, eventstore.MirrorConfig{}); err != nil {
-		t.Fatalf("natstest: %v", err)
+	// The hub's JetStream API may not answer through a link just up until
+	// the link's interest has spread: retry until the bound.
+	for {
+		_, err := eventstore.CreateMirror(ctx, js, hub, eventstore.MirrorConfig{})
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, nats.ErrNoResponders) || ctx.Err() != nil {
+			t.Fatalf("natstest: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	s, err := eventstore.OpenMirror(ctx, js, hub, eventstore.MirrorConfig{})
 	if err != nil {
