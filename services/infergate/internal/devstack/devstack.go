@@ -373,7 +373,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	for _, r := range st.Regions {
 		run("gateway "+r.Name, func() error { return r.gateway.Run(ctx) })
 		run("gateway server "+r.Name, func() error {
-			front := gateway.NewFront(httpserver.New(r.ln.Addr().String(), r.gateway.Handler()), !cfg.NoHTTP1FastPath)
+			front := gateway.NewFront(httpserver.New(r.ln.Addr().String(), r.gateway.Handler()), !cfg.NoHTTP1FastPath, r.gateway.Bounds())
 			front.Use(r.gateway)
 			return front.Serve(ctx, r.ln, 5*time.Second)
 		})
