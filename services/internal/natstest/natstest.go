@@ -73,8 +73,18 @@ func EventStore(t testing.TB, js jetstream.JetStream) *eventstore.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
-		t.Fatalf("natstest: %v", err)
+	// Right after a stream was deleted, creating it again on file storage
+	// can fail for a moment ("error creating store for stream") while the
+	// server removes the old files: try again until the deadline.
+	for {
+		err := eventstore.EnsureStream(ctx, js, eventstore.Config{})
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("natstest: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 	s, err := eventstore.Open(ctx, js, eventstore.Config{})
 	if err != nil {
