@@ -75,15 +75,9 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	// The stream's owner acts as the control plane's NATS user (natsauth):
-	// the one identity that may create and update it.
-	auth, err := natsauth.Identity{Role: natsauth.ControlPlane}.ClientOptions(*natsNkey, *natsCA)
+	nc, err := adminConnect(*natsURL, *natsNkey, *natsCA)
 	if err != nil {
 		return err
-	}
-	nc, err := nats.Connect(*natsURL, append([]nats.Option{nats.Name("infergate-admin")}, auth...)...)
-	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
 	}
 	defer nc.Close()
 	js, err := jetstream.New(nc)
@@ -103,6 +97,20 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	return printStream(stdout, *output, info, eventstore.Mismatches(cfg.Verify(info.Config)))
+}
+
+// adminConnect connects to NATS as the stream's owner: the control plane's
+// NATS user (natsauth), the one identity that may create and update it.
+func adminConnect(url, nkey, ca string) (*nats.Conn, error) {
+	auth, err := natsauth.Identity{Role: natsauth.ControlPlane}.ClientOptions(nkey, ca)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := nats.Connect(url, append([]nats.Option{nats.Name("infergate-admin")}, auth...)...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", url, err)
+	}
+	return nc, nil
 }
 
 // runCreateMirror creates a region's mirror of the hub's stream in the
@@ -126,13 +134,9 @@ func runCreateMirror(ctx context.Context, fs *flag.FlagSet, args []string, natsU
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	auth, err := natsauth.Identity{Role: natsauth.ControlPlane}.ClientOptions(*natsNkey, *natsCA)
+	nc, err := adminConnect(*natsURL, *natsNkey, *natsCA)
 	if err != nil {
 		return err
-	}
-	nc, err := nats.Connect(*natsURL, append([]nats.Option{nats.Name("infergate-admin")}, auth...)...)
-	if err != nil {
-		return fmt.Errorf("connect to NATS at %s: %w", *natsURL, err)
 	}
 	defer nc.Close()
 	region, err := jetstream.NewWithDomain(nc, *domain)
@@ -144,9 +148,9 @@ func runCreateMirror(ctx context.Context, fs *flag.FlagSet, args []string, natsU
 		return err
 	}
 	if *hubURL != "" {
-		hnc, err := nats.Connect(*hubURL, append([]nats.Option{nats.Name("infergate-admin")}, auth...)...)
+		hnc, err := adminConnect(*hubURL, *natsNkey, *natsCA)
 		if err != nil {
-			return fmt.Errorf("connect to the hub at %s: %w", *hubURL, err)
+			return err
 		}
 		defer hnc.Close()
 		if hub, err = jetstream.New(hnc); err != nil {
