@@ -255,6 +255,20 @@ func (i Identity) Ensure(dir string) (string, error) {
 	return kp.PublicKey()
 }
 
+// Users ensures a seed in dir for each identity (Ensure) and returns the
+// server's users for them, in order.
+func Users(dir string, ids ...Identity) ([]*server.NkeyUser, error) {
+	users := make([]*server.NkeyUser, 0, len(ids))
+	for _, id := range ids {
+		pub, err := id.Ensure(dir)
+		if err != nil {
+			return nil, err
+		}
+		users = append(users, id.User(pub))
+	}
+	return users, nil
+}
+
 func readSeed(path string) (nkeys.KeyPair, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {

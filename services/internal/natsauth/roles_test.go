@@ -384,13 +384,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // users makes seeds for the identities in dir and returns their users.
 func users(t *testing.T, dir string, ids ...natsauth.Identity) []*server.NkeyUser {
 	t.Helper()
-	var out []*server.NkeyUser
-	for _, id := range ids {
-		pub, err := id.Ensure(dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, id.User(pub))
+	out, err := natsauth.Users(dir, ids...)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }

@@ -10,7 +10,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infergate/infergate/services/internal/eventstore"
@@ -101,13 +100,9 @@ func TestProcessWithItsOwnNATSUser(t *testing.T) {
 	bin := servicetest.Build(t, "infergate-gateway")
 	keys := t.TempDir()
 	cpID, gwID := natsauth.Identity{Role: natsauth.ControlPlane}, natsauth.GatewayIdentity("eu", "gw-1")
-	var users []*server.NkeyUser
-	for _, id := range []natsauth.Identity{cpID, gwID} {
-		pub, err := id.Ensure(keys)
-		if err != nil {
-			t.Fatal(err)
-		}
-		users = append(users, id.User(pub))
+	users, err := natsauth.Users(keys, cpID, gwID)
+	if err != nil {
+		t.Fatal(err)
 	}
 	srv, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), Users: users})
 	if err != nil {

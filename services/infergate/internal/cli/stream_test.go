@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/infergate/infergate/services/internal/eventstore"
@@ -117,13 +116,9 @@ func TestAdminStreamAsTheControlPlane(t *testing.T) {
 	t.Parallel()
 	keys := t.TempDir()
 	cp, au := natsauth.Identity{Role: natsauth.ControlPlane}, natsauth.Identity{Role: natsauth.Audit}
-	var users []*server.NkeyUser
-	for _, id := range []natsauth.Identity{cp, au} {
-		pub, err := id.Ensure(keys)
-		if err != nil {
-			t.Fatal(err)
-		}
-		users = append(users, id.User(pub))
+	users, err := natsauth.Users(keys, cp, au)
+	if err != nil {
+		t.Fatal(err)
 	}
 	srv, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), Users: users})
 	if err != nil {

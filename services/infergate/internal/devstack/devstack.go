@@ -21,7 +21,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -169,13 +168,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		audit:   natsauth.Identity{Role: natsauth.Audit},
 		gateway: natsauth.GatewayIdentity(cfg.Region, GatewayID),
 	}
-	var users []*server.NkeyUser
-	for _, id := range []natsauth.Identity{ids.plane, ids.audit, ids.gateway} {
-		pub, err := id.Ensure(keysDir)
-		if err != nil {
-			return err
-		}
-		users = append(users, id.User(pub))
+	users, err := natsauth.Users(keysDir, ids.plane, ids.audit, ids.gateway)
+	if err != nil {
+		return err
 	}
 	nsCfg := natsembed.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Host: natsHost, Port: natsPort, Users: users}
 	if len(cfg.Regions) > 0 {

@@ -75,16 +75,11 @@ func regionGatewayID(region string) string { return GatewayID + "-" + region }
 
 // hubUsers are the leaf users the hub must know, one per region.
 func hubUsers(keysDir string, regions []string) ([]*server.NkeyUser, error) {
-	var users []*server.NkeyUser
-	for _, r := range regions {
-		id := natsauth.Identity{Role: natsauth.Leaf, Region: r}
-		pub, err := id.Ensure(keysDir)
-		if err != nil {
-			return nil, err
-		}
-		users = append(users, id.User(pub))
+	ids := make([]natsauth.Identity, len(regions))
+	for i, r := range regions {
+		ids[i] = natsauth.Identity{Role: natsauth.Leaf, Region: r}
 	}
-	return users, nil
+	return natsauth.Users(keysDir, ids...)
 }
 
 // startRegion starts region's leaf server linked to the hub through a
