@@ -1,7 +1,8 @@
 // Package linkproxy is a TCP proxy put in a network link — a region's
-// leaf-node connection to the hub — to cut it, heal it or delay it: what
-// `infergate dev --regions` offers to watch a region cut off, and what the
-// region tests and benchmarks use.
+// leaf-node connection to the hub, a service's connection to PostgreSQL —
+// to cut it, heal it or delay it: what `infergate dev --regions` offers to
+// watch a region cut off, and what the region tests, the fault suite and
+// the benchmarks use.
 package linkproxy
 
 import (

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/infergate/infergate/services/internal/natstest"
 	"github.com/infergate/infergate/services/internal/pgtest"
 )
 
@@ -28,9 +29,9 @@ func TestReadModelDatabaseUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := newTCPProxy(t, pg.Host)
+	proxy := natstest.NewProxy(t, pg.Host)
 	viaProxy := *pg
-	viaProxy.Host = proxy.addr()
+	viaProxy.Host = proxy.Addr()
 	s.startKeys(pgArgs(t, viaProxy.String())...)
 
 	const project = "faults"
@@ -40,7 +41,7 @@ func TestReadModelDatabaseUnreachable(t *testing.T) {
 	before := w.snapshot()
 	cut := time.Now()
 	rate := float64(len(acked(before))) / cut.Sub(before[0].start).Seconds()
-	proxy.cut()
+	proxy.Cut()
 	minOutage := time.After(2 * time.Second)
 	w.waitWrites(t, waitLong, "write calls started during the outage", func(rs []writeResult) bool {
 		return len(startedIn(rs, cut, time.Now())) >= 4
@@ -48,7 +49,9 @@ func TestReadModelDatabaseUnreachable(t *testing.T) {
 	<-minOutage
 	s.requireAlive("while the read-model database was unreachable")
 	mended := time.Now()
-	proxy.mend()
+	if err := proxy.Heal(); err != nil {
+		t.Fatal(err)
+	}
 	w.waitWrites(t, waitLong, "acknowledged CreateKeys after the database came back", func(rs []writeResult) bool {
 		return len(acked(startedIn(rs, mended, time.Now()))) >= 8
 	})
