@@ -150,8 +150,6 @@ type outcome struct {
 	d      authmap.Decision
 	status int
 	code   Code
-	// notReady and stale say why, for the metrics.
-	notReady, stale bool
 }
 
 // decide is the one decision path both front ends carry out: readiness,
@@ -162,7 +160,7 @@ func (h *Handler) decide(t route.Target, key string) outcome {
 	if !h.cfg.Ready() {
 		// A map still replaying (or of a stream that is gone) could let
 		// in a key revoked later: refuse rather than guess.
-		return outcome{status: http.StatusServiceUnavailable, code: CodeGatewayNotReady, notReady: true}
+		return outcome{status: http.StatusServiceUnavailable, code: CodeGatewayNotReady}
 	}
 	now := h.cfg.Now()
 	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, now)
@@ -170,7 +168,7 @@ func (h *Handler) decide(t route.Target, key string) outcome {
 	case authmap.ResultAllowed, authmap.ResultMissingAPIKey, authmap.ResultInvalidAPIKey:
 		// Auth is on: a map past its bound may be missing a revocation.
 		if h.cfg.Stale != nil && h.cfg.Stale(now) {
-			return outcome{d: d, status: http.StatusServiceUnavailable, code: CodeGatewayStale, stale: true}
+			return outcome{d: d, status: http.StatusServiceUnavailable, code: CodeGatewayStale}
 		}
 	}
 	switch d.Result {
@@ -192,16 +190,17 @@ func (h *Handler) decide(t route.Target, key string) outcome {
 
 // record counts the outcome and logs what an operator needs.
 func (h *Handler) record(t route.Target, out outcome) {
-	switch {
-	case out.notReady:
+	switch out.code {
+	case CodeGatewayNotReady:
 		h.cfg.Metrics.RefusedNotReady()
 		return
-	case out.stale:
+	case CodeGatewayStale:
 		h.cfg.Metrics.RefusedStale()
 		return
 	}
 	h.cfg.Metrics.Decided(out.d.Result)
 	switch {
+	case out.status == 0:
 	case out.code == CodeInvalidAPIKey:
 		h.cfg.Log.Debug("refused", "project", t.Project, "deployment", t.Deployment, "reason", out.d.Reason.String())
 	case out.code == CodeUpstreamUnavailable:
