@@ -375,7 +375,7 @@ func (g *Gateway) Status() Status {
 		Ready:               s.Ready,
 		Stream:              s.Stream.String(),
 		RefusingStale:       s.Ready && g.StaleAt(g.cfg.Now()),
-		SecondsSinceSynced:  sinceSynced(g.cfg.Now(), g.follower.Synced()),
+		SecondsSinceSynced:  seconds(s.SinceSynced),
 		MaxStalenessSeconds: -1,
 		Resets:              s.Resets,
 		Stale:               s.Stale,
@@ -394,17 +394,6 @@ func (g *Gateway) Status() Status {
 		st.Error = s.Err.Error()
 	}
 	return st
-}
-
-func sinceSynced(now, synced time.Time) float64 {
-	return seconds(sinceSyncedDuration(now, synced))
-}
-
-func sinceSyncedDuration(now, synced time.Time) time.Duration {
-	if synced.IsZero() {
-		return -1
-	}
-	return max(now.Sub(synced), 0)
 }
 
 func seconds(d time.Duration) float64 {
@@ -428,7 +417,7 @@ func (g *Gateway) streamMetrics() metrics.Stream {
 		SnapshotStart:    g.snapshotSeq.Load(),
 		MapOffHeapBytes:  g.authMap.Load().OffHeapBytes(),
 		Resets:           s.Resets,
-		SinceSynced:      sinceSyncedDuration(g.cfg.Now(), g.follower.Synced()),
+		SinceSynced:      s.SinceSynced,
 		RefusingStale:    s.Ready && g.StaleAt(g.cfg.Now()),
 	}
 }

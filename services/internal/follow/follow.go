@@ -583,7 +583,10 @@ type Status struct {
 	Stale            bool
 	SinceLastEvent   time.Duration // -1: none yet
 	SinceLastContact time.Duration // -1: none yet
-	Resets           uint64
+	// SinceSynced is the time since Synced: the consumer's staleness
+	// (-1: never synced).
+	SinceSynced time.Duration
+	Resets      uint64
 	// Err is the last error following or polling the stream, cleared by
 	// the next success.
 	Err error
@@ -598,6 +601,7 @@ func (f *Follower) Status() Status {
 		StreamLast:       f.streamLast.Load(),
 		SinceLastEvent:   since(now, f.lastEvent.Load()),
 		SinceLastContact: since(now, f.lastContact.Load()),
+		SinceSynced:      since(now, f.syncedAt.Load()),
 		Resets:           f.resets.Load(),
 	}
 	if s.StreamLast > s.Applied {
