@@ -15,7 +15,7 @@ export PATH := $(TOOLS):$(PATH)
 MODULES := $(shell go list -m -f '{{.Dir}}' 2>/dev/null | sed 's|^$(CURDIR)|.|')
 PKGS    := $(addsuffix /...,$(MODULES))
 
-.PHONY: help tools gen check-gen build test fuzz lint fmt run clean bench bench-coldstart bench-load console-screenshots
+.PHONY: help tools gen check-gen build test fuzz lint fmt run clean bench bench-coldstart bench-load bench-streams console-screenshots
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -111,3 +111,6 @@ bench-coldstart: ## a fresh gateway's start over 1M KeyCreated + 1M KeyLinked ev
 
 bench-load: ## gateway throughput against HAProxy and nginx (root; installs wrk, haproxy, nginx)
 	bash deploy/bench/load.sh
+
+bench-streams: ## 10,000 long SSE streams through the gateway and nginx: memory, CPU, latency per stream (STREAMS=, DURATION=)
+	bash deploy/bench/streams.sh

@@ -31,8 +31,10 @@ type Conn struct {
 	hl    *handoffListener
 
 	// buf holds what was read from the client and not yet used:
-	// buf[r:w].
+	// buf[r:w]. It is borrowed (connBufs) and given back while a
+	// response streams with nothing of the client's pending.
 	buf  []byte
+	bufp *[]byte // buf's pool entry
 	r, w int
 	req  Request
 	// headLen is the current request head's length at buf[r:].
@@ -71,7 +73,7 @@ const (
 const readBufSize = 8 << 10
 
 func newConn(s *Server, nc net.Conn, hb *handlerBox, hl *handoffListener) *Conn {
-	c := &Conn{s: s, nc: nc, h: hb.h, log: hb.log, dial: hb.dial, hl: hl, buf: make([]byte, readBufSize)}
+	c := &Conn{s: s, nc: nc, h: hb.h, log: hb.log, dial: hb.dial, hl: hl}
 	c.probe.Init(nc)
 	if host, _, err := net.SplitHostPort(nc.RemoteAddr().String()); err == nil {
 		c.remoteIP = host
@@ -101,6 +103,16 @@ func (c *Conn) serve() {
 			c.closeGently()
 		}
 		_ = c.nc.Close()
+		c.r, c.w = 0, 0
+		c.releaseBuf()
+	}
+}
+
+// releaseBuf gives the read buffer back when nothing is pending in it.
+func (c *Conn) releaseBuf() {
+	if c.bufp != nil && c.r == c.w {
+		connBufs.Put(c.bufp)
+		c.buf, c.bufp, c.r, c.w = nil, nil, 0, 0
 	}
 }
 
@@ -128,6 +140,10 @@ const (
 func (c *Conn) loop() bool {
 	b := &c.s.Bounds
 	for {
+		if c.bufp == nil {
+			c.bufp = connBufs.Get().(*[]byte)
+			c.buf = *c.bufp
+		}
 		if c.r > 0 {
 			c.w = copy(c.buf, c.buf[c.r:c.w])
 			c.r = 0
@@ -225,6 +241,7 @@ func (c *Conn) handoff() bool {
 	if c.w > c.r {
 		pre = c.buf[c.r:c.w]
 	}
+	c.buf, c.bufp = nil, nil // the prefix is net/http's now
 	c.s.forgetSoon(c)
 	c.hl.push(&prefixConn{Conn: c.nc, pre: pre})
 	return true
@@ -354,14 +371,18 @@ func (c *Conn) Gone() bool {
 	return c.probe.State() == sockprobe.Closed
 }
 
-// Buffers.
+// Buffers. sync.Pools: the garbage collector empties them, so what a
+// burst of streams borrowed is not kept once they are gone.
+
+// connBufs are the client connections' read buffers.
+var connBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
 var bufs = sync.Pool{New: func() any { b := make([]byte, 0, 48<<10); return &b }}
 
 func getBuf() *[]byte { return bufs.Get().(*[]byte) }
 
 func putBuf(b *[]byte) {
-	if cap(*b) == 48<<10 {
+	if b != nil && cap(*b) == 48<<10 {
 		*b = (*b)[:0]
 		bufs.Put(b)
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strconv"
 	"strings"
@@ -57,7 +56,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	c.take()
 	start := time.Now()
 	bp := getBuf()
-	defer putBuf(bp)
+	defer func() { putBuf(bp) }()
 	b := appendRequestHead((*bp)[:0], req, up, c.remoteIP)
 	b, err := c.appendBody(b)
 	if err != nil {
@@ -99,7 +98,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 		// A reused connection the upstream closed before answering: try
 		// once more on a fresh one if the request never got out, or may
 		// be sent twice. (The body is in memory.)
-		if !reused || attempt > 0 || uc.Reader().Buffered() > 0 || (wrote && !keepalive.Idempotent(req.Method)) {
+		if !reused || attempt > 0 || uc.Buffered() > 0 || (wrote && !keepalive.Idempotent(req.Method)) {
 			return Result{Waited: time.Since(start), Err: err}
 		}
 	}
@@ -121,36 +120,28 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	if !resp.hasDate {
 		o = appendDate(o)
 	}
-	mode := bodyNone
+	rl := relay{mode: bodyNone}
 	switch {
 	case noBody:
 	case resp.chunked:
-		mode = bodyChunked
+		rl.mode = bodyChunked
 	case resp.length >= 0:
-		mode = bodyLength
+		rl.mode, rl.left = bodyLength, resp.length
 		o = append(o, "Content-Length: "...)
 		o = strconv.AppendInt(o, resp.length, 10)
 		o = append(o, "\r\n"...)
 	default:
-		mode = bodyUntilClose
+		rl.mode = bodyUntilClose
 	}
-	if mode == bodyChunked || mode == bodyUntilClose {
+	if rl.mode == bodyChunked || rl.mode == bodyUntilClose {
 		o = append(o, "Transfer-Encoding: chunked\r\n"...)
 	}
 	o = c.appendConnection(o)
 	o = append(o, "\r\n"...)
-	br := uc.Reader()
-	_, _ = br.Discard(len(head))
-	keep := !resp.close && mode != bodyUntilClose
+	_, _ = uc.Reader().Discard(len(head))
+	keep := !resp.close && rl.mode != bodyUntilClose
 	res.Answered = true
-	switch mode {
-	case bodyNone:
-		err = c.write(o)
-	case bodyLength:
-		err = c.relayLength(br, o, resp.length, bp)
-	default:
-		err = c.relayChunks(br, o, mode == bodyChunked, bp)
-	}
+	err = c.relay(uc, &rl, o, &bp)
 	if err != nil {
 		res.Err = err
 		res.ClientGone = errors.Is(err, keepalive.ErrClientGone) || errors.Is(err, errClientWrite)
@@ -158,7 +149,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 		_ = uc.Close()
 		return res
 	}
-	if keep && br.Buffered() == 0 {
+	if keep && uc.Buffered() == 0 {
 		c.s.up.put(uc)
 	} else {
 		_ = uc.Close()
@@ -191,77 +182,113 @@ const (
 	bodyUntilClose
 )
 
-// relayLength sends the head o and a body of n bytes: what of it is
-// already read goes with the head, the rest as it arrives.
-func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte) error {
-	if k := min(int64(br.Buffered()), n, int64(cap(o)-len(o))); k > 0 {
-		p, _ := br.Peek(int(k))
-		o = append(o, p...)
-		_, _ = br.Discard(int(k))
-		n -= k
-	}
-	if err := c.write(o); err != nil {
-		return err
-	}
-	buf := (*bp)[:cap(*bp)]
-	for n > 0 {
-		k, err := br.Read(buf[:min(int64(len(buf)), n)])
-		if k > 0 {
-			n -= int64(k)
-			if werr := c.write(buf[:k]); werr != nil {
-				return werr
-			}
-		}
-		if err != nil && n > 0 {
-			if err == io.EOF {
-				err = io.ErrUnexpectedEOF
-			}
-			return err
-		}
-	}
-	return nil
+// relay is a response body on its way to the client: how it is framed
+// by the upstream, and where its decoding stands.
+type relay struct {
+	mode int
+	// left is what a body of known length still has to come.
+	left int64
+	// cr decodes a chunked body.
+	cr chunkedReader
 }
 
-// relayChunks sends the head o, then the body — chunked, or up to the
-// upstream's close — as chunks to the client, one write per upstream
-// read, so streams (SSE) go out as they come.
-func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte) error {
-	var r io.Reader = br
-	if chunked {
-		r = httputil.NewChunkedReader(br)
-	}
-	buf := (*bp)[:cap(*bp)]
-	const hole = 8 // room for the chunk's size line
-	for {
-		at := len(o)
-		k, err := r.Read(buf[at+hole : len(buf)-7])
-		if k > 0 {
-			size := strconv.AppendInt(buf[at:at], int64(k), 16)
-			size = append(size, "\r\n"...)
-			copy(buf[at+len(size):], buf[at+hole:at+hole+k])
-			o = buf[:at+len(size)+k]
-			o = append(o, "\r\n"...)
+// read reads decoded body bytes into p from br; io.EOF at the body's end.
+func (rl *relay) read(br *bufio.Reader, p []byte) (int, error) {
+	switch rl.mode {
+	case bodyLength:
+		if rl.left == 0 {
+			return 0, io.EOF
 		}
-		if err == io.EOF {
-			if chunked {
-				if err := readTrailer(br); err != nil {
+		k, err := br.Read(p[:min(int64(len(p)), rl.left)])
+		rl.left -= int64(k)
+		switch {
+		case rl.left == 0:
+			err = io.EOF
+		case err == io.EOF:
+			err = io.ErrUnexpectedEOF
+		}
+		return k, err
+	case bodyChunked:
+		return rl.cr.Read(br, p)
+	case bodyUntilClose:
+		return br.Read(p)
+	}
+	return 0, io.EOF
+}
+
+// relay sends the head o (in *bp) and the body to the client: one write
+// per read from the upstream, so streams (SSE) go out as they come, re-
+// framed as chunks unless the length is known. Between reads, when
+// nothing from the upstream is buffered, it writes what it has, gives
+// back every buffer (*bp, the upstream's read buffer, the client
+// connection's) and waits for the upstream holding none: a stream that
+// sends a chunk a second costs memory only while a chunk is in flight.
+func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error {
+	// The room kept before each read for the chunk-size line.
+	const hole = 8
+	framed := rl.mode == bodyChunked || rl.mode == bodyUntilClose
+	for rl.mode != bodyNone {
+		if uc.Buffered() == 0 && (rl.mode != bodyLength || rl.left > 0) {
+			if len(o) > 0 {
+				if err := c.write(o); err != nil {
 					return err
 				}
 			}
-			return c.write(append(o, "0\r\n\r\n"...))
+			putBuf(*bp)
+			*bp = nil
+			uc.Release()
+			c.releaseBuf()
+			if err := uc.Wait(); err != nil {
+				return err
+			}
+			*bp = getBuf()
+			o = (**bp)[:0]
+		}
+		buf := (**bp)[:cap(**bp)]
+		at := len(o)
+		if !framed {
+			at -= hole // no size line: read right after o
+		}
+		k, err := rl.read(uc.Reader(), buf[at+hole:len(buf)-7])
+		// The body's next bytes, as the client gets them.
+		data := buf[at+hole : at+hole+k]
+		if k > 0 {
+			if framed {
+				size := strconv.AppendInt(buf[at:at], int64(k), 16)
+				size = append(size, "\r\n"...)
+				copy(buf[at+len(size):], data)
+				o = buf[:at+len(size)+k]
+				o = append(o, "\r\n"...)
+			} else {
+				o = buf[:at+hole+k]
+			}
+		}
+		if err == io.EOF {
+			if rl.mode == bodyChunked {
+				if err := readTrailer(uc.Reader()); err != nil {
+					return err
+				}
+			}
+			if framed {
+				o = append(o, "0\r\n\r\n"...)
+			}
+			break
 		}
 		if err != nil {
 			// Whatever was read still goes to the client.
 			_ = c.write(o)
 			return err
 		}
-		if len(o) > 0 {
+		// A body of known length gathers what is buffered, up to half
+		// the buffer, into one write.
+		if len(o) > 0 && (framed || uc.Buffered() == 0 || len(o) > len(buf)/2) {
 			if err := c.write(o); err != nil {
 				return err
 			}
 			o = buf[:0]
 		}
 	}
+	return c.write(o)
 }
 
 // readTrailer reads the trailer section after the last chunk and drops it

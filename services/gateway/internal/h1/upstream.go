@@ -34,6 +34,7 @@ func (u *upstreams) get(ctx context.Context, connect time.Duration, addr string,
 // put returns c to the idle pool.
 func (u *upstreams) put(c *keepalive.Conn) {
 	c.Bound(nil, time.Time{})
+	c.Release()
 	u.idle.Put(c.Addr(), c)
 }
 

@@ -147,14 +147,19 @@ type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // with http.Request.Write and reads with http.ReadResponse on the same
 // Reader.
 //
-// Its reads can be bounded (Bound): they fail with ErrHeadTimeout past a
-// deadline (the upstream response head's bound) and with ErrClientGone
-// once a Watcher says the request's client has gone — checked every
-// PollEvery while a read waits, since nothing else watches the client
-// meanwhile.
+// A Conn holds no read buffer while it has nothing buffered: Reader
+// borrows one from a pool, Release gives it back, and Wait waits for the
+// upstream without one. An idle pooled connection and a stream waiting
+// between two chunks so cost a few hundred bytes, not ReadBufSize.
+//
+// Its reads (and Wait) can be bounded (Bound): they fail with
+// ErrHeadTimeout past a deadline (the upstream response head's bound)
+// and with ErrClientGone once a Watcher says the request's client has
+// gone — checked every PollEvery while a read waits, since nothing else
+// watches the client meanwhile.
 type Conn struct {
 	nc    net.Conn
-	br    *bufio.Reader
+	br    *bufio.Reader // nil while not borrowed
 	addr  string
 	probe sockprobe.Probe
 
@@ -171,8 +176,13 @@ type Watcher interface{ Gone() bool }
 // PollEvery is how often a read that waits asks its Watcher.
 const PollEvery = time.Second
 
-// ReadBufSize is a connection's read buffer.
+// ReadBufSize is a connection's read buffer (the largest response head
+// the fast path reads).
 const ReadBufSize = 32 << 10
+
+// readers are the read buffers connections borrow. A sync.Pool: the
+// garbage collector empties it, so a burst's buffers are not kept.
+var readers = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, ReadBufSize) }}
 
 // Errors of a bounded read.
 var (
@@ -188,26 +198,75 @@ func Dial(ctx context.Context, dial DialFunc, addr string) (*Conn, error) {
 	}
 	c := &Conn{nc: nc, addr: addr}
 	c.probe.Init(nc)
-	c.br = bufio.NewReaderSize(connReader{c}, ReadBufSize)
 	return c, nil
 }
 
 // Addr is the address dialled, the connection's key in a Pool.
 func (c *Conn) Addr() string { return c.addr }
 
-// Reader reads the upstream's responses.
-func (c *Conn) Reader() *bufio.Reader { return c.br }
+// Reader reads the upstream's responses. Its buffer is borrowed until
+// Release.
+func (c *Conn) Reader() *bufio.Reader {
+	if c.br == nil {
+		c.br = readers.Get().(*bufio.Reader)
+		c.br.Reset(connReader{c})
+	}
+	return c.br
+}
+
+// Buffered is how many bytes were read from the upstream and not yet
+// consumed.
+func (c *Conn) Buffered() int {
+	if c.br == nil {
+		return 0
+	}
+	return c.br.Buffered()
+}
+
+// Release gives the read buffer back when nothing is buffered in it (a
+// later Reader borrows one again); with bytes buffered it does nothing.
+func (c *Conn) Release() {
+	if c.br != nil && c.br.Buffered() == 0 {
+		c.br.Reset(nil)
+		readers.Put(c.br)
+		c.br = nil
+	}
+}
+
+// Wait returns once the upstream has sent something (or closed the
+// connection), holding no buffer meanwhile, within the bounds of Bound;
+// at once if bytes are buffered.
+func (c *Conn) Wait() error {
+	if c.Buffered() > 0 {
+		return nil
+	}
+	for {
+		if err := c.arm(); err != nil {
+			return err
+		}
+		err := c.probe.Wait()
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			if c.watch != nil && c.watch.Gone() {
+				return ErrClientGone
+			}
+			continue
+		}
+		return err
+	}
+}
 
 // Write writes to the upstream.
 func (c *Conn) Write(b []byte) (int, error) { return c.nc.Write(b) }
 
-// Close closes the connection (at once: it also ends a blocked read).
+// Close closes the connection (at once: it also ends a blocked read). It
+// may be called from another goroutine, so it leaves the read buffer to
+// the garbage collector rather than to the pool.
 func (c *Conn) Close() error { return c.nc.Close() }
 
 // Usable reports, with one non-blocking peek, whether the upstream has not
 // closed an idle connection (nor sent anything unasked on it).
 func (c *Conn) Usable() bool {
-	return c.br.Buffered() == 0 && c.probe.State() == sockprobe.Empty
+	return c.Buffered() == 0 && c.probe.State() == sockprobe.Empty
 }
 
 // Bound makes the reads that follow fail with ErrHeadTimeout after until
@@ -217,36 +276,45 @@ func (c *Conn) Bound(w Watcher, until time.Time) {
 	c.watch, c.until = w, until
 }
 
-// connReader reads from the upstream within the connection's bounds.
-type connReader struct{ c *Conn }
-
-func (r connReader) Read(b []byte) (int, error) {
-	c := r.c
+// arm sets the read deadline the bounds call for: none without bounds,
+// else the next poll of the watcher or the bound, whichever is sooner;
+// ErrHeadTimeout once the bound has passed. The deadline is renewed only
+// when half of a poll is gone: a timer update per read would cost more
+// than the read's bookkeeping.
+func (c *Conn) arm() error {
 	if c.watch == nil && c.until.IsZero() {
 		if !c.deadline.IsZero() {
 			c.deadline = time.Time{}
 			_ = c.nc.SetReadDeadline(c.deadline)
 		}
-		return c.nc.Read(b)
+		return nil
 	}
+	now := time.Now()
+	if !c.until.IsZero() && !now.Before(c.until) {
+		return ErrHeadTimeout
+	}
+	target := c.until
+	if c.watch != nil && (target.IsZero() || now.Add(PollEvery).Before(target)) {
+		target = now.Add(PollEvery)
+	}
+	if c.deadline.IsZero() || c.deadline.After(target) || (c.deadline.Sub(now) < PollEvery/2 && c.deadline.Before(target)) {
+		c.deadline = target
+		_ = c.nc.SetReadDeadline(target)
+	}
+	return nil
+}
+
+// connReader reads from the upstream within the connection's bounds.
+type connReader struct{ c *Conn }
+
+func (r connReader) Read(b []byte) (int, error) {
+	c := r.c
 	for {
-		now := time.Now()
-		if !c.until.IsZero() && !now.Before(c.until) {
-			return 0, ErrHeadTimeout
-		}
-		// The next deadline: the next poll, or the bound if sooner. It is
-		// renewed only when half of a poll is gone: a timer update per
-		// read would cost more than the read's bookkeeping.
-		target := c.until
-		if c.watch != nil && (target.IsZero() || now.Add(PollEvery).Before(target)) {
-			target = now.Add(PollEvery)
-		}
-		if c.deadline.IsZero() || c.deadline.After(target) || (c.deadline.Sub(now) < PollEvery/2 && c.deadline.Before(target)) {
-			c.deadline = target
-			_ = c.nc.SetReadDeadline(target)
+		if err := c.arm(); err != nil {
+			return 0, err
 		}
 		n, err := c.nc.Read(b)
-		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && (c.watch != nil || !c.until.IsZero()) {
 			if c.watch != nil && c.watch.Gone() {
 				return 0, ErrClientGone
 			}

@@ -205,7 +205,10 @@ func (t *upstreamTransport) conn(ctx context.Context, addr string) (*keepalive.C
 }
 
 // put returns c to the idle pool.
-func (t *upstreamTransport) put(c *keepalive.Conn) { t.idle.Put(c.Addr(), c) }
+func (t *upstreamTransport) put(c *keepalive.Conn) {
+	c.Release()
+	t.idle.Put(c.Addr(), c)
+}
 
 // CloseIdleConnections closes every idle connection (http.Client and tests
 // call it).

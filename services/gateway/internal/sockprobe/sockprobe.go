@@ -31,13 +31,16 @@ const (
 	Closed
 )
 
-// Probe checks one connection. The function handed to the socket is made
-// once, in Init, so a check allocates nothing. Only the connection's
-// current user may call State.
+// Probe checks one connection. The functions handed to the socket are
+// made once, in Init, so a check allocates nothing. Only the connection's
+// current user may call State and Wait.
 type Probe struct {
 	raw  syscall.RawConn
 	peek func(fd uintptr)
 	st   State
+	// wait is Wait's function; woke: it has been called once already.
+	wait func(fd uintptr) bool
+	woke bool
 }
 
 // Init makes p the probe of nc.
@@ -48,7 +51,37 @@ func (p *Probe) Init(nc net.Conn) {
 	}
 	if p.raw != nil && canPeek {
 		p.peek = func(fd uintptr) { p.st = peek(fd) }
+		p.wait = func(fd uintptr) bool {
+			// The first call asks the socket (nothing there: the poller
+			// parks the goroutine); the next comes after the poller
+			// woke it, which means something came, so it does not ask
+			// again: a wait costs the syscalls of a read that finds
+			// nothing, as a blocking read would.
+			if p.woke {
+				return true
+			}
+			p.woke = true
+			st := peek(fd)
+			for st == Unknown {
+				st = peek(fd)
+			}
+			return st != Empty
+		}
 	}
+}
+
+// Wait blocks until the peer has sent something or closed the
+// connection, without reading: a goroutine waiting on a long, mostly
+// silent connection (an SSE stream between tokens) then needs no read
+// buffer meanwhile. It honours the connection's read deadline (an error
+// that is os.ErrDeadlineExceeded). Where the platform cannot peek it
+// returns at once, and the read that follows blocks instead.
+func (p *Probe) Wait() error {
+	if p.wait == nil {
+		return nil
+	}
+	p.woke = false
+	return p.raw.Read(p.wait)
 }
 
 // State peeks at the socket.
