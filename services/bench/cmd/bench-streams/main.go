@@ -183,11 +183,21 @@ func run(args []string) error {
 		return errors.New("no --target")
 	}
 	var results []result
+	// The resident set a stream adds is measured from the process's
+	// first reading, before any stream: a process keeps memory it has
+	// used (nginx its connection structures, Go its heap for a while),
+	// so a later round's own starting point would hide it.
+	fresh := map[string]sample{}
 	for r := 1; r <= *rounds; r++ {
 		for _, t := range targets {
 			res, err := measure(cfg, t)
 			if err != nil {
 				return fmt.Errorf("%s: %w", t.name, err)
+			}
+			if f, ok := fresh[t.name]; ok {
+				res.fresh = f
+			} else {
+				fresh[t.name], res.fresh = res.before, res.before
 			}
 			res.round = r
 			fmt.Fprintf(os.Stderr, "bench-streams: round %d %s: %s\n", r, t.name, res.line())
@@ -214,6 +224,7 @@ type result struct {
 	chunks   int64
 	window   time.Duration
 	before   sample
+	fresh    sample // the process before its first round
 	t0, t1   sample
 	after    sample
 	hasPID   bool
@@ -224,7 +235,7 @@ type result struct {
 }
 
 func (r result) rssPerStream() float64 {
-	return float64(r.t1.rssKiB-r.before.rssKiB) / float64(r.streams)
+	return float64(r.t1.rssKiB-r.fresh.rssKiB) / float64(r.streams)
 }
 
 func (r result) cpuPerChunk() float64 { // µs
@@ -239,11 +250,11 @@ func (r result) line() string {
 		r.streams, r.failed, r.chunks, r.window.Seconds(), r.p50, r.p99, r.p999)
 	if r.hasPID {
 		s += fmt.Sprintf(", RSS %d → %d KiB (%.1f KiB/stream), after %d KiB, CPU %.1f µs/chunk",
-			r.before.rssKiB, r.t1.rssKiB, r.rssPerStream(), r.after.rssKiB, r.cpuPerChunk())
+			r.fresh.rssKiB, r.t1.rssKiB, r.rssPerStream(), r.after.rssKiB, r.cpuPerChunk())
 	}
 	if r.t1.heapInuse > 0 {
 		s += fmt.Sprintf(", heap in use %.0f → %.0f MiB (%.1f KiB/stream), after %.0f MiB, goroutines %.0f → %.0f",
-			r.before.heapInuse/(1<<20), r.t1.heapInuse/(1<<20), (r.t1.heapInuse-r.before.heapInuse)/1024/float64(r.streams),
+			r.fresh.heapInuse/(1<<20), r.t1.heapInuse/(1<<20), (r.t1.heapInuse-r.fresh.heapInuse)/1024/float64(r.streams),
 			r.after.heapInuse/(1<<20), r.before.gor, r.t1.gor)
 	}
 	return s + ", load " + r.loadavg
@@ -500,7 +511,7 @@ func report(cfg config, results []result) {
 			a.after = append(a.after, float64(r.after.rssKiB)/1024)
 		}
 		if r.t1.heapInuse > 0 {
-			a.heap = append(a.heap, (r.t1.heapInuse-r.before.heapInuse)/1024/float64(r.streams))
+			a.heap = append(a.heap, (r.t1.heapInuse-r.fresh.heapInuse)/1024/float64(r.streams))
 			a.gor = append(a.gor, (r.t1.gor-r.before.gor)/float64(r.streams))
 		}
 	}

@@ -162,12 +162,15 @@ var errClientWrite = errors.New("h1: write to client")
 
 // write writes b to the client within the write bound: a client that
 // stops reading fails the write once it has blocked that long. The
-// deadline is renewed at most once a second, a timer update per write
-// costing more than the write's bookkeeping.
+// deadline is renewed at most once per slack — a second, or an eighth of
+// the bound if that is more — and set that much later than the bound: a
+// timer update per write would cost more than the write's bookkeeping,
+// and a stream sending a chunk a second would pay one per chunk.
 func (c *Conn) write(b []byte) error {
-	if now := time.Now(); now.Sub(c.wroteAt) >= time.Second {
+	slack := max(time.Second, c.s.Bounds.Write/8)
+	if now := time.Now(); now.Sub(c.wroteAt) >= slack {
 		c.wroteAt = now
-		_ = c.nc.SetWriteDeadline(now.Add(c.s.Bounds.Write + time.Second))
+		_ = c.nc.SetWriteDeadline(now.Add(c.s.Bounds.Write + slack))
 	}
 	if _, err := c.nc.Write(b); err != nil {
 		return fmt.Errorf("%w: %w", errClientWrite, err)

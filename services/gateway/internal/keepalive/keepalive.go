@@ -155,8 +155,9 @@ type DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error
 // Its reads (and Wait) can be bounded (Bound): they fail with
 // ErrHeadTimeout past a deadline (the upstream response head's bound)
 // and with ErrClientGone once a Watcher says the request's client has
-// gone — checked every PollEvery while a read waits, since nothing else
-// watches the client meanwhile.
+// gone — checked every PollEvery while a read waits for a response head
+// and every StreamPollEvery while it waits for more of a body, since
+// nothing else watches the client meanwhile.
 type Conn struct {
 	nc    net.Conn
 	br    *bufio.Reader // nil while not borrowed
@@ -173,8 +174,17 @@ type Conn struct {
 // Watcher says whether a request's client has gone.
 type Watcher interface{ Gone() bool }
 
-// PollEvery is how often a read that waits asks its Watcher.
+// PollEvery is how often a read that waits for a response head asks its
+// Watcher: a client that leaves a slow request is noticed within it.
 const PollEvery = time.Second
+
+// StreamPollEvery is how often a read of a response body (no head bound)
+// asks its Watcher. Longer than PollEvery: while a stream flows, a write
+// to a client that left fails at once anyway, so the poll matters only
+// for a silent stream; and a deadline renewed at most every half of it
+// costs a stream sending a chunk a second a timer update every few
+// chunks instead of one per chunk (and no wake-up between chunks).
+const StreamPollEvery = 5 * time.Second
 
 // ReadBufSize is a connection's read buffer (the largest response head
 // the fast path reads).
@@ -293,11 +303,15 @@ func (c *Conn) arm() error {
 	if !c.until.IsZero() && !now.Before(c.until) {
 		return ErrHeadTimeout
 	}
-	target := c.until
-	if c.watch != nil && (target.IsZero() || now.Add(PollEvery).Before(target)) {
-		target = now.Add(PollEvery)
+	every := PollEvery
+	if c.until.IsZero() {
+		every = StreamPollEvery
 	}
-	if c.deadline.IsZero() || c.deadline.After(target) || (c.deadline.Sub(now) < PollEvery/2 && c.deadline.Before(target)) {
+	target := c.until
+	if c.watch != nil && (target.IsZero() || now.Add(every).Before(target)) {
+		target = now.Add(every)
+	}
+	if c.deadline.IsZero() || c.deadline.After(target) || (c.deadline.Sub(now) < every/2 && c.deadline.Before(target)) {
 		c.deadline = target
 		_ = c.nc.SetReadDeadline(target)
 	}
