@@ -27,7 +27,8 @@
 # not fit under the hard limit, runs fewer streams and says so.
 # Tunables: STREAMS, DURATION, RAMP, ROUNDS (default 1), TARGETS (default
 # "gateway nginx direct"), SERVER_CPU, CLIENT_CPU, PIN, KEEP=1 (keep WORK),
-# GATEWAY_GOGC / GATEWAY_GOMEMLIMIT (the gateway's GOGC, GOMEMLIMIT),
+# GATEWAY_GOGC / GATEWAY_GOMEMLIMIT / GATEWAY_GOMAXPROCS (the gateway's
+# GOGC, GOMEMLIMIT, GOMAXPROCS; pinned, Go's default GOMAXPROCS is 1),
 # GATEWAY_PPROF=1 (run services/bench/cmd/bench-gateway — the gateway
 # package plus net/http/pprof — and save a 10 s CPU profile and a heap
 # profile taken while every stream is open to $WORK/streams-cpu.pprof and
@@ -110,6 +111,7 @@ KEY=$(head -1 "$WORK/keys.txt")
 genv=()
 [ -n "${GATEWAY_GOGC:-}" ] && genv+=("GOGC=$GATEWAY_GOGC")
 [ -n "${GATEWAY_GOMEMLIMIT:-}" ] && genv+=("GOMEMLIMIT=$GATEWAY_GOMEMLIMIT")
+[ -n "${GATEWAY_GOMAXPROCS:-}" ] && genv+=("GOMAXPROCS=$GATEWAY_GOMAXPROCS")
 if [ "${GATEWAY_PPROF:-0}" = 1 ]; then
 	on_cpu "$SERVER_CPU" env "${genv[@]}" "$WORK/bin/bench-gateway" --addr 127.0.0.1:$PORT_GATEWAY \
 		--nats-url nats://127.0.0.1:$PORT_NATS --pprof-addr 127.0.0.1:$PORT_PPROF 2>"$WORK/gateway.log" &
