@@ -68,6 +68,7 @@ install_tools() {
 }
 
 PIDS=()
+declare -A PID_OF
 cleanup() {
 	for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
 	wait 2>/dev/null || true
@@ -103,6 +104,7 @@ start_servers() {
 	PIDS+=($!)
 	on_server_cpu "$WORK/bin/bench-upstream" --addr 127.0.0.1:$PORT_UP 2>"$WORK/upstream.log" &
 	PIDS+=($!)
+	PID_OF[direct]=$!
 	wait_http "http://127.0.0.1:$PORT_UP/v1/models"
 	log "generating $KEYS keys and seeding the stream"
 	"$WORK/bin/bench-seed" --keys "$KEYS" --out "$WORK" --nats-url nats://127.0.0.1:$PORT_NATS \
@@ -117,12 +119,14 @@ start_servers() {
 			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn --upstream-allow 127.0.0.1 2>"$WORK/gateway.log" &
 	fi
 	PIDS+=($!)
+	PID_OF[gateway]=$!
 	if [[ " $TARGETS " == *" gateway-nethttp "* ]]; then
 		# The same binary with the HTTP/1.1 fast path off: net/http and
 		# ReverseProxy only, for an A/B in the same run.
 		on_server_cpu env ${GATEWAY_GOMAXPROCS:+GOMAXPROCS=$GATEWAY_GOMAXPROCS} "$WORK/bin/infergate-gateway" --addr 127.0.0.1:$PORT_GATEWAY_NETHTTP --http1-fastpath=false \
 			--nats-url nats://127.0.0.1:$PORT_NATS --region local --base-domain localhost --log-level warn --upstream-allow 127.0.0.1 2>"$WORK/gateway-nethttp.log" &
 		PIDS+=($!)
+		PID_OF[gateway-nethttp]=$!
 	fi
 
 	local haproxy_fwd="" nginx_fwd=""
@@ -152,6 +156,7 @@ start_servers() {
 	CFG
 	on_server_cpu haproxy -db -f "$WORK/haproxy.cfg" 2>"$WORK/haproxy.log" &
 	PIDS+=($!)
+	PID_OF[haproxy]=$!
 
 	mkdir -p "$WORK/nginx"
 	cat >"$WORK/nginx.conf" <<-CFG
@@ -197,8 +202,15 @@ start_servers() {
 	CFG
 	on_server_cpu nginx -p "$WORK/nginx" -c "$WORK/nginx.conf" 2>"$WORK/nginx.log" &
 	PIDS+=($!)
+	local nginx_master=$!
 
 	wait_http "http://127.0.0.1:$PORT_GATEWAY/readyz"
+	# nginx's work is its worker's.
+	for _ in $(seq 1 100); do
+		PID_OF[nginx]=$(awk '{print $1}' "/proc/$nginx_master/task/$nginx_master/children" 2>/dev/null)
+		[ -n "${PID_OF[nginx]}" ] && break
+		sleep 0.1
+	done
 	local ports="$PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY"
 	if [[ " $TARGETS " == *" gateway-nethttp "* ]]; then
 		wait_http "http://127.0.0.1:$PORT_GATEWAY_NETHTTP/readyz"
@@ -252,12 +264,25 @@ url_of() {
 	esac
 }
 
-# measure target seconds [connections] -> "rps p50_us p99_us errors requests"
+# cpu_ticks pid: the process's utime+stime, in clock ticks (1/100 s).
+cpu_ticks() {
+	awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
+
+# measure target seconds [connections] -> "rps p50_us p99_us errors requests cpu_us_per_request loadavg1"
+# CPU per request is the target process's own CPU time (utime+stime
+# from /proc/<pid>/stat) over the requests it answered: unlike req/s,
+# it hardly moves when other work shares the machine. For direct it is
+# the upstream's; a proxy's own figure leaves the upstream's out.
 measure() {
 	local pin=(taskset -c "$CLIENT_CPU")
 	[ "${PIN:-1}" = 0 ] && pin=()
-	"${pin[@]}" wrk -t1 -c"${3:-$CONNS}" -d"$2"s --timeout 5s -s "$WORK/keys.lua" "$(url_of "$1")" -- "$WORK/keys.txt" "$HOST" |
-		awk '/^RESULT/ {print $2, $3, $4, $5, $6}'
+	local pid=${PID_OF[$1]:-} t0 t1 res
+	t0=$(cpu_ticks "$pid")
+	res=$("${pin[@]}" wrk -t1 -c"${3:-$CONNS}" -d"$2"s --timeout 5s -s "$WORK/keys.lua" "$(url_of "$1")" -- "$WORK/keys.txt" "$HOST" |
+		awk '/^RESULT/ {print $2, $3, $4, $5, $6}')
+	t1=$(cpu_ticks "$pid")
+	echo "$res" | awk -v d=$((t1 - t0)) -v l="$(cut -d' ' -f1 /proc/loadavg)" '{printf "%s %.1f %s\n", $0, ($5 > 0 ? d * 10000 / $5 : 0), l}'
 }
 
 main() {
@@ -271,7 +296,7 @@ main() {
 	for r in $(seq 1 "$ROUNDS"); do
 		for t in $TARGETS; do
 			res=$(measure "$t" "$DURATION")
-			log "round $r $t: $res (req/s p50_us p99_us errors requests)"
+			log "round $r $t: $res (req/s p50_us p99_us errors requests cpu_us/req load1)"
 			echo "$t $res" >>"$WORK/results.txt"
 			if [ "$t" = gateway ] && [ "$r" = 1 ] && [ "${GATEWAY_PPROF:-0}" = 1 ]; then
 				log "profiling the gateway under load"
@@ -323,19 +348,20 @@ summarize() {
 		for (i = 2; i <= n; i++) { t = arr[i]; for (j = i - 1; j >= 1 && arr[j] > t; j--) arr[j + 1] = arr[j]; arr[j + 1] = t }
 		return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
 	}
-	{ n[$1]++; rps[$1, n[$1]] = $2; p50[$1, n[$1]] = $3; p99[$1, n[$1]] = $4; errs[$1] += $5; all[$1] = all[$1] " " int($2) }
+	{ n[$1]++; rps[$1, n[$1]] = $2; p50[$1, n[$1]] = $3; p99[$1, n[$1]] = $4; errs[$1] += $5; all[$1] = all[$1] " " int($2); cpu[$1, n[$1]] = $7; loads[$1] = loads[$1] " " $8 }
 	END {
 		split(order, ts, " ")
 		for (k in ts) { t = ts[k]
 			for (i = 1; i <= n[t]; i++) { a[i] = rps[t, i] } mr[t] = median(a, n[t])
 			for (i = 1; i <= n[t]; i++) { a[i] = p50[t, i] } m50[t] = median(a, n[t])
 			for (i = 1; i <= n[t]; i++) { a[i] = p99[t, i] } m99[t] = median(a, n[t])
+			for (i = 1; i <= n[t]; i++) { a[i] = cpu[t, i] } mcpu[t] = median(a, n[t])
 		}
-		print "| front door | req/s (median) | runs | p50 | p99 | throughput / direct | p99 added | errors |"
-		print "| --- | --- | --- | --- | --- | --- | --- | --- |"
+		print "| front door | req/s (median) | runs | p50 | p99 | throughput / direct | p99 added | CPU / request | errors | load average (1 min) |"
+		print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 		for (k = 1; k <= length(ts); k++) { t = ts[k]
-			printf "| %s | %d | %s | %.2f ms | %.2f ms | %.2f | %s | %d |\n", t, mr[t], substr(all[t], 2), m50[t] / 1000, m99[t] / 1000,
-				mr[t] / mr["direct"], (t == "direct") ? "—" : sprintf("%+.2f ms", (m99[t] - m99["direct"]) / 1000), errs[t]
+			printf "| %s | %d | %s | %.2f ms | %.2f ms | %.2f | %s | %.1f µs | %d | %s |\n", t, mr[t], substr(all[t], 2), m50[t] / 1000, m99[t] / 1000,
+				mr[t] / mr["direct"], (t == "direct") ? "—" : sprintf("%+.2f ms", (m99[t] - m99["direct"]) / 1000), mcpu[t], errs[t], substr(loads[t], 2)
 		}
 	}' "$1"
 }
