@@ -76,7 +76,12 @@ func (cr *chunkedReader) Read(r *bufio.Reader, b []byte) (n int, err error) {
 				// Some data: return it rather than block for more.
 				break
 			}
-			if _, cr.err = io.ReadFull(r, cr.buf[:2]); cr.err == nil {
+			// Two bytes, as io.ReadFull would read them (byte by byte
+			// from the concrete reader: the decoder stays off the heap).
+			if cr.buf[0], cr.err = r.ReadByte(); cr.err == nil {
+				cr.buf[1], cr.err = r.ReadByte()
+			}
+			if cr.err == nil {
 				if string(cr.buf[:]) != "\r\n" {
 					cr.err = errors.New("h1: malformed chunked encoding")
 					break
