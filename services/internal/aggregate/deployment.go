@@ -203,6 +203,24 @@ func (d Deployment) authChanges(m Meta, enabled bool, keys []string, live LiveKe
 	return events
 }
 
+// SetAuth decides DeploymentAuthEnabled or DeploymentAuthDisabled and
+// leaves the links as they are; the toggle it already has decides nothing.
+func (d Deployment) SetAuth(m Meta, enabled bool) ([]*eventv1.Event, error) {
+	if !d.Live {
+		return nil, wrapf(ErrNotFound, "deployment %q", d.Name)
+	}
+	if enabled == d.AuthEnabled {
+		return nil, nil
+	}
+	ev := m.event(eventv1.AggregateType_AGGREGATE_TYPE_DEPLOYMENT, d.Name)
+	if enabled {
+		ev.Payload = &eventv1.Event_DeploymentAuthEnabled{DeploymentAuthEnabled: &eventv1.DeploymentAuthEnabled{DeploymentId: d.ID}}
+	} else {
+		ev.Payload = &eventv1.Event_DeploymentAuthDisabled{DeploymentAuthDisabled: &eventv1.DeploymentAuthDisabled{DeploymentId: d.ID}}
+	}
+	return []*eventv1.Event{ev}, nil
+}
+
 // Link decides a KeyLinked; a key already linked decides nothing.
 func (d Deployment) Link(m Meta, key string, live LiveKeys) ([]*eventv1.Event, error) {
 	if err := d.checkLinkCommand(m, key, live); err != nil {
