@@ -47,7 +47,7 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Connection", "close")
 		}
 		w.Header().Set("WWW-Authenticate", `Bearer realm="infergate"`)
-		if !m.errors.IsSupported(r) {
+		if !isRPC(r) || !m.errors.IsSupported(r) {
 			WriteRESTError(w, connect.CodeUnauthenticated, err.Error())
 			return
 		}
@@ -55,6 +55,15 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.next.ServeHTTP(w, r.WithContext(WithPrincipal(r.Context(), p)))
+}
+
+// isRPC tells a Connect, gRPC or gRPC-Web call, whose path is
+// /<package.Service>/<Method>, from a REST request: a Connect unary call
+// and a REST POST can both be JSON, but no REST route's first segment
+// holds a dot.
+func isRPC(r *http.Request) bool {
+	first, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	return strings.Contains(first, ".")
 }
 
 // authenticateHeader finds the principal of "Authorization: Bearer

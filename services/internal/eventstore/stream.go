@@ -348,12 +348,13 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg Config) error
 	if err != nil {
 		return err
 	}
-	if !info.Config.AllowAtomicPublish {
-		// A stream made before atomic batches were declared (an old
-		// data dir of `infergate dev`): its owner brings it up to date.
-		if info, err = UpdateStream(ctx, js, cfg); err != nil {
-			return err
-		}
+	err = cfg.Verify(info.Config)
+	if m := Mismatches(err); len(m) == 1 && m[0].Field == "allow atomic publish" {
+		// A stream made before atomic batches were declared (an old data
+		// dir of `infergate dev`), and otherwise as declared: its owner
+		// brings it up to date. Any other difference is left for an
+		// operator to see.
+		_, err = UpdateStream(ctx, js, cfg)
 	}
-	return cfg.Verify(info.Config)
+	return err
 }

@@ -395,7 +395,7 @@ func (s *Server) UpdateDeployment(ctx context.Context, req *connect.Request[depl
 		aggregate.ValidateNames("api_keys", keys, aggregate.ValidateKeyName),
 	}
 	if m.ApiKeys != nil && m.AuthEnabled != nil {
-		errs = append(errs, &aggregate.FieldError{Field: "api_keys", Problem: "and auth_enabled cannot both be set: api_keys sets the linked keys and the toggle (an empty list disables authentication)"})
+		errs = append(errs, &aggregate.FieldError{Field: "api_keys", Problem: "cannot be set together with auth_enabled: api_keys sets the linked keys and the toggle (an empty list disables authentication)"})
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, s.fail(ctx, err)
