@@ -130,7 +130,7 @@ func (r *Registry) Start(typ, project string, regions []string, receipt *propaga
 		t.state, t.finished = taskv1.TaskState_TASK_STATE_FINISHED, now
 	}
 	r.mu.Lock()
-	r.pruneLocked(now)
+	r.pruneLocked(now, 1)
 	r.m[t.id] = t
 	r.order = append(r.order, t.id)
 	r.mu.Unlock()
@@ -168,12 +168,12 @@ func notConfirmed(p *propagationv1.Propagation, bound time.Duration) string {
 		p.GetGatewaysApplied(), p.GetGateways(), bound, strings.Join(lag, ", "))
 }
 
-// pruneLocked drops expired tasks, and the oldest beyond Max.
-func (r *Registry) pruneLocked(now time.Time) {
+// pruneLocked drops expired tasks, and the oldest beyond Max less room.
+func (r *Registry) pruneLocked(now time.Time, room int) {
 	drop := 0
 	for drop < len(r.order) {
 		t := r.m[r.order[drop]]
-		if len(r.order)-drop < r.cfg.Max && t != nil && now.Before(t.expires) {
+		if len(r.order)-drop+room <= r.cfg.Max && t != nil && now.Before(t.expires) {
 			break
 		}
 		delete(r.m, r.order[drop])
@@ -187,7 +187,7 @@ func (r *Registry) pruneLocked(now time.Time) {
 func (r *Registry) Get(id string) (*taskv1.Task, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.pruneLocked(r.cfg.Now())
+	r.pruneLocked(r.cfg.Now(), 0)
 	t, ok := r.m[id]
 	if !ok {
 		return nil, false
