@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -234,7 +235,8 @@ func (s *Server) createLinked(ctx context.Context, meta aggregate.Meta, agg even
 		}
 		for i, r := range records {
 			if r.MsgID == msgID {
-				return eventstore.DecideResult{Sequence: r.Sequence, Duplicate: true, Records: records[: i+1 : i+1]}, s.regionsOf(ctx, meta.Project, links), nil
+				res := eventstore.DecideResult{Sequence: s.lastOfBatch(ctx, meta.Project, msgID, links, r.Sequence), Duplicate: true, Records: records[: i+1 : i+1]}
+				return res, s.regionsOf(ctx, meta.Project, links), nil
 			}
 		}
 		created, err := aggregate.KeyFrom(nk.Name, eventstore.Events(records)).Create(meta, nk)
@@ -268,7 +270,7 @@ func (s *Server) createLinked(ctx context.Context, meta aggregate.Meta, agg even
 		}
 		res, err := s.cfg.Events.AppendAtomic(ctx, msgID, changes)
 		if err == nil && res.Duplicate {
-			return eventstore.DecideResult{Sequence: res.Sequence, Duplicate: true}, regions, nil
+			return eventstore.DecideResult{Sequence: s.lastOfBatch(ctx, meta.Project, msgID, links, res.Sequence), Duplicate: true}, regions, nil
 		}
 		if err == nil {
 			return eventstore.DecideResult{Sequence: res.Sequence, Records: records, Events: created}, regions, nil
@@ -283,6 +285,26 @@ func (s *Server) createLinked(ctx context.Context, meta aggregate.Meta, agg even
 		}
 	}
 	return eventstore.DecideResult{}, nil, fmt.Errorf("%w: %w: %s and %d deployments after %d attempts", eventstore.ErrTooManyConflicts, eventstore.ErrConflict, agg, len(links), attempts)
+}
+
+// lastOfBatch is the sequence of the last message a stored create-with-
+// links appended (the links follow the key, under the message ids
+// msgID/1, msgID/2, … in the order of links), so a replayed answer waits
+// for the same change as the first one did. first is the key's message.
+func (s *Server) lastOfBatch(ctx context.Context, project, msgID string, links []string, first uint64) uint64 {
+	last := first
+	for i, name := range links {
+		recs, _, err := s.cfg.Events.LoadAfter(ctx, eventstore.Aggregate{Project: project, Type: eventstore.TypeDeployment, Name: name}, first)
+		if err != nil {
+			continue
+		}
+		for _, r := range recs {
+			if r.MsgID == msgID+"/"+strconv.Itoa(i+1) {
+				last = max(last, r.Sequence)
+			}
+		}
+	}
+	return last
 }
 
 // regionsOf are the regions a replayed create's links reach, as far as the
