@@ -59,11 +59,14 @@ func (m *middleware) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // isRPC tells a Connect, gRPC or gRPC-Web call, whose path is
 // /<package.Service>/<Method>, from a REST request: a Connect unary call
-// and a REST POST can both be JSON, but no REST route's first segment
-// holds a dot.
+// and a REST POST can both be JSON, but no REST route is two segments
+// with a dot in the first.
 func isRPC(r *http.Request) bool {
-	first, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
-	return strings.Contains(first, ".")
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		return true
+	}
+	service, method, ok := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	return ok && strings.Contains(service, ".") && method != "" && !strings.Contains(method, "/")
 }
 
 // authenticateHeader finds the principal of "Authorization: Bearer

@@ -67,7 +67,7 @@ func Generate(info Info, files []protoreflect.FileDescriptor, comments Comments)
 			},
 			"responses": map[string]any{
 				"Error": map[string]any{
-					"description": "An error: 400 invalid argument, 401 no or unknown admin token, 403 project outside the token's scope, 404 not found, 409 already exists or a conflict, 413 body over 1 MiB, 503 unavailable.",
+					"description": "An error: 400 invalid argument, 401 no or unknown admin token, 403 project outside the token's scope, 404 not found, 409 already exists or a conflict, 429 body over 1 MiB (resource exhausted), 503 unavailable.",
 					"content":     map[string]any{"application/json": map[string]any{"schema": ref(ErrorSchema)}},
 				},
 			},

@@ -25,6 +25,7 @@ type restClient struct {
 	t      *testing.T
 	base   string
 	auth   string // the Authorization header; empty sends none
+	header map[string]string
 	client *http.Client
 }
 
@@ -49,6 +50,9 @@ func (c restClient) do(method, path string, body any) (int, map[string]any) {
 	}
 	if c.auth != "" {
 		req.Header.Set("Authorization", c.auth)
+	}
+	for k, v := range c.header {
+		req.Header.Set(k, v)
 	}
 	res, err := c.client.Do(req)
 	if err != nil {
@@ -215,6 +219,16 @@ func TestRESTStory(t *testing.T) {
 		if bytes.Contains(must(json.Marshal(listed)), []byte(secret)) {
 			t.Error("the key list shows the secret")
 		}
+	}
+	// A retried create with the same Idempotency-Key is answered again,
+	// without the secret, and creates nothing more.
+	idem := api
+	idem.header = map[string]string{"Idempotency-Key": "script-run-1"}
+	first := idem.ok("POST", base+"/api_keys", map[string]any{"name": "idem-key"})
+	again := idem.ok("POST", base+"/api_keys", map[string]any{"name": "idem-key"})
+	if first["secret"] == "" || again["replayed"] != true || again["secret"] != "" ||
+		again["key"].(map[string]any)["id"] != first["key"].(map[string]any)["id"] {
+		t.Errorf("retried create: first replayed=%v, again replayed=%v secret set=%v", first["replayed"], again["replayed"], again["secret"] != "")
 	}
 	patched := api.ok("PATCH", base+"/api_keys/rest-key", map[string]any{"description": "renamed"})
 	if patched["description"] != "renamed" {
