@@ -7,6 +7,8 @@ import (
 
 	"connectrpc.com/connect"
 	"connectrpc.com/vanguard"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"github.com/infergate/infergate/gen/openapi"
 	"github.com/infergate/infergate/services/internal/adminauth"
@@ -27,11 +29,39 @@ const OpenAPIPath = "/openapi.json"
 
 // restCodec marshals REST bodies with the proto field names (snake_case),
 // as the managed platform's API names its fields, and emits unset fields
-// (an unset expires_at is null, as there).
+// (an unset expires_at is null, as there). It refuses a body with a field
+// it does not know (400 naming it) instead of ignoring it: a misspelt
+// "api_key" must not turn a PATCH into one that changes nothing, and a
+// platform-only field (image, flavor_name) is not silently dropped.
 func restCodec(res vanguard.TypeResolver) vanguard.Codec {
 	c := vanguard.NewJSONCodec(res)
 	c.MarshalOptions.UseProtoNames = true
-	return c
+	c.UnmarshalOptions.DiscardUnknown = false
+	return restJSON{*c}
+}
+
+// restJSON is the JSON codec whose decoding failures — a malformed body,
+// an unknown field, a string where a list goes — are the caller's:
+// invalid_argument (400), where the transcoder would answer 500.
+type restJSON struct {
+	vanguard.JSONCodec
+}
+
+var _ vanguard.RESTCodec = restJSON{}
+
+func (c restJSON) Unmarshal(data []byte, msg proto.Message) error {
+	return badBody(c.JSONCodec.Unmarshal(data, msg))
+}
+
+func (c restJSON) UnmarshalField(data []byte, msg proto.Message, field protoreflect.FieldDescriptor) error {
+	return badBody(c.JSONCodec.UnmarshalField(data, msg, field))
+}
+
+func badBody(err error) error {
+	if err == nil {
+		return nil
+	}
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("request body: %w", err))
 }
 
 // restHandler transcodes REST requests for the handlers of the named
@@ -78,9 +108,32 @@ func limitREST(next http.Handler) http.Handler {
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxMessageBytes)
-		next.ServeHTTP(w, r)
+		next.ServeHTTP(&jsonErrors{ResponseWriter: w}, r)
 	})
 }
+
+// jsonErrors labels every REST error answer as the JSON it is. The
+// transcoder writes the error body as JSON, but when the call fails while
+// the handler reads the request (a body that does not decode) it leaves
+// the handler's Content-Type, application/proto, on it.
+type jsonErrors struct {
+	http.ResponseWriter
+}
+
+func (w *jsonErrors) WriteHeader(status int) {
+	if status >= http.StatusBadRequest {
+		w.Header().Set("Content-Type", "application/json")
+	}
+	w.ResponseWriter.WriteHeader(status)
+}
+
+func (w *jsonErrors) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *jsonErrors) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // serveOpenAPI answers GET and HEAD of OpenAPIPath.
 func serveOpenAPI(w http.ResponseWriter, r *http.Request) {

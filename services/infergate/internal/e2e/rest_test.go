@@ -34,7 +34,9 @@ type restClient struct {
 func (c restClient) do(method, path string, body any) (int, map[string]any) {
 	c.t.Helper()
 	var rd io.Reader
-	if body != nil {
+	if raw, ok := body.([]byte); ok {
+		rd = bytes.NewReader(raw) // sent as is, malformed or not
+	} else if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			c.t.Fatal(err)
@@ -290,6 +292,10 @@ func TestRESTStory(t *testing.T) {
 			http.StatusBadRequest, 3, "together with auth_enabled")
 		api.fails("PATCH", base+"/deployments/chat", map[string]any{"api_keys": []any{7}}, http.StatusBadRequest, 3, "api_keys[0]")
 		api.fails("POST", base+"/api_keys", map[string]any{"name": "x"}, http.StatusBadRequest, 3, "name")
+		api.fails("PATCH", base+"/deployments/chat", map[string]any{"api_key": []string{}}, http.StatusBadRequest, 3, "api_key")
+		api.fails("POST", base+"/deployments", map[string]any{"name": "img", "image": "nginx:latest"}, http.StatusBadRequest, 3, "image")
+		api.fails("PATCH", base+"/deployments/chat", []byte(`{"api_keys": `), http.StatusBadRequest, 3, "request body")
+		api.fails("PATCH", base+"/deployments/chat", map[string]any{"api_keys": "rest-key"}, http.StatusBadRequest, 3, "request body")
 		api.fails("POST", "/cloud/v3/inference/Not_A_Label/api_keys", map[string]any{"name": "good-name"}, http.StatusBadRequest, 3, "project")
 		api.fails("POST", base+"/api_keys", map[string]any{"name": "past", "expires_at": "2001-01-01T00:00:00Z"}, http.StatusBadRequest, 3, "expires_at")
 		// 404: an unknown deployment to link creates nothing at all.
