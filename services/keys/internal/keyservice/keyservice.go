@@ -270,7 +270,17 @@ func (s *Server) createLinked(ctx context.Context, meta aggregate.Meta, agg even
 		}
 		res, err := s.cfg.Events.AppendAtomic(ctx, msgID, changes)
 		if err == nil && res.Duplicate {
-			return eventstore.DecideResult{Sequence: s.lastOfBatch(ctx, meta.Project, msgID, links, res.Sequence), Duplicate: true}, regions, nil
+			// Stored by an earlier attempt that raced this one: answer
+			// from the key as that attempt left it.
+			dup := eventstore.DecideResult{Sequence: s.lastOfBatch(ctx, meta.Project, msgID, links, res.Sequence), Duplicate: true}
+			if records, _, err := s.cfg.Events.Load(ctx, agg); err == nil {
+				for i, r := range records {
+					if r.MsgID == msgID {
+						dup.Records = records[: i+1 : i+1]
+					}
+				}
+			}
+			return dup, regions, nil
 		}
 		if err == nil {
 			return eventstore.DecideResult{Sequence: res.Sequence, Records: records, Events: created}, regions, nil
