@@ -158,9 +158,7 @@ func (g *generator) operation(s protoreflect.ServiceDescriptor, m protoreflect.M
 		"operationId": string(s.Name()) + "_" + string(m.Name()),
 		"tags":        []string{string(s.Name())},
 		"description": g.comment(m),
-		"responses": map[string]any{
-			"default": map[string]any{"$ref": "#/components/responses/Error"},
-		},
+		"responses": errorResponses(),
 	}
 	switch body := r.GetBody(); body {
 	case "":
@@ -213,6 +211,16 @@ func (g *generator) operation(s protoreflect.ServiceDescriptor, m protoreflect.M
 	}
 	g.paths[path][verb] = op
 	return nil
+}
+
+// errorResponses are an operation's failures: each status the REST
+// surface answers with, all in the one error shape.
+func errorResponses() map[string]any {
+	out := map[string]any{}
+	for _, status := range []string{"400", "401", "403", "404", "409", "default"} {
+		out[status] = map[string]any{"$ref": "#/components/responses/Error"}
+	}
+	return out
 }
 
 func (g *generator) comment(d protoreflect.Descriptor) string {
