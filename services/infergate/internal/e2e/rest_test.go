@@ -271,6 +271,12 @@ func TestRESTStory(t *testing.T) {
 	if got := api.ok("GET", base+"/api_keys/rest-key", nil); len(got["deployment_names"].([]any)) != 0 {
 		t.Errorf("after PATCH api_keys []: the key still lists %v", got["deployment_names"])
 	}
+	// Neither field: nothing changes.
+	same := api.ok("PATCH", base+"/deployments/chat", map[string]any{})
+	api.finished(same, "update_deployment")
+	if d := same["deployment"].(map[string]any); d["auth_enabled"] != false || len(d["api_keys"].([]any)) != 0 {
+		t.Errorf("PATCH {} changed the deployment: %v", d)
+	}
 
 	t.Run("BadInput", func(t *testing.T) {
 		api := api
