@@ -24,6 +24,7 @@ import (
 	"github.com/infergate/infergate/services/internal/linkproxy"
 	"github.com/infergate/infergate/services/internal/natsauth"
 	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
@@ -31,8 +32,9 @@ import (
 // on one machine: the embedded server is the hub (JetStream domain
 // "hub"), and each region has its own leaf NATS server (its own domain,
 // a mirror of the event stream) linked to the hub through a proxy the
-// stack controls, and one gateway reading only that mirror. The regions'
-// control address cuts and heals each region's link.
+// stack controls, and one gateway reading only that mirror, starting
+// from the region's copy of the snapshot bucket. The regions' control
+// address cuts and heals each region's link.
 
 // Region is one region of a stack started with Config.Regions.
 type Region struct {
@@ -83,8 +85,9 @@ func hubUsers(keysDir string, regions []string) ([]*server.NkeyUser, error) {
 }
 
 // startRegion starts region's leaf server linked to the hub through a
-// proxy, creates its mirror (the stack owns it, as it owns the hub's
-// stream) and its gateway, which reads only the mirror.
+// proxy, creates its mirrors of the event stream and of the snapshot
+// bucket as the region's admin (the stack owns them, as it owns the hub's
+// stream) and its gateway, which reads only those.
 func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub jetstream.JetStream, name string) (_ *Region, err error) {
 	r := &Region{Name: name}
 	defer func() {
@@ -101,14 +104,10 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 		return nil, err
 	}
 	gwID := natsauth.GatewayIdentity(name, regionGatewayID(name))
-	gwPub, err := gwID.Ensure(keysDir)
-	if err != nil {
-		return nil, err
-	}
-	// The region's owner, who creates its mirror: the stack, as the
-	// control plane's key with every permission on the leaf server only.
-	plane := natsauth.Identity{Role: natsauth.ControlPlane}
-	planePub, err := plane.Ensure(keysDir)
+	// The region's admin, who creates its mirrors (their feeds on the hub
+	// are made through hub, as the control plane).
+	adminID := natsauth.Identity{Role: natsauth.RegionAdmin, Region: name}
+	users, err := natsauth.Users(keysDir, gwID, adminID)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +115,7 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	r.leaf, err = natsembed.Start(natsembed.Config{
 		StoreDir: filepath.Join(cfg.DataDir, "nats-"+name), ServerName: "leaf-" + name, Domain: name,
 		LeafRemotes: []*url.URL{u}, LeafNkeySeed: strings.TrimSpace(string(seed)),
-		Users: []*server.NkeyUser{gwID.User(gwPub), {Nkey: planePub}},
+		Users: users,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
@@ -139,7 +138,7 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 		}
 		return nc, err
 	}
-	admin, err := connect(plane)
+	admin, err := connect(adminID)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +146,10 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	if err != nil {
 		return nil, err
 	}
-	if _, err := eventstore.CreateMirror(ctx, adminJS, hub, eventstore.MirrorConfig{}); err != nil {
+	if _, err := eventstore.CreateMirror(ctx, adminJS, hub, eventstore.MirrorConfig{Region: name}); err != nil {
+		return nil, fmt.Errorf("region %s: %w", name, err)
+	}
+	if _, err := snapshots.CreateMirror(ctx, adminJS, hub, snapshots.MirrorConfig{Region: name}); err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
 	}
 	gwNC, err := connect(gwID)
@@ -166,12 +168,16 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	if err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
 	}
+	snaps, err := snapshots.Open(ctx, gwJS, snapshots.Config{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("region %s: %w", name, err)
+	}
 	if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 		return nil, fmt.Errorf("region %s gateway: %w", name, err)
 	}
 	r.GatewayURL = "http://" + cfg.BaseDomain + ":" + port(r.ln.Addr())
 	r.gateway, err = gateway.New(gateway.Config{
-		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name),
+		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name), Snapshots: snaps,
 		Log: cfg.Log, Upstreams: upstreampolicy.MustParse(upstreampolicy.Loopback), MaxStaleness: cfg.RegionMaxStaleness,
 	})
 	if err != nil {
