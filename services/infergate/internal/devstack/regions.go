@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/linkproxy"
 	"github.com/infergate/infergate/services/internal/natsauth"
 	"github.com/infergate/infergate/services/internal/natsembed"
@@ -41,18 +43,105 @@ type Region struct {
 	Name       string
 	GatewayURL string
 	NATSURL    string
-	Gateway    *gateway.Gateway
 
-	link    *linkproxy.Proxy
-	leaf    *natsembed.Server
-	conns   []*nats.Conn
-	ln      net.Listener
-	gateway *gateway.Gateway
+	link  *linkproxy.Proxy
+	leaf  *natsembed.Server
+	conns []*nats.Conn
+	ln    net.Listener
+	// gwCfg makes the region's gateway, again at each restart.
+	gwCfg gateway.Config
+	// snaps is the region's copy of the hub's snapshot bucket.
+	snaps   *snapshots.Store
+	gateway atomic.Pointer[gateway.Gateway]
+	// restarts asks run for a new gateway; it answers on the channel sent.
+	restarts chan chan error
+}
+
+// Gateway is the region's gateway now (a restart makes a new one).
+func (r *Region) Gateway() *gateway.Gateway { return r.gateway.Load() }
+
+// Restart stops the region's gateway and starts a new one on the same
+// address, as a restarted process would: it builds its map from the
+// region's latest snapshot and mirror, without the hub.
+func (r *Region) Restart(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case r.restarts <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run serves the region's gateway on its address until ctx ends, with a
+// new gateway at each Restart.
+func (r *Region) run(ctx context.Context, fastPath bool) error {
+	for {
+		g := r.Gateway()
+		gctx, stop := context.WithCancel(ctx)
+		errc := make(chan error, 2)
+		go func() { errc <- g.Run(gctx) }()
+		go func() {
+			front := gateway.NewFront(httpserver.New(r.ln.Addr().String(), g.Handler()), fastPath, g.Bounds())
+			front.Use(g)
+			errc <- front.Serve(gctx, r.ln, time.Second)
+		}()
+		var done chan error
+		select {
+		case <-ctx.Done():
+		case done = <-r.restarts:
+		case err := <-errc:
+			stop()
+			<-errc
+			if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		}
+		stop()
+		<-errc
+		<-errc
+		if done == nil {
+			return nil
+		}
+		// The same address: the listener was closed with the front.
+		_ = r.ln.Close()
+		err := r.newGateway(r.ln.Addr().String())
+		done <- err
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// newGateway makes a new gateway for the region, listening on addr.
+func (r *Region) newGateway(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("region %s gateway: %w", r.Name, err)
+	}
+	g, err := gateway.New(r.gwCfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	r.ln = ln
+	r.gateway.Store(g)
+	return nil
 }
 
 // Cut cuts the region's leaf-node link to the hub; Heal restores it.
 func (r *Region) Cut()        { r.link.Cut() }
 func (r *Region) Heal() error { return r.link.Heal() }
+
+// Snapshot is the latest snapshot in the region's copy of the bucket;
+// snapshots.ErrNone when there is none yet.
+func (r *Region) Snapshot(ctx context.Context) (snapshots.Info, error) { return r.snaps.Latest(ctx) }
 
 // Linked reports whether the region's leaf server is linked to the hub.
 func (r *Region) Linked() bool { return r.leaf.LeafNodes() > 0 }
@@ -168,27 +257,24 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	if err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
 	}
-	snaps, err := snapshots.Open(ctx, gwJS, snapshots.Config{ReadOnly: true})
-	if err != nil {
+	if r.snaps, err = snapshots.Open(ctx, gwJS, snapshots.Config{ReadOnly: true}); err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
 	}
-	if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-		return nil, fmt.Errorf("region %s gateway: %w", name, err)
-	}
-	r.GatewayURL = "http://" + cfg.BaseDomain + ":" + port(r.ln.Addr())
-	r.gateway, err = gateway.New(gateway.Config{
-		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name), Snapshots: snaps,
+	r.gwCfg = gateway.Config{
+		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name), Snapshots: r.snaps,
 		Log: cfg.Log, Upstreams: upstreampolicy.MustParse(upstreampolicy.Loopback), MaxStaleness: cfg.RegionMaxStaleness,
-	})
-	if err != nil {
+	}
+	if err := r.newGateway("127.0.0.1:0"); err != nil {
 		return nil, err
 	}
-	r.Gateway = r.gateway
+	r.GatewayURL = "http://" + cfg.BaseDomain + ":" + port(r.ln.Addr())
+	r.restarts = make(chan chan error)
 	return r, nil
 }
 
 // regionsControl serves the regions' link switches:
-// POST /regions/<name>/cut, POST /regions/<name>/heal, GET /regions.
+// POST /regions/<name>/cut, POST /regions/<name>/heal,
+// POST /regions/<name>/restart (the region's gateway), GET /regions.
 func regionsControl(regions []*Region, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	find := func(w http.ResponseWriter, req *http.Request) *Region {
@@ -216,16 +302,32 @@ func regionsControl(regions []*Region, log *slog.Logger) http.Handler {
 			fmt.Fprintf(w, "region %s linked to the hub again\n", r.Name)
 		}
 	})
-	mux.HandleFunc("GET /regions", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("POST /regions/{name}/restart", func(w http.ResponseWriter, req *http.Request) {
+		if r := find(w, req); r != nil {
+			ctx, cancel := context.WithTimeout(req.Context(), 30*time.Second)
+			defer cancel()
+			if err := r.Restart(ctx); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			log.Warn("region's gateway restarted", "region", r.Name)
+			fmt.Fprintf(w, "region %s's gateway restarted: it starts from the region's snapshot and mirror (GET /regions: ready, snapshot_sequence)\n", r.Name)
+		}
+	})
+	mux.HandleFunc("GET /regions", func(w http.ResponseWriter, req *http.Request) {
 		type view struct {
-			Region  string         `json:"region"`
-			Linked  bool           `json:"linked"`
-			Gateway string         `json:"gateway"`
-			Status  gateway.Status `json:"status"`
+			Region  string `json:"region"`
+			Linked  bool   `json:"linked"`
+			Gateway string `json:"gateway"`
+			// Snapshot is the sequence of the latest snapshot in the
+			// region's copy of the bucket (0: none yet).
+			Snapshot uint64         `json:"snapshot_sequence"`
+			Status   gateway.Status `json:"status"`
 		}
 		var out []view
 		for _, r := range regions {
-			out = append(out, view{r.Name, r.Linked(), r.GatewayURL, r.gateway.Status()})
+			snap, _ := r.Snapshot(req.Context())
+			out = append(out, view{r.Name, r.Linked(), r.GatewayURL, snap.Sequence, r.Gateway().Status()})
 		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
