@@ -201,7 +201,7 @@ func Mirror(t testing.TB, leaf *natsembed.Server) (*eventstore.Store, *nats.Conn
 	if err != nil {
 		t.Fatalf("natstest: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// The hub's JetStream API may not answer through a link just up until
 	// the link's interest has spread: retry until the bound.
