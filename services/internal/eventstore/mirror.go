@@ -14,7 +14,8 @@ import (
 // A region keeps a mirror of the hub's stream in its leaf server's own
 // JetStream domain (SPEC §7, docs/multi-region.md): same name, same
 // sequence numbers, no subjects of its own, fed by JetStream through the
-// leaf-node link. Its gateways read only the mirror.
+// leaf-node link from a durable consumer on the hub (FeedConsumer). Its
+// gateways read only the mirror.
 //
 // Stream identity through a mirror: receipts are compared with the hub
 // stream's identity, so a reader of a mirror reports the identity of the
@@ -140,11 +141,14 @@ func mirrorDomain(src *jetstream.StreamSource) string {
 }
 
 // CreateMirror creates the region's mirror of the hub's stream in the
-// domain js addresses (the region's leaf server), with the identity of the
-// origin's current life (read through hub, a JetStream context on the hub's
-// domain) in its metadata. A mirror of that life already there is left as
-// it is; a mirror of a previous life (the hub's stream was recreated) is
-// deleted and created again, since JetStream would keep its old records.
+// domain js addresses (the region's leaf server, cfg.Region), with the
+// identity of the origin's current life (read through hub, a JetStream
+// context on the hub's domain, as the stream's owner) in its metadata, and
+// the durable consumer on the hub that feeds it (FeedConsumer). A mirror
+// of that life with its feed already there is left as it is (its feed made
+// again if lost); a mirror of a previous life (the hub's stream was
+// recreated), or one fed otherwise, is deleted and created again, since
+// JetStream would keep its old records.
 // This is what `infergate admin stream create-mirror --domain <region>`
 // runs: the mirror, like the hub's stream, is declared once, here.
 func CreateMirror(ctx context.Context, js, hub jetstream.JetStream, cfg MirrorConfig) (*jetstream.StreamInfo, error) {
