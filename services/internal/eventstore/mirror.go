@@ -300,10 +300,11 @@ func (s *Store) mirrorState(ctx context.Context, asked time.Time, info *jetstrea
 // ephemeral consumer a mirror otherwise creates for itself:
 //
 //   - it outlives a cut link (an ephemeral one is deleted after 10 s
-//     without interest), and once the link is back the mirror notices its
-//     heartbeats and resumes at once instead of waiting out nats-server's
-//     consumer-create timeout and retry backoff (docs/benchmarks.md,
-//     "Catch-up after a 100,000-record partition");
+//     without interest), and once the link is back the mirror resumes it
+//     within seconds (at the leaf connection's return, or at its next
+//     heartbeat) instead of waiting out nats-server's consumer-create
+//     timeout and retry backoff (docs/benchmarks.md, "Catch-up after a
+//     100,000-record partition");
 //   - the region's leaf user needs no right to create consumers on the
 //     hub — a consumer may deliver to any subject, so that right would
 //     let a region push a stream's records into another subject — only
