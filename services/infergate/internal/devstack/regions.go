@@ -33,10 +33,10 @@ import (
 // With Config.Regions the stack is the topology of docs/multi-region.md
 // on one machine: the embedded server is the hub (JetStream domain
 // "hub"), and each region has its own leaf NATS server (its own domain,
-// a mirror of the event stream) linked to the hub through a proxy the
-// stack controls, and one gateway reading only that mirror, starting
-// from the region's copy of the snapshot bucket. The regions' control
-// address cuts and heals each region's link.
+// mirrors of the event stream and of the snapshot bucket) linked to the
+// hub through a proxy the stack controls, and one gateway reading only
+// those. The regions' control address cuts and heals each region's link
+// and restarts its gateway.
 
 // Region is one region of a stack started with Config.Regions.
 type Region struct {
