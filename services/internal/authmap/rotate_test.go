@@ -3,9 +3,9 @@ package authmap_test
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"hash/crc32"
 	"strings"
-	"errors"
 	"testing"
 	"time"
 
