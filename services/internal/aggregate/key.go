@@ -175,7 +175,9 @@ func (k Key) Rotate(m Meta, grace time.Duration, s NewSecret) ([]*eventv1.Event,
 			return nil, wrapf(ErrFailedPrecondition, "key %q already has %d replaced secrets in their grace period; rotate with a grace period of 0 to end them", k.Name, working)
 		}
 	}
-	notAfter := m.Now.Add(grace)
+	// To the microsecond, as every read model and answer shows it: a
+	// secret never works past the time a user was told.
+	notAfter := m.Now.Add(grace).Truncate(time.Microsecond)
 	if k.ExpiresAt != nil && k.ExpiresAt.Before(notAfter) {
 		notAfter = *k.ExpiresAt
 	}
