@@ -450,7 +450,10 @@ type deploymentData struct {
 	Events []eventRow
 	// Check access.
 	CheckKey, CheckAt string
-	Check             *checkResult
+	// CheckHint picks one of the key's secrets (current or rotated out)
+	// by its hint; empty: the current one.
+	CheckHint string
+	Check     *checkResult
 }
 
 type snippet struct{ ID, Title, Code string }
@@ -530,9 +533,10 @@ func (c *Console) checkAccess(r *http.Request, s *session, v *view, data *deploy
 	defer cancel()
 	res, err := c.audit.CheckAccess(cx, auth(s, &auditv1.CheckAccessRequest{
 		Project: r.PathValue("project"), Deployment: r.PathValue("name"), Key: data.CheckKey, At: timestamppb.New(at),
+		SecretHint: data.CheckHint,
 	}))
 	if err != nil {
-		v.Errors = apiErrors(err, map[string]string{"key": "key", "at": "at"}, "")
+		v.Errors = apiErrors(err, map[string]string{"key": "key", "at": "at", "secret_hint": "secret_hint"}, "")
 		return
 	}
 	data.Check = &checkResult{Allowed: res.Msg.GetAllowed(), Reason: res.Msg.GetReason(), Sequence: res.Msg.GetSequence()}
@@ -540,7 +544,8 @@ func (c *Console) checkAccess(r *http.Request, s *session, v *view, data *deploy
 
 func (c *Console) deploymentPage(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
-	data := &deploymentData{Tab: q.Get("tab"), CheckKey: strings.TrimSpace(q.Get("key")), CheckAt: q.Get("at")}
+	data := &deploymentData{Tab: q.Get("tab"), CheckKey: strings.TrimSpace(q.Get("key")), CheckAt: q.Get("at"),
+		CheckHint: strings.TrimSpace(q.Get("secret_hint"))}
 	c.deploymentView(w, r, s, http.StatusOK, c.view(s, r, "Deployment", "deployments"), data)
 }
 

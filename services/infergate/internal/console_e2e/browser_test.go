@@ -519,7 +519,7 @@ func TestConsoleStory(t *testing.T) {
 	}
 	b.screenshot("deployment-history")
 	b.navigateAndWait(chromedp.Click(link("Check access")))
-	b.do(chromedp.SendKeys(field("API key"), "chat-app"))
+	b.do(chromedp.SendKeys(field("API key"), "chat-app"), chromedp.SendKeys(field("Secret hint"), "ig_…"+oldSecret[len(oldSecret)-4:]))
 	b.navigateAndWait(chromedp.Click(button("Check")))
 	if got := b.text("#check-result"); !strings.Contains(got, "Allowed") {
 		// Authentication is off: every request is let in.
