@@ -20,6 +20,11 @@
 // request never sees half a record, and publishing is a handful of stores,
 // not the whole record's work. A deployment's linked keys are inline when
 // few, else a persistent set, so a change copies O(log n) of it.
+//
+// A rotated key (KeyRotated) has a slot per secret, all with the key's
+// number: the secrets a rotation replaced are marked rotated and carry the
+// end of their grace period as their expiry, so the decision that refuses
+// an expired key refuses them by the clock too, at no extra cost.
 package authmap
 
 import (
