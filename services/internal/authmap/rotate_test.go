@@ -109,6 +109,24 @@ func TestRotation(t *testing.T) {
 	}
 }
 
+// TestDecideOnRotatedKeyDoesNotAllocate: a replaced secret, in its grace
+// and after it, costs a decision no allocation either.
+func TestDecideOnRotatedKeyDoesNotAllocate(t *testing.T) {
+	m := authmap.New()
+	for i, r := range base() {
+		m.Apply(uint64(i+1), r)
+	}
+	secretA2 := mustSecret()
+	m.Apply(5, []*eventv1.Event{keyRotated(proj, "alpha", "ka", secretA2, t0.Add(time.Hour))})
+	for _, key := range []string{secretA, secretA2} {
+		for _, at := range []time.Time{t0, t0.Add(time.Hour)} {
+			if n := testing.AllocsPerRun(100, func() { _ = m.Decide(proj, dep, "local", key, at) }); n != 0 {
+				t.Errorf("Decide with key %.8q… at %v allocates %v times", key, at, n)
+			}
+		}
+	}
+}
+
 // TestVersion1SnapshotRefused: a snapshot of the format before rotations
 // is refused cleanly (the gateway then replays the stream), never read as
 // a map without rotations.
