@@ -131,6 +131,10 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return printJSON(stdout, res.Msg)
 		}
 		printKeys(stdout, res.Msg.GetKey())
+		if k := res.Msg.GetKey(); k.GetPreviousSecretNotAfter() != nil && k.GetPreviousSecretNotAfter().AsTime().After(time.Now()) {
+			fmt.Fprintf(stdout, "\nRotated %s; the old secret (%s) works until %s.\n", k.GetRotatedAt().AsTime().UTC().Format(time.RFC3339),
+				k.GetPreviousHint(), k.GetPreviousSecretNotAfter().AsTime().UTC().Format(time.RFC3339))
+		}
 		return nil
 	case "update":
 		res, err := client.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: c.project, Name: pos[0], Description: description}))

@@ -237,6 +237,10 @@ func TestCLIRoundTrip(t *testing.T) {
 	c.propagated(t, r)
 	s.expectAnswer(t, e2eByHost, project, "cli-dep", e2eKey(ciSecret))
 	s.expectAnswer(t, e2eByPath, project, "cli-dep", e2eKey(oldCISecret))
+	r = c.ok(t, e2eWithFlags, "keys", "get", "ci-key", "-p", project)
+	if !strings.Contains(r.stdout, "the old secret ("+apikey.Hint(oldCISecret)+") works until ") {
+		t.Errorf("keys get after a rotation does not say when the old secret stops:\n%s", r.stdout)
+	}
 	r = c.ok(t, e2eWithDataDir, "audit", "check", "--deployment", "cli-dep", "--key", "ci-key", "--secret-hint", apikey.Hint(oldCISecret), "-p", project)
 	if !strings.HasPrefix(r.stdout, "ALLOWED") || !strings.Contains(r.stdout, "reason linked") {
 		t.Errorf("audit check --secret-hint (the old secret, in its grace): %s", r.stdout)
