@@ -656,6 +656,7 @@ func checkCSRF(t *testing.T, s *stack, token string) {
 		{"no token", "p/default/keys", url.Values{"name": {"forged-key"}, "never": {"1"}}, nil},
 		{"wrong token", "p/default/keys", url.Values{"name": {"forged-key"}, "never": {"1"}, "csrf": {"forged"}}, nil},
 		{"cross-site", "p/default/deployments/chat/auth", url.Values{"auth_enabled": {"1"}}, http.Header{"Sec-Fetch-Site": {"cross-site"}}},
+		{"rotate without token", "p/default/keys/chat-app/rotate", url.Values{"grace": {"0s"}}, nil},
 		{"sign-in without token", "signin", url.Values{"token": {s.ops}}, nil},
 		{"sign-out without token", "signout", nil, nil},
 	} {
