@@ -11,6 +11,7 @@ package keyv1
 
 import (
 	v1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -178,9 +179,16 @@ type CreateKeyRequest struct {
 	// An optional description, at most 300 characters.
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// When the key expires; must be in the future. Unset: never expires.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Deployments of the same project to link the new key to, by name. The
+	// key and its links are one change: an unknown deployment creates
+	// nothing (NOT_FOUND), and no reader ever sees the key without them.
+	DeploymentNames []string `protobuf:"bytes,5,rep,name=deployment_names,json=deploymentNames,proto3" json:"deployment_names,omitempty"`
+	// How long to wait for the gateways to apply the links; unset means the
+	// service's default (2 s). Only used with deployment_names.
+	PropagationTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=propagation_timeout,json=propagationTimeout,proto3" json:"propagation_timeout,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CreateKeyRequest) Reset() {
@@ -241,6 +249,20 @@ func (x *CreateKeyRequest) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CreateKeyRequest) GetDeploymentNames() []string {
+	if x != nil {
+		return x.DeploymentNames
+	}
+	return nil
+}
+
+func (x *CreateKeyRequest) GetPropagationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PropagationTimeout
+	}
+	return nil
+}
+
 // CreateKeyResponse carries the new key and, once only, its secret.
 type CreateKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -260,8 +282,16 @@ type CreateKeyResponse struct {
 	// built from the stream); a Get or List right after may not show it
 	// for a moment.
 	ReadModelBehind bool `protobuf:"varint,4,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// With deployment_names: whether the gateways already accept the key on
+	// those deployments. Unset when the key was linked to nothing.
+	Propagation *v1.Propagation `protobuf:"bytes,5,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// With deployment_names: the id of a task (GET /cloud/v1/tasks/{id})
+	// that becomes FINISHED once every gateway serving those deployments
+	// has applied the change, or ERROR if that does not happen within its
+	// bound. Empty when the key was linked to nothing.
+	Tasks         []string `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateKeyResponse) Reset() {
@@ -320,6 +350,20 @@ func (x *CreateKeyResponse) GetReadModelBehind() bool {
 		return x.ReadModelBehind
 	}
 	return false
+}
+
+func (x *CreateKeyResponse) GetPropagation() *v1.Propagation {
+	if x != nil {
+		return x.Propagation
+	}
+	return nil
+}
+
+func (x *CreateKeyResponse) GetTasks() []string {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
 }
 
 // GetKeyRequest names a key.
@@ -972,7 +1016,7 @@ var File_infergate_key_v1_key_proto protoreflect.FileDescriptor
 
 const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\n" +
-	"\x1ainfergate/key/v1/key.proto\x12\x10infergate.key.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\xd1\x03\n" +
+	"\x1ainfergate/key/v1/key.proto\x12\x10infergate.key.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\xd1\x03\n" +
 	"\x03Key\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -988,18 +1032,22 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"rotated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\trotatedAt\x12#\n" +
 	"\rprevious_hint\x18\n" +
 	" \x01(\tR\fpreviousHint\x12U\n" +
-	"\x19previous_secret_not_after\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x16previousSecretNotAfter\"\x9d\x01\n" +
+	"\x19previous_secret_not_after\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x16previousSecretNotAfter\"\x94\x02\n" +
 	"\x10CreateKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x9c\x01\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12)\n" +
+	"\x10deployment_names\x18\x05 \x03(\tR\x0fdeploymentNames\x12J\n" +
+	"\x13propagation_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xfb\x01\n" +
 	"\x11CreateKeyResponse\x12'\n" +
 	"\x03key\x18\x01 \x01(\v2\x15.infergate.key.v1.KeyR\x03key\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x12\x1a\n" +
 	"\breplayed\x18\x03 \x01(\bR\breplayed\x12*\n" +
-	"\x11read_model_behind\x18\x04 \x01(\bR\x0freadModelBehind\"=\n" +
+	"\x11read_model_behind\x18\x04 \x01(\bR\x0freadModelBehind\x12G\n" +
+	"\vpropagation\x18\x05 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12\x14\n" +
+	"\x05tasks\x18\x06 \x03(\tR\x05tasks\"=\n" +
 	"\rGetKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"9\n" +
@@ -1038,15 +1086,15 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\x14old_secret_not_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x11oldSecretNotAfter\x12\x1a\n" +
 	"\breplayed\x18\x04 \x01(\bR\breplayed\x12G\n" +
 	"\vpropagation\x18\x05 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
-	"\x11read_model_behind\x18\x06 \x01(\bR\x0freadModelBehind2\x84\x04\n" +
+	"\x11read_model_behind\x18\x06 \x01(\bR\x0freadModelBehind2\xe0\x06\n" +
 	"\n" +
-	"KeyService\x12T\n" +
-	"\tCreateKey\x12\".infergate.key.v1.CreateKeyRequest\x1a#.infergate.key.v1.CreateKeyResponse\x12K\n" +
-	"\x06GetKey\x12\x1f.infergate.key.v1.GetKeyRequest\x1a .infergate.key.v1.GetKeyResponse\x12Q\n" +
-	"\bListKeys\x12!.infergate.key.v1.ListKeysRequest\x1a\".infergate.key.v1.ListKeysResponse\x12T\n" +
-	"\tUpdateKey\x12\".infergate.key.v1.UpdateKeyRequest\x1a#.infergate.key.v1.UpdateKeyResponse\x12T\n" +
-	"\tDeleteKey\x12\".infergate.key.v1.DeleteKeyRequest\x1a#.infergate.key.v1.DeleteKeyResponse\x12T\n" +
-	"\tRotateKey\x12\".infergate.key.v1.RotateKeyRequest\x1a#.infergate.key.v1.RotateKeyResponseB;Z9github.com/infergate/infergate/gen/infergate/key/v1;keyv1b\x06proto3"
+	"KeyService\x12\x87\x01\n" +
+	"\tCreateKey\x12\".infergate.key.v1.CreateKeyRequest\x1a#.infergate.key.v1.CreateKeyResponse\"1\x82\xd3\xe4\x93\x02+:\x01*\"&/cloud/v3/inference/{project}/api_keys\x12\x87\x01\n" +
+	"\x06GetKey\x12\x1f.infergate.key.v1.GetKeyRequest\x1a .infergate.key.v1.GetKeyResponse\":\x82\xd3\xe4\x93\x024b\x03key\x12-/cloud/v3/inference/{project}/api_keys/{name}\x12\x81\x01\n" +
+	"\bListKeys\x12!.infergate.key.v1.ListKeysRequest\x1a\".infergate.key.v1.ListKeysResponse\".\x82\xd3\xe4\x93\x02(\x12&/cloud/v3/inference/{project}/api_keys\x12\x93\x01\n" +
+	"\tUpdateKey\x12\".infergate.key.v1.UpdateKeyRequest\x1a#.infergate.key.v1.UpdateKeyResponse\"=\x82\xd3\xe4\x93\x027:\x01*b\x03key2-/cloud/v3/inference/{project}/api_keys/{name}\x12\x8b\x01\n" +
+	"\tDeleteKey\x12\".infergate.key.v1.DeleteKeyRequest\x1a#.infergate.key.v1.DeleteKeyResponse\"5\x82\xd3\xe4\x93\x02/*-/cloud/v3/inference/{project}/api_keys/{name}\x12\x95\x01\n" +
+	"\tRotateKey\x12\".infergate.key.v1.RotateKeyRequest\x1a#.infergate.key.v1.RotateKeyResponse\"?\x82\xd3\xe4\x93\x029:\x01*\"4/cloud/v3/inference/{project}/api_keys/{name}/rotateB;Z9github.com/infergate/infergate/gen/infergate/key/v1;keyv1b\x06proto3"
 
 var (
 	file_infergate_key_v1_key_proto_rawDescOnce sync.Once
@@ -1085,34 +1133,36 @@ var file_infergate_key_v1_key_proto_depIdxs = []int32{
 	13, // 2: infergate.key.v1.Key.rotated_at:type_name -> google.protobuf.Timestamp
 	13, // 3: infergate.key.v1.Key.previous_secret_not_after:type_name -> google.protobuf.Timestamp
 	13, // 4: infergate.key.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 5: infergate.key.v1.CreateKeyResponse.key:type_name -> infergate.key.v1.Key
-	0,  // 6: infergate.key.v1.GetKeyResponse.key:type_name -> infergate.key.v1.Key
-	0,  // 7: infergate.key.v1.ListKeysResponse.keys:type_name -> infergate.key.v1.Key
-	0,  // 8: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
-	14, // 9: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	15, // 10: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	14, // 11: infergate.key.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
-	14, // 12: infergate.key.v1.RotateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	0,  // 13: infergate.key.v1.RotateKeyResponse.key:type_name -> infergate.key.v1.Key
-	13, // 14: infergate.key.v1.RotateKeyResponse.old_secret_not_after:type_name -> google.protobuf.Timestamp
-	15, // 15: infergate.key.v1.RotateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	1,  // 16: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
-	3,  // 17: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
-	5,  // 18: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
-	7,  // 19: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
-	9,  // 20: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
-	11, // 21: infergate.key.v1.KeyService.RotateKey:input_type -> infergate.key.v1.RotateKeyRequest
-	2,  // 22: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
-	4,  // 23: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
-	6,  // 24: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
-	8,  // 25: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
-	10, // 26: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
-	12, // 27: infergate.key.v1.KeyService.RotateKey:output_type -> infergate.key.v1.RotateKeyResponse
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	14, // 5: infergate.key.v1.CreateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	0,  // 6: infergate.key.v1.CreateKeyResponse.key:type_name -> infergate.key.v1.Key
+	15, // 7: infergate.key.v1.CreateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	0,  // 8: infergate.key.v1.GetKeyResponse.key:type_name -> infergate.key.v1.Key
+	0,  // 9: infergate.key.v1.ListKeysResponse.keys:type_name -> infergate.key.v1.Key
+	0,  // 10: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
+	14, // 11: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	15, // 12: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	14, // 13: infergate.key.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
+	14, // 14: infergate.key.v1.RotateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	0,  // 15: infergate.key.v1.RotateKeyResponse.key:type_name -> infergate.key.v1.Key
+	13, // 16: infergate.key.v1.RotateKeyResponse.old_secret_not_after:type_name -> google.protobuf.Timestamp
+	15, // 17: infergate.key.v1.RotateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	1,  // 18: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
+	3,  // 19: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
+	5,  // 20: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
+	7,  // 21: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
+	9,  // 22: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
+	11, // 23: infergate.key.v1.KeyService.RotateKey:input_type -> infergate.key.v1.RotateKeyRequest
+	2,  // 24: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
+	4,  // 25: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
+	6,  // 26: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
+	8,  // 27: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
+	10, // 28: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
+	12, // 29: infergate.key.v1.KeyService.RotateKey:output_type -> infergate.key.v1.RotateKeyResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_infergate_key_v1_key_proto_init() }

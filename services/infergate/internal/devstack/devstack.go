@@ -27,6 +27,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
+	"github.com/infergate/infergate/gen/infergate/task/v1/taskv1connect"
 	"github.com/infergate/infergate/services/audit"
 	"github.com/infergate/infergate/services/deployments"
 	"github.com/infergate/infergate/services/gateway"
@@ -274,6 +275,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 
 	kpath, kh, err := keys.NewHandler(keys.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, Propagation: plane.Tracker,
+		Tasks: plane.Tasks,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
@@ -284,7 +286,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	upstreams := upstreampolicy.MustParse(upstreampolicy.Loopback)
 	dpath, dh, err := deployments.NewHandler(deployments.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, GatewayURL: st.GatewayURL,
-		Propagation: plane.Tracker, Upstreams: upstreams,
+		Propagation: plane.Tracker, Upstreams: upstreams, Tasks: plane.Tasks,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
@@ -334,8 +336,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
-	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, console.Path: cons},
-		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName)
+	tpath, th := plane.TaskService()
+	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, tpath: th, console.Path: cons},
+		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName, taskv1connect.TaskServiceName)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

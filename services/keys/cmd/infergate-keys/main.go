@@ -24,6 +24,8 @@ func main() {
 				// Writes wait for the gateways' receipts.
 				Propagation:        p.Tracker,
 				PropagationTimeout: cfg.PropagationTimeout,
+				// Changes answer with tasks the plane's TaskService serves.
+				Tasks: p.Tasks,
 			}, p.HandlerOptions()...)
 			return controlplane.Service{
 				Handlers: map[string]http.Handler{path: h},
