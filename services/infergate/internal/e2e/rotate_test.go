@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	auditv1 "github.com/infergate/infergate/gen/infergate/audit/v1"
 	keyv1 "github.com/infergate/infergate/gen/infergate/key/v1"
+	propagationv1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
 	"github.com/infergate/infergate/services/infergate/internal/devstack"
 	"github.com/infergate/infergate/services/internal/apikey"
 )
@@ -163,4 +165,24 @@ func TestKeyRotationThroughGateway(t *testing.T) {
 	if got := check(newHint, time.Now()); got != "rotated" {
 		t.Errorf("CheckAccess for the secret a rotation with no grace replaced: %s, want rotated", got)
 	}
+
+	// The REST surface rotates the same way (docs/rest.md).
+	api := restClient{t: t, base: s.APIURL, auth: "Bearer " + s.Token, client: s.client}
+	path := "/cloud/v3/inference/" + project + "/api_keys/svc-key/rotate"
+	api.fails("POST", path, map[string]any{"grace_period": "-60s"}, http.StatusBadRequest, 3, "grace_period")
+	api.fails("POST", "/cloud/v3/inference/"+project+"/api_keys/no-such-key/rotate", map[string]any{}, http.StatusNotFound, 5, "no-such-key")
+	out := api.ok("POST", path, map[string]any{"grace_period": "0s"})
+	fourth, _ := out["secret"].(string)
+	if !apikey.WellFormed(fourth) {
+		t.Fatalf("REST rotation answered no secret: %v", out)
+	}
+	prop, _ := out["propagation"].(map[string]any)
+	seqText, _ := prop["sequence"].(string)
+	seq, err := strconv.ParseUint(seqText, 10, 64)
+	if err != nil {
+		t.Fatalf("REST rotation: propagation %v", out["propagation"])
+	}
+	s.waitApplied(t, &propagationv1.Propagation{Sequence: seq}, false)
+	s.expectAnswer(t, e2eByHost, project, "chat", e2eKey(fourth))
+	s.expectRefused(t, e2eByHost, project, "chat", e2eKey(third), "invalid_api_key")
 }
