@@ -158,7 +158,7 @@ func (g *generator) operation(s protoreflect.ServiceDescriptor, m protoreflect.M
 		"operationId": string(s.Name()) + "_" + string(m.Name()),
 		"tags":        []string{string(s.Name())},
 		"description": g.comment(m),
-		"responses": errorResponses(),
+		"responses":   errorResponses(),
 	}
 	switch body := r.GetBody(); body {
 	case "":
