@@ -16,6 +16,7 @@ import (
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "github.com/infergate/infergate/gen/infergate/audit/v1"
@@ -398,15 +399,35 @@ func TestHistoryAgreesWithFullReplay(t *testing.T) {
 	e.createKey(t, "k-two", 0)
 	_, err := e.deps.UpdateDeploymentAuth(t.Context(), connect.NewRequest(&deploymentv1.UpdateDeploymentAuthRequest{Project: "team-a", Name: "llama", AuthEnabled: true, ApiKeys: []string{"k-two"}}))
 	e.must(t, err)
+	// k-two rotated with a grace, then again with none: its three secrets
+	// by their hints.
+	hints := []string{apikey.Hint(e.secrets[len(e.secrets)-1])}
+	for _, grace := range []time.Duration{time.Hour, 0} {
+		res, err := e.keys.RotateKey(t.Context(), connect.NewRequest(&keyv1.RotateKeyRequest{Project: "team-a", Name: "k-two", GracePeriod: durationpb.New(grace)}))
+		e.must(t, err)
+		hints = append(hints, res.Msg.GetKey().GetHint())
+	}
 	plain := auditv1connect.NewAuditServiceClient(http.DefaultClient, e.plain, servicetest.ClientOptions(e.b.OpsToken)...)
+	for i, want := range []string{"rotated", "rotated", "linked"} {
+		res, err := e.audit.CheckAccess(t.Context(), connect.NewRequest(&auditv1.CheckAccessRequest{Project: "team-a", Deployment: "llama", Key: "k-two", SecretHint: hints[i]}))
+		e.must(t, err)
+		if res.Msg.GetReason() != want {
+			t.Errorf("k-two's secret %d of 3 now: %s, want %s", i+1, res.Msg.GetReason(), want)
+		}
+	}
 	var moments []time.Time
 	for _, ev := range e.list(t, &auditv1.ListEventsRequest{}) {
 		at := ev.GetTime().AsTime()
 		moments = append(moments, at.Add(-time.Microsecond), at, at.Add(time.Microsecond))
 	}
 	for _, at := range moments {
-		for _, key := range []string{"k-one", "k-two"} {
-			req := &auditv1.CheckAccessRequest{Project: "team-a", Deployment: "llama", Key: key, At: timestamppb.New(at)}
+		reqs := []*auditv1.CheckAccessRequest{
+			{Key: "k-one"}, {Key: "k-two"},
+			{Key: "k-two", SecretHint: hints[0]}, {Key: "k-two", SecretHint: hints[1]}, {Key: "k-two", SecretHint: hints[2]},
+		}
+		for _, req := range reqs {
+			key := req.GetKey() + " " + req.GetSecretHint()
+			req.Project, req.Deployment, req.At = "team-a", "llama", timestamppb.New(at)
 			a, err := e.audit.CheckAccess(t.Context(), connect.NewRequest(req))
 			e.must(t, err)
 			b, err := plain.CheckAccess(t.Context(), connect.NewRequest(req))

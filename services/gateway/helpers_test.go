@@ -113,6 +113,21 @@ func (b *backend) key(name string, expires *time.Time) (string, uint64) {
 	return secret, seq
 }
 
+// rotate gives key name a new secret; the old one works for grace.
+func (b *backend) rotate(name string, grace time.Duration) (string, uint64) {
+	b.t.Helper()
+	secret, err := apikey.Generate()
+	if err != nil {
+		b.t.Fatal(err)
+	}
+	seq := b.decide(eventstore.TypeKey, name, func(recs []eventstore.Record) ([]*eventv1.Event, error) {
+		return aggregate.KeyFrom(name, eventstore.Events(recs)).Rotate(b.meta(), grace, aggregate.NewSecret{
+			Hash: apikey.Sum(secret), Hint: apikey.Hint(secret),
+		})
+	})
+	return secret, seq
+}
+
 func (b *backend) deleteKey(name string) uint64 {
 	b.t.Helper()
 	delete(b.live, name)

@@ -1,7 +1,10 @@
 package gateway_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"hash/crc32"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -34,7 +37,11 @@ func TestStartFromSnapshot(t *testing.T) {
 	alpha, _ := b.key("alpha", nil)
 	bravo, _ := b.key("bravo", nil)
 	gone, _ := b.key("gone", nil)
-	b.deployment("chat", up.URL, true, []string{"alpha", "bravo", "gone"})
+	echo, _ := b.key("echo", nil)
+	b.deployment("chat", up.URL, true, []string{"alpha", "bravo", "gone", "echo"})
+	// Rotations: bravo's old secret in its grace, echo's stopped at once.
+	bravo2, _ := b.rotate("bravo", time.Hour)
+	echo2, _ := b.rotate("echo", 0)
 	before := b.deleteKey("gone")
 
 	// The control plane's snapshotter saves one whenever it is Every
@@ -61,11 +68,15 @@ func TestStartFromSnapshot(t *testing.T) {
 		return d.Unlink(m, "alpha", b.live)
 	})
 	charlie, _ := b.key("charlie", nil)
-	last := b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
+	b.dep("chat", func(d aggregate.Deployment, m aggregate.Meta) ([]*eventv1.Event, error) {
 		return d.Link(m, "charlie", b.live)
 	})
+	charlie2, last := b.rotate("charlie", 0)
 
-	want := map[string]int{alpha: 401, bravo: 200, charlie: 200, gone: 401, "": 401}
+	want := map[string]int{
+		alpha: 401, bravo: 200, bravo2: 200, echo: 401, echo2: 200,
+		charlie: 401, charlie2: 200, gone: 401, "": 401,
+	}
 	check := func(name string, g *gateway.Gateway, srv *httptest.Server) {
 		t.Helper()
 		waitApplied(t, g, last)
@@ -94,13 +105,29 @@ func TestStartFromSnapshot(t *testing.T) {
 		t.Errorf("SnapshotSequence = %d without snapshots", got)
 	}
 
-	// A corrupt snapshot, or one of another stream, is not used: the
-	// gateway replays from the start and answers the same.
+	// A corrupt snapshot, one of the format before rotations (version 1,
+	// well formed), or one of another stream, is not used: the gateway
+	// replays from the start and answers the same.
 	obj, err := js.ObjectStore(t.Context(), snapshots.DefaultBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	meta := map[string]string{"sequence": itoa(before), "stream": "INFERGATE_EVENTS", "stream-created": info.StreamCreated.Format(time.RFC3339Nano)}
+	v1, err := obj.GetBytes(t.Context(), "authmap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1[len("infergate-authmap\x00")] = 1 // the version
+	binary.BigEndian.PutUint32(v1[len(v1)-4:], crc32.Checksum(v1[:len(v1)-4], crc32.MakeTable(crc32.Castagnoli)))
+	if _, err := obj.Put(t.Context(), jetstream.ObjectMeta{Name: "authmap", Metadata: meta}, bytes.NewReader(v1)); err != nil {
+		t.Fatal(err)
+	}
+	old, srv := startGatewayOn(t, b, fronts[0], gateway.Config{Snapshots: snaps})
+	check("version 1 snapshot", old, srv)
+	if got := old.Status().SnapshotSequence; got != 0 {
+		t.Errorf("started from a version 1 snapshot at %d", got)
+	}
+
 	body := strings.NewReader("infergate-authmap\x00 this is not a snapshot")
 	if _, err := obj.Put(t.Context(), jetstream.ObjectMeta{Name: "authmap", Metadata: meta}, body); err != nil {
 		t.Fatal(err)

@@ -320,3 +320,93 @@ func TestDeploymentLinkUnlinkDelete(t *testing.T) {
 		}
 	}
 }
+
+func TestKeyRotation(t *testing.T) {
+	t.Parallel()
+	m := meta()
+	var k aggregate.Key
+	expires := now.Add(48 * time.Hour)
+	nk := aggregate.NewKey{Name: "ci-one", Hint: "ig_…aaaa", ExpiresAt: &expires}
+	nk.Hash[0] = 1
+	ev, err := k.Create(m, nk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.Apply(ev[0])
+	id := k.ID
+
+	secret := func(b byte, hint string) aggregate.NewSecret {
+		s := aggregate.NewSecret{Hint: hint}
+		s.Hash[0] = b
+		return s
+	}
+	rotate := func(m aggregate.Meta, grace time.Duration, s aggregate.NewSecret) {
+		t.Helper()
+		ev, err := k.Rotate(m, grace, s)
+		if err != nil || types(ev) != "KeyRotated" {
+			t.Fatalf("Rotate(%s) = %v, %v", grace, types(ev), err)
+		}
+		r := ev[0].GetKeyRotated()
+		if r.GetKeyId() != id || r.GetPreviousHint() != k.Hint || r.GetHint() != s.Hint {
+			t.Fatalf("KeyRotated = %v", r)
+		}
+		k.Apply(ev[0])
+	}
+
+	// Bad input changes nothing.
+	for _, grace := range []time.Duration{-time.Second, aggregate.MaxGracePeriod + time.Second} {
+		if _, err := k.Rotate(m, grace, secret(9, "x")); !errors.Is(err, aggregate.ErrInvalid) || !strings.Contains(err.Error(), "grace_period") {
+			t.Errorf("Rotate(%s): %v, want invalid grace_period", grace, err)
+		}
+	}
+
+	rotate(m, 24*time.Hour, secret(2, "ig_…bbbb"))
+	if k.ID != id || k.Hash[0] != 2 || k.Hint != "ig_…bbbb" || !k.RotatedAt.Equal(now) || *k.ExpiresAt != expires {
+		t.Fatalf("after a rotation: %+v", k)
+	}
+	if len(k.Previous) != 1 || k.Previous[0].Hash[0] != 1 || !k.Previous[0].NotAfter.Equal(now.Add(24*time.Hour)) {
+		t.Fatalf("previous = %+v", k.Previous)
+	}
+	if h, ok := k.SecretByHint("ig_…aaaa"); !ok || h[0] != 1 {
+		t.Errorf("SecretByHint(old) = %v, %v", h[0], ok)
+	}
+	if _, ok := k.SecretByHint("ig_…zzzz"); ok {
+		t.Error("SecretByHint(unknown) found one")
+	}
+
+	// A grace past the key's expiry ends with the key.
+	later := m
+	later.Now = now.Add(time.Hour)
+	rotate(later, 30*24*time.Hour, secret(3, "ig_…cccc"))
+	if got := k.Previous[1].NotAfter; !got.Equal(expires) {
+		t.Errorf("grace past expiry ends at %s, want the expiry %s", got, expires)
+	}
+	// A rotation with no grace ends every replaced secret at once.
+	rotate(later, 0, secret(4, "ig_…dddd"))
+	for i, p := range k.Previous {
+		if p.NotAfter.After(later.Now) {
+			t.Errorf("previous[%d] (%s) still works until %s after a rotation with no grace", i, p.Hint, p.NotAfter)
+		}
+	}
+
+	// At most MaxOldSecretsWorking replaced secrets work at once.
+	for i := range aggregate.MaxOldSecretsWorking {
+		rotate(later, time.Hour, secret(byte(10+i), fmt.Sprintf("ig_…%04d", i)))
+	}
+	if _, err := k.Rotate(later, time.Hour, secret(20, "x")); !errors.Is(err, aggregate.ErrFailedPrecondition) {
+		t.Errorf("rotation past the limit: %v, want ErrFailedPrecondition", err)
+	}
+	rotate(later, 0, secret(21, "ig_…eeee")) // a rotation with no grace is always possible
+
+	// Expired and deleted keys cannot be rotated.
+	past := m
+	past.Now = expires
+	if _, err := k.Rotate(past, time.Hour, secret(30, "x")); !errors.Is(err, aggregate.ErrFailedPrecondition) {
+		t.Errorf("rotating an expired key: %v, want ErrFailedPrecondition", err)
+	}
+	del, _ := k.Delete(m)
+	k.Apply(del[0])
+	if _, err := k.Rotate(m, time.Hour, secret(31, "x")); !errors.Is(err, aggregate.ErrNotFound) {
+		t.Errorf("rotating a deleted key: %v, want ErrNotFound", err)
+	}
+}

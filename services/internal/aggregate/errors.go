@@ -19,6 +19,9 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrAlreadyExists means a live key or deployment already has the name.
 	ErrAlreadyExists = errors.New("already exists")
+	// ErrFailedPrecondition means the aggregate is not in a state the
+	// command can apply to (an expired key cannot be rotated).
+	ErrFailedPrecondition = errors.New("failed precondition")
 )
 
 // FieldError says which field of a request breaks which rule.

@@ -1,6 +1,7 @@
 package aggregate
 
 import (
+	"slices"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -39,8 +40,35 @@ type Key struct {
 	Hint        string
 	ExpiresAt   *time.Time
 	CreatedAt   time.Time
-	Hash        apikey.Hash
+	// Hash and Hint are the current secret's.
+	Hash apikey.Hash
+	// RotatedAt is when the secret was last rotated; zero if never.
+	RotatedAt time.Time
+	// Previous are the secrets rotations replaced, oldest first, each with
+	// the time it stops (or stopped) working.
+	Previous []OldSecret
 }
+
+// OldSecret is a secret a rotation replaced.
+type OldSecret struct {
+	Hash     apikey.Hash
+	Hint     string
+	NotAfter time.Time
+}
+
+// Rotation limits (see Rotate).
+const (
+	// DefaultGracePeriod is how long a replaced secret keeps working when
+	// the caller does not say.
+	DefaultGracePeriod = 24 * time.Hour
+	// MaxGracePeriod bounds a grace period: a grace is the time to move
+	// clients to the new secret, not a second key.
+	MaxGracePeriod = 30 * 24 * time.Hour
+	// MaxOldSecretsWorking bounds how many replaced secrets may still work
+	// at once, so a script rotating in a loop cannot keep a crowd of
+	// secrets alive.
+	MaxOldSecretsWorking = 3
+)
 
 // Apply folds one event into the state.
 func (k *Key) Apply(e *eventv1.Event) {
@@ -68,7 +96,100 @@ func (k *Key) Apply(e *eventv1.Event) {
 		if p.KeyDeleted.GetKeyId() == k.ID {
 			k.Live = false
 		}
+	case *eventv1.Event_KeyRotated:
+		r := p.KeyRotated
+		if r.GetKeyId() != k.ID || !k.Live {
+			return
+		}
+		notAfter := r.GetOldSecretNotAfter().AsTime()
+		// A rotation never extends an earlier grace, and ends every one
+		// by its own end at the latest.
+		k.Previous = slices.Clone(k.Previous)
+		for i := range k.Previous {
+			if k.Previous[i].NotAfter.After(notAfter) {
+				k.Previous[i].NotAfter = notAfter
+			}
+		}
+		k.Previous = append(k.Previous, OldSecret{Hash: k.Hash, Hint: k.Hint, NotAfter: notAfter})
+		copy(k.Hash[:], r.GetSecretSha256())
+		k.Hint = r.GetHint()
+		k.RotatedAt = e.GetTime().AsTime()
 	}
+}
+
+// ValidateGracePeriod checks a rotation's grace period.
+func ValidateGracePeriod(field string, grace time.Duration) error {
+	if grace < 0 || grace > MaxGracePeriod {
+		return invalid(field, "must be between 0 and 720h (30 days)")
+	}
+	return nil
+}
+
+// SecretByHint returns the hash of the key's secret — current or replaced
+// — whose hint is hint.
+func (k Key) SecretByHint(hint string) (apikey.Hash, bool) {
+	if k.Hint == hint {
+		return k.Hash, true
+	}
+	for i := len(k.Previous) - 1; i >= 0; i-- {
+		if k.Previous[i].Hint == hint {
+			return k.Previous[i].Hash, true
+		}
+	}
+	return apikey.Hash{}, false
+}
+
+// NewSecret is the secret a rotation installs: only its hash and hint
+// reach the domain.
+type NewSecret struct {
+	Hash apikey.Hash
+	Hint string
+}
+
+// Rotate decides a KeyRotated: the key gets the new secret, and its
+// current one keeps working for grace (capped by the key's expiry). Older
+// replaced secrets still working stop by the same time at the latest, so
+// a rotation with no grace leaves only the new secret working — what a
+// user rotating a leaked key needs, even during an earlier rotation's
+// grace. An expired key cannot be rotated (it would stay expired), and a
+// rotation with a grace is refused while MaxOldSecretsWorking replaced
+// secrets still work.
+func (k Key) Rotate(m Meta, grace time.Duration, s NewSecret) ([]*eventv1.Event, error) {
+	if err := ValidateGracePeriod("grace_period", grace); err != nil {
+		return nil, err
+	}
+	if !k.Live {
+		return nil, wrapf(ErrNotFound, "key %q", k.Name)
+	}
+	if k.ExpiresAt != nil && !m.Now.Before(*k.ExpiresAt) {
+		return nil, wrapf(ErrFailedPrecondition, "key %q expired at %s; create a new key instead", k.Name, k.ExpiresAt.UTC().Format(time.RFC3339))
+	}
+	if grace > 0 {
+		working := 0
+		for _, p := range k.Previous {
+			if p.NotAfter.After(m.Now) {
+				working++
+			}
+		}
+		if working >= MaxOldSecretsWorking {
+			return nil, wrapf(ErrFailedPrecondition, "key %q already has %d replaced secrets in their grace period; rotate with a grace period of 0 to end them", k.Name, working)
+		}
+	}
+	// To the microsecond, as every read model and answer shows it: a
+	// secret never works past the time a user was told.
+	notAfter := m.Now.Add(grace).Truncate(time.Microsecond)
+	if k.ExpiresAt != nil && k.ExpiresAt.Before(notAfter) {
+		notAfter = *k.ExpiresAt
+	}
+	ev := m.event(eventv1.AggregateType_AGGREGATE_TYPE_KEY, k.Name)
+	ev.Payload = &eventv1.Event_KeyRotated{KeyRotated: &eventv1.KeyRotated{
+		KeyId:             k.ID,
+		SecretSha256:      s.Hash[:],
+		Hint:              s.Hint,
+		PreviousHint:      k.Hint,
+		OldSecretNotAfter: timestamppb.New(notAfter),
+	}}
+	return []*eventv1.Event{ev}, nil
 }
 
 // NewKey describes a key to create. The secret itself never reaches the

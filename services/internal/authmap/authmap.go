@@ -20,6 +20,11 @@
 // request never sees half a record, and publishing is a handful of stores,
 // not the whole record's work. A deployment's linked keys are inline when
 // few, else a persistent set, so a change copies O(log n) of it.
+//
+// A rotated key (KeyRotated) has a slot per secret, all with the key's
+// number: the secrets a rotation replaced are marked rotated and carry the
+// end of their grace period as their expiry, so the decision that refuses
+// an expired key refuses them by the clock too, at no extra cost.
 package authmap
 
 import (
@@ -75,6 +80,25 @@ type Map struct {
 	// deleted: a key's deleted flag is the one part of its record that
 	// changes, and Save reads the records without holding mu.
 	dels []uint32
+	// rots are the rotations, in the order they were applied; a key's
+	// record keeps its first secret, and rotations are appended here
+	// instead of changing it, for the same reason. Entries never change.
+	rots []rotation
+	// lastRot is, for each rotated key's number, 1 + the index in rots of
+	// its latest rotation.
+	lastRot map[uint32]uint32
+}
+
+// rotation is one KeyRotated as the map keeps it.
+type rotation struct {
+	sum apikey.Hash // the new secret's
+	num uint32      // the key's number
+	// prev is 1 + the index in rots of the key's rotation before this
+	// one; 0 when this is its first.
+	prev uint32
+	// notAfter is when the secret this rotation replaced stops (Unix
+	// nanoseconds; 1: at once). Secrets replaced earlier stop no later.
+	notAfter int64
 }
 
 // New returns an empty map.
@@ -84,6 +108,7 @@ func New() *Map {
 		deps:     newDepTable(),
 		names:    newNameIndex(),
 		projects: map[string]uint32{},
+		lastRot:  map[uint32]uint32{},
 	}
 }
 
@@ -110,9 +135,7 @@ func (m *Map) Apply(sequence uint64, events []*eventv1.Event) bool {
 	}
 	m.gen.Add(1)
 	for _, num := range st.keys {
-		k := m.rec(num)
-		w := sumWords(&k.sum)
-		m.keys.put(&w, k.info(num))
+		m.publishKey(num)
 	}
 	for _, d := range st.deps {
 		m.deps.put(d)
@@ -120,6 +143,55 @@ func (m *Map) Apply(sequence uint64, events []*eventv1.Event) bool {
 	m.applied.Store(sequence)
 	m.gen.Add(1)
 	return true
+}
+
+// publishKey puts every secret of key num in the key table: its current
+// one with the key's state, and each one a rotation replaced with the end
+// of its grace period — the earliest notAfter of the rotations since it
+// was replaced, and never past the key's own expiry. Only Apply, install
+// and Clone call it, inside the sequence lock.
+func (m *Map) publishKey(num uint32) {
+	k := m.rec(num)
+	info := k.info(num)
+	r := m.lastRot[num]
+	if r == 0 {
+		w := sumWords(&k.sum)
+		m.keys.put(&w, info)
+		return
+	}
+	rot := &m.rots[r-1]
+	w := sumWords(&rot.sum)
+	m.keys.put(&w, info)
+	end := int64(math.MaxInt64)
+	for {
+		end = min(end, rot.notAfter)
+		old := &k.sum // the secret rot replaced
+		if rot.prev != 0 {
+			old = &m.rots[rot.prev-1].sum
+		}
+		fi := info
+		if k.expires == 0 || end < k.expires {
+			fi.expires, fi.rotated = end, true
+		}
+		w := sumWords(old)
+		m.keys.put(&w, fi)
+		if rot.prev == 0 {
+			return
+		}
+		rot = &m.rots[rot.prev-1]
+	}
+}
+
+// rotateKey records a rotation of key num, given a new secret hash and the
+// time the replaced secret stops (a time at or before the rotation's own
+// means at once, whatever a gateway's clock says).
+func (m *Map) rotateKey(st *stage, num uint32, sum apikey.Hash, notAfter, at int64) {
+	if notAfter <= at {
+		notAfter = 1
+	}
+	m.rots = append(m.rots, rotation{sum: sum, num: num, prev: m.lastRot[num], notAfter: notAfter})
+	m.lastRot[num] = uint32(len(m.rots))
+	st.keys = append(st.keys, num)
 }
 
 // stage is what a record changes, built aside before it is published.
@@ -250,6 +322,18 @@ func (m *Map) stageEvent(st *stage, e *eventv1.Event) {
 			m.deleteKey(st, num)
 		}
 
+	case *eventv1.Event_KeyRotated:
+		r := p.KeyRotated
+		pid, ok := m.projects[project]
+		if !ok || len(r.GetSecretSha256()) != len(apikey.Hash{}) || r.GetOldSecretNotAfter() == nil {
+			return
+		}
+		if num, ok := m.liveKey(pid, aggName); ok && m.rec(num).id.is(r.GetKeyId()) {
+			var sum apikey.Hash
+			copy(sum[:], r.GetSecretSha256())
+			m.rotateKey(st, num, sum, unixNano(r.GetOldSecretNotAfter().AsTime()), e.GetTime().AsTime().UnixNano())
+		}
+
 	case *eventv1.Event_DeploymentCreated:
 		c := p.DeploymentCreated
 		pid := m.projectID(project)
@@ -378,6 +462,9 @@ func (m *Map) judge(d *depState, region string, key *keyRef, now int64) Reason {
 			r = ReasonDeleted
 		case k.expires != 0 && now >= k.expires:
 			r = ReasonExpired
+			if k.rotated {
+				r = ReasonRotated
+			}
 		case !d.links.contains(k.num):
 			r = ReasonNotLinked
 		default:

@@ -1,5 +1,10 @@
 package authmap
 
+import (
+	"maps"
+	"slices"
+)
+
 // Clone returns an independent copy of the map: applying records to one
 // does not change the other. It costs O(keys + deployments); the audit
 // service uses it to keep checkpoints of a project's history and replay
@@ -16,6 +21,10 @@ func (m *Map) Clone() *Map {
 		projects: make(map[string]uint32, len(m.projects)),
 		projName: append([]string(nil), m.projName...),
 		dels:     append([]uint32(nil), m.dels...),
+		// Both maps append to their rotations: they must not share spare
+		// capacity.
+		rots:    slices.Clone(m.rots),
+		lastRot: maps.Clone(m.lastRot),
 	}
 	for p, id := range m.projects {
 		c.projects[p] = id
@@ -25,9 +34,7 @@ func (m *Map) Clone() *Map {
 		c.recs[i] = append([]keyRec(nil), chunk...)
 	}
 	for num := uint32(0); num < m.nkeys; num++ {
-		k := c.rec(num)
-		w := sumWords(&k.sum)
-		c.keys.put(&w, k.info(num))
+		c.publishKey(num)
 	}
 	m.deps.each(func(d *depState) { c.deps.put(d) })
 	c.applied.Store(m.applied.Load())

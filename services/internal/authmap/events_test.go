@@ -51,6 +51,17 @@ func keyDeleted(project, name, id string) *eventv1.Event {
 	return e
 }
 
+// keyRotated gives key project/name (id) the secret secret; the one it
+// replaces stops at notAfter.
+func keyRotated(project, name, id, secret string, notAfter time.Time) *eventv1.Event {
+	e := keyEvent(project, name)
+	h := apikey.Sum(secret)
+	e.Payload = &eventv1.Event_KeyRotated{KeyRotated: &eventv1.KeyRotated{
+		KeyId: id, SecretSha256: h[:], Hint: apikey.Hint(secret), OldSecretNotAfter: timestamppb.New(notAfter),
+	}}
+	return e
+}
+
 func depCreated(project, name, id, upstream string, regions ...string) *eventv1.Event {
 	e := depEvent(project, name)
 	e.Payload = &eventv1.Event_DeploymentCreated{DeploymentCreated: &eventv1.DeploymentCreated{

@@ -12,12 +12,15 @@ import (
 
 // keyTable finds a key by the SHA-256 of its secret. It is an
 // open-addressing table whose slots hold, inline, everything a decision
-// needs about a key — 128 bits of the hash, its number, project, expiry
-// and deleted state — so a lookup costs one cache miss, not a pointer
+// needs about a key's secret — 128 bits of the hash, the key's number,
+// project, expiry and deleted state — so a lookup costs one cache miss, not a pointer
 // chase. Slots are made of atomic words: one writer stores, readers load,
 // and the Map's sequence lock tells a reader whose loads overlapped a
 // store to look again. Entries are never removed (a deleted key stays,
-// marked), so linear probing never loses one.
+// marked), so linear probing never loses one. A rotated key has a slot per
+// secret, all with its number: a replaced secret's slot is marked rotated
+// and its expiry is the end of its grace period, so the decision that
+// refuses an expired key refuses it too, at the same cost.
 //
 // A slot is 32 bytes and the slot array is 32-byte aligned, so a probe
 // reads one cache line, and two neighbouring slots share it. A big table
@@ -61,21 +64,27 @@ type keyInfo struct {
 	num     uint32
 	project uint32
 	deleted bool
+	// rotated: this is a secret a rotation replaced, and expires is the
+	// end of its grace period (earlier than the key's own expiry).
+	rotated bool
 	expires int64
 }
 
-// packMeta keeps a key's number, project and deleted flag in one word;
-// bit 1 is always set, so a used slot's word is never 0.
+// packMeta keeps a key's number, project and deleted and rotated flags
+// in one word; bit 1 is always set, so a used slot's word is never 0.
 func packMeta(k keyInfo) uint64 {
-	m := uint64(k.num)<<32 | uint64(k.project&(1<<30-1))<<2 | 2
+	m := uint64(k.num)<<32 | uint64(k.project&(1<<29-1))<<3 | 2
 	if k.deleted {
 		m |= 1
+	}
+	if k.rotated {
+		m |= 4
 	}
 	return m
 }
 
 func unpackMeta(m uint64, exp int64) keyInfo {
-	return keyInfo{num: uint32(m >> 32), project: uint32(m>>2) & (1<<30 - 1), deleted: m&1 != 0, expires: exp}
+	return keyInfo{num: uint32(m >> 32), project: uint32(m>>3) & (1<<29 - 1), deleted: m&1 != 0, rotated: m&4 != 0, expires: exp}
 }
 
 func sumWords(h *apikey.Hash) [4]uint64 {

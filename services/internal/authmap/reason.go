@@ -29,6 +29,9 @@ const (
 	// ReasonNotReady: the key would do, but the deployment is not
 	// DEPLOYED, so nothing reaches it.
 	ReasonNotReady
+	// ReasonRotated: the secret is one a rotation replaced, and its grace
+	// period ended before the time asked about.
+	ReasonRotated
 )
 
 var reasonNames = [...]string{
@@ -42,6 +45,7 @@ var reasonNames = [...]string{
 	ReasonNotLinked:         "not_linked",
 	ReasonLinked:            "linked",
 	ReasonNotReady:          "not_ready",
+	ReasonRotated:           "rotated",
 }
 
 // String is the reason's snake_case name, e.g. "not_linked".
@@ -66,7 +70,8 @@ const (
 	// ResultMissingAPIKey: 401 missing_api_key.
 	ResultMissingAPIKey
 	// ResultInvalidAPIKey: 401 invalid_api_key (malformed, unknown,
-	// deleted, expired or not linked; the client is not told which).
+	// deleted, expired, rotated out or not linked; the client is not told
+	// which).
 	ResultInvalidAPIKey
 	// ResultDeploymentNotFound: 404 deployment_not_found.
 	ResultDeploymentNotFound

@@ -50,6 +50,17 @@ func (h *history) record() []*eventv1.Event {
 	p := h.projects[h.r.IntN(len(h.projects))]
 	key := [2]string{p, "key-" + itoa(h.r.IntN(120))}
 	dep := [2]string{p, "dep-" + itoa(h.r.IntN(6))}
+	if id, ok := h.keys[key]; ok && h.r.IntN(10) == 0 {
+		// A rotation whose replaced secret stops before, between or after
+		// the times sameAnswers asks about, or at once.
+		secret := fastSecret(h.r)
+		h.secrets = append(h.secrets, secret)
+		notAfter := t0.Add(time.Duration(h.r.IntN(4*3600)-3600) * time.Second)
+		if h.r.IntN(5) == 0 {
+			notAfter = time.Unix(1_700_000_000, 0) // the event's own time: at once
+		}
+		return []*eventv1.Event{keyRotated(p, key[1], id, secret, notAfter)}
+	}
 	switch n := h.r.IntN(20); {
 	case n < 6:
 		id := h.id(h.r.IntN(4) != 0)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"slices"
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
@@ -20,7 +21,7 @@ import (
 // a snapshot"). It holds no secret: keys are kept by the SHA-256 of their
 // secret, as in the events.
 //
-// Format (version 1), every integer an unsigned varint unless said:
+// Format (version 2), every integer an unsigned varint unless said:
 //
 //	magic "infergate-authmap" 0x00, version
 //	sequence
@@ -29,6 +30,9 @@ import (
 //	    the 32-byte secret hash, flags (1 deleted, 2 id is a UUID),
 //	    the id (16 bytes, or length and bytes), name, project number,
 //	    expiry (Unix nanoseconds, 0 never)
+//	rotations, in the order they were applied: count, then each:
+//	    key number, the new secret's 32-byte hash, when the secret it
+//	    replaced stops (Unix nanoseconds, 1 at once)
 //	deployments, the live ones by project number and name: count, then each:
 //	    project number, name, id, model, upstream URL, regions (count,
 //	    names), status, auth (0 or 1), linked key numbers (count, then
@@ -37,9 +41,16 @@ import (
 //
 // Key numbers are kept (links refer to them), deleted keys and all; a
 // deleted deployment is left out, which is what a tombstone decides too.
+//
+// Version 1 had no rotations. A version 1 snapshot is refused, not read as
+// "no rotations": one saved by an older snapshotter from a stream that
+// held KeyRotated events would lack them (the old code ignored them), and
+// a gateway would then accept a replaced secret forever. A gateway that
+// finds one replays the stream from the start instead, and the
+// snapshotter replaces it with a version 2 one at its next save.
 const (
 	snapshotMagic   = "infergate-authmap\x00"
-	snapshotVersion = 1
+	snapshotVersion = 2
 
 	flagDeleted = 1
 	flagUUID    = 2
@@ -70,6 +81,7 @@ type SavePoint struct {
 	recs     [][]keyRec
 	projName []string
 	dels     []uint32
+	rots     []rotation
 	deps     []*depState
 }
 
@@ -87,6 +99,7 @@ func (m *Map) SavePoint() *SavePoint {
 		recs:     m.recs,     // chunks never move; records below nkeys only get deleted
 		projName: m.projName, // names below len never change
 		dels:     m.dels,     // append-only
+		rots:     m.rots,     // append-only, entries never change
 	}
 	m.deps.each(func(d *depState) { // published states are immutable
 		if d.live {
@@ -144,6 +157,13 @@ func (p *SavePoint) WriteTo(w io.Writer) (int64, error) {
 		e.str(k.name)
 		e.uint(uint64(k.project))
 		e.uint(uint64(k.expires))
+	}
+	e.uint(uint64(len(p.rots)))
+	for i := range p.rots {
+		r := &p.rots[i]
+		e.uint(uint64(r.num))
+		e.raw(r.sum[:])
+		e.uint(uint64(r.notAfter))
 	}
 	e.uint(uint64(len(deps)))
 	var links []uint32
@@ -252,14 +272,18 @@ func (m *Map) install(s *snapshotData) error {
 		m.projectID(p)
 	}
 	m.recs, m.nkeys = s.recs, s.nkeys
+	for _, r := range s.rots {
+		r.prev = m.lastRot[r.num]
+		m.rots = append(m.rots, r)
+		m.lastRot[r.num] = uint32(len(m.rots))
+	}
 	for num := range s.nkeys {
 		k := m.rec(num)
 		m.names.put(m, num)
 		if k.deleted {
 			m.dels = append(m.dels, num)
 		}
-		w := sumWords(&k.sum)
-		m.keys.put(&w, k.info(num))
+		m.publishKey(num)
 	}
 	for _, d := range s.deps {
 		m.deps.put(d)
@@ -286,6 +310,7 @@ type snapshotData struct {
 	projects []string
 	recs     [][]keyRec
 	nkeys    uint32
+	rots     []rotation
 	deps     []*depState
 }
 
@@ -308,7 +333,7 @@ func decodeSnapshot(b []byte) (*snapshotData, error) {
 	d := decoder{b: body}
 	s := &snapshotData{}
 	s.sequence, _ = d.header()
-	nproj := d.count(1 << 30)
+	nproj := d.count(1 << 29) // packMeta's bits for a project
 	seen := map[string]bool{}
 	for range nproj {
 		p := d.str()
@@ -341,6 +366,18 @@ func decodeSnapshot(b []byte) (*snapshotData, error) {
 		k.expires = int64(d.uint())
 	}
 	s.nkeys = uint32(nkeys)
+	nrots := d.count(uint64(len(body)))
+	for i := uint64(0); i < nrots && d.err == nil; i++ {
+		var r rotation
+		r.num = uint32(d.ref(nkeys, "rotated key"))
+		d.raw(r.sum[:])
+		na := d.uint()
+		if d.err == nil && (na == 0 || na > math.MaxInt64) {
+			d.fail("rotation %d: end of grace %d out of range", i, na)
+		}
+		r.notAfter = int64(na)
+		s.rots = append(s.rots, r)
+	}
 	ndeps := d.count(uint64(len(body)))
 	var links []uint32
 	for i := uint64(0); i < ndeps && d.err == nil; i++ {

@@ -129,6 +129,7 @@ func (c *Console) routes() {
 	m.HandleFunc("POST /console/p/{project}/keys", c.signedIn(c.createKey))
 	m.HandleFunc("POST /console/p/{project}/keys/{name}/update", c.signedIn(c.updateKey))
 	m.HandleFunc("POST /console/p/{project}/keys/{name}/delete", c.signedIn(c.deleteKey))
+	m.HandleFunc("POST /console/p/{project}/keys/{name}/rotate", c.signedIn(c.rotateKey))
 	m.HandleFunc("GET /console/p/{project}/deployments", c.signedIn(c.deploymentsPage))
 	m.HandleFunc("GET /console/p/{project}/deployments/new", c.signedIn(c.newDeploymentPage))
 	m.HandleFunc("POST /console/p/{project}/deployments", c.signedIn(c.createDeployment))
@@ -270,6 +271,8 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, s *session, secti
 		status = http.StatusUnauthorized
 	case isCode(err, connect.CodeInvalidArgument):
 		status = http.StatusBadRequest
+	case isCode(err, connect.CodeFailedPrecondition):
+		status = http.StatusConflict
 	default:
 		c.log.Warn("console: API call failed", "section", section, "err", err)
 	}

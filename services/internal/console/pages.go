@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	auditv1 "github.com/infergate/infergate/gen/infergate/audit/v1"
@@ -28,14 +29,15 @@ const maxListPages = 10
 
 // eventTypes are the audit event types, for the Audit page's filter.
 var eventTypes = []string{
-	"KeyCreated", "KeyUpdated", "KeyDeleted", "DeploymentCreated", "DeploymentStatusChanged",
+	"KeyCreated", "KeyUpdated", "KeyDeleted", "KeyRotated", "DeploymentCreated", "DeploymentStatusChanged",
 	"DeploymentAuthEnabled", "DeploymentAuthDisabled", "KeyLinked", "KeyUnlinked", "DeploymentDeleted",
 }
 
 func parsePages() (map[string]*template.Template, error) {
 	funcs := template.FuncMap{
-		"has":  slices.Contains[[]string],
-		"join": strings.Join,
+		"has":          slices.Contains[[]string],
+		"join":         strings.Join,
+		"graceChoices": func() any { return graceChoices },
 		"dict": func(kv ...any) (map[string]any, error) {
 			if len(kv)%2 != 0 {
 				return nil, errors.New("dict: odd arguments")
@@ -78,6 +80,9 @@ type keyRow struct {
 	Name, Description, Expires, Created, Hint string
 	Expired                                   bool
 	Deployments                               []string
+	// PreviousHint and PreviousUntil name the secret the last rotation
+	// replaced while it still works; empty otherwise.
+	PreviousHint, PreviousUntil string
 }
 
 type keyForm struct {
@@ -92,9 +97,24 @@ type keysData struct {
 	Form keyForm
 	// Created is the key just made, with its secret, shown this once.
 	Created *struct{ Name, Secret string }
-	// Edit and Delete open their dialogs for one key.
-	Edit, Delete *keyRow
-	EditDesc     string
+	// Edit, Delete and Rotate open their dialogs for one key.
+	Edit, Delete, Rotate *keyRow
+	EditDesc             string
+	// Rotated is the rotation just made, with the new secret, shown this
+	// once.
+	Rotated *rotatedKey
+}
+
+type rotatedKey struct {
+	Name, Secret, OldHint, OldUntil, Receipt string
+	// AtOnce: the old secret stopped at once.
+	AtOnce bool
+}
+
+// graceChoices are the Rotate dialog's grace periods; 24 hours is the
+// API's default.
+var graceChoices = []struct{ Value, Label string }{
+	{"0s", "Stops at once"}, {"1h", "1 hour"}, {"24h", "24 hours"}, {"168h", "7 days"}, {"720h", "30 days"},
 }
 
 func (c *Console) listKeys(r *http.Request, s *session) ([]*keyv1.Key, error) {
@@ -126,6 +146,9 @@ func keyRows(keys []*keyv1.Key) []keyRow {
 		if k.GetExpiresAt() != nil {
 			row.Expires = fmtTime(k.GetExpiresAt())
 			row.Expired = !k.GetExpiresAt().AsTime().After(now)
+		}
+		if until := k.GetPreviousSecretNotAfter(); until != nil && until.AsTime().After(now) {
+			row.PreviousHint, row.PreviousUntil = k.GetPreviousHint(), fmtTime(until)
 		}
 		rows = append(rows, row)
 	}
@@ -162,6 +185,8 @@ func (c *Console) keysPage(w http.ResponseWriter, r *http.Request, s *session) {
 			data.EditDesc = data.Keys[i].Description
 		case q.Get("delete"):
 			data.Delete = &data.Keys[i]
+		case q.Get("rotate"):
+			data.Rotate = &data.Keys[i]
 		}
 	}
 	if q.Get("updated") != "" {
@@ -247,6 +272,34 @@ func (c *Console) deleteKey(w http.ResponseWriter, r *http.Request, s *session) 
 	v := c.view(s, r, "API Keys", "keys")
 	v.Notice = "API key “" + name + "” deleted. " + receiptOf(res.Msg.GetPropagation()).Summary
 	c.keysView(w, r, s, http.StatusOK, v, &keysData{Form: keyForm{Never: true}})
+}
+
+// rotateKey gives a key a new secret and answers with the API Keys page,
+// the new secret shown this once, when the old one stops, and the
+// receipt.
+func (c *Console) rotateKey(w http.ResponseWriter, r *http.Request, s *session) {
+	name := r.PathValue("name")
+	v := c.view(s, r, "API Keys", "keys")
+	grace, err := time.ParseDuration(r.PostFormValue("grace"))
+	if err != nil {
+		c.fail(w, r, s, "keys", connect.NewError(connect.CodeInvalidArgument, errors.New("grace_period: is not a duration")))
+		return
+	}
+	cx, cancel := ctx(r)
+	defer cancel()
+	res, err := c.keys.RotateKey(cx, auth(s, &keyv1.RotateKeyRequest{Project: r.PathValue("project"), Name: name, GracePeriod: durationpb.New(grace)}))
+	if err != nil {
+		c.fail(w, r, s, "keys", err)
+		return
+	}
+	m := res.Msg
+	rk := &rotatedKey{
+		Name: name, Secret: m.GetSecret(), OldHint: m.GetKey().GetPreviousHint(),
+		OldUntil: fmtTime(m.GetOldSecretNotAfter()), Receipt: receiptOf(m.GetPropagation()).Summary,
+		AtOnce: !m.GetOldSecretNotAfter().AsTime().After(m.GetKey().GetRotatedAt().AsTime()),
+	}
+	v.Notice = "API key “" + name + "” rotated."
+	c.keysView(w, r, s, http.StatusOK, v, &keysData{Form: keyForm{Never: true}, Rotated: rk})
 }
 
 // ---- Deployments ----
@@ -397,7 +450,10 @@ type deploymentData struct {
 	Events []eventRow
 	// Check access.
 	CheckKey, CheckAt string
-	Check             *checkResult
+	// CheckHint picks one of the key's secrets (current or rotated out)
+	// by its hint; empty: the current one.
+	CheckHint string
+	Check     *checkResult
 }
 
 type snippet struct{ ID, Title, Code string }
@@ -477,9 +533,10 @@ func (c *Console) checkAccess(r *http.Request, s *session, v *view, data *deploy
 	defer cancel()
 	res, err := c.audit.CheckAccess(cx, auth(s, &auditv1.CheckAccessRequest{
 		Project: r.PathValue("project"), Deployment: r.PathValue("name"), Key: data.CheckKey, At: timestamppb.New(at),
+		SecretHint: data.CheckHint,
 	}))
 	if err != nil {
-		v.Errors = apiErrors(err, map[string]string{"key": "key", "at": "at"}, "")
+		v.Errors = apiErrors(err, map[string]string{"key": "key", "at": "at", "secret_hint": "secret_hint"}, "")
 		return
 	}
 	data.Check = &checkResult{Allowed: res.Msg.GetAllowed(), Reason: res.Msg.GetReason(), Sequence: res.Msg.GetSequence()}
@@ -487,7 +544,8 @@ func (c *Console) checkAccess(r *http.Request, s *session, v *view, data *deploy
 
 func (c *Console) deploymentPage(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
-	data := &deploymentData{Tab: q.Get("tab"), CheckKey: strings.TrimSpace(q.Get("key")), CheckAt: q.Get("at")}
+	data := &deploymentData{Tab: q.Get("tab"), CheckKey: strings.TrimSpace(q.Get("key")), CheckAt: q.Get("at"),
+		CheckHint: strings.TrimSpace(q.Get("secret_hint"))}
 	c.deploymentView(w, r, s, http.StatusOK, c.view(s, r, "Deployment", "deployments"), data)
 }
 

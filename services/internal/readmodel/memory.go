@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"time"
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
 	"github.com/infergate/infergate/services/internal/eventstore"
@@ -147,10 +148,9 @@ func pageOf[V any](rows map[string]V, page Page) []string {
 // keyView is a copy of k that shares nothing with the store.
 func (p *memProject) keyView(k *Key) Key {
 	out := *k
-	if k.ExpiresAt != nil {
-		t := *k.ExpiresAt
-		out.ExpiresAt = &t
-	}
+	out.ExpiresAt = cloneTime(k.ExpiresAt)
+	out.RotatedAt = cloneTime(k.RotatedAt)
+	out.PreviousNotAfter = cloneTime(k.PreviousNotAfter)
 	out.DeploymentNames = sortedOrNil(slices.Collect(maps.Keys(p.keyLinks[k.ID])))
 	return out
 }
@@ -161,6 +161,14 @@ func (p *memProject) deploymentView(d *Deployment) Deployment {
 	out.Regions = slices.Clone(d.Regions)
 	out.APIKeys = sortedOrNil(slices.Collect(maps.Keys(p.links[d.Name])))
 	return out
+}
+
+func cloneTime(t *time.Time) *time.Time {
+	if t == nil {
+		return nil
+	}
+	c := *t
+	return &c
 }
 
 func sortedOrNil(s []string) []string {
@@ -219,6 +227,14 @@ func (m *Memory) apply(rec eventstore.Record, ev *eventv1.Event) {
 		}
 	case *eventv1.Event_KeyDeleted:
 		p.deleteKey(pl.KeyDeleted.GetKeyId())
+	case *eventv1.Event_KeyRotated:
+		e := pl.KeyRotated
+		if k := p.keyWithID(e.GetKeyId()); k != nil {
+			notAfter := NormalTime(e.GetOldSecretNotAfter().AsTime())
+			k.PreviousHint, k.PreviousNotAfter = k.Hint, &notAfter
+			k.Hint = e.GetHint()
+			k.RotatedAt = &at
+		}
 	case *eventv1.Event_DeploymentCreated:
 		e := pl.DeploymentCreated
 		name := NameOf(rec, ev, e.GetName())

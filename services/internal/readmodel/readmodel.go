@@ -31,6 +31,13 @@ type Key struct {
 	// ExpiresAt is nil when the key never expires.
 	ExpiresAt *time.Time
 	CreatedAt time.Time
+	// RotatedAt is when the secret was last rotated; nil if never.
+	RotatedAt *time.Time
+	// PreviousHint is the hint of the secret the last rotation replaced,
+	// and PreviousNotAfter when it stops working; "" and nil if never
+	// rotated.
+	PreviousHint     string
+	PreviousNotAfter *time.Time
 	// DeploymentNames are the live deployments the key is linked to,
 	// sorted.
 	DeploymentNames []string

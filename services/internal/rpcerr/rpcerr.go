@@ -34,6 +34,8 @@ func From(ctx context.Context, log *slog.Logger, err error) error {
 		return connect.NewError(connect.CodeNotFound, err)
 	case errors.Is(err, aggregate.ErrAlreadyExists):
 		return connect.NewError(connect.CodeAlreadyExists, err)
+	case errors.Is(err, aggregate.ErrFailedPrecondition):
+		return connect.NewError(connect.CodeFailedPrecondition, err)
 	case errors.Is(err, eventstore.ErrConflict):
 		return connect.NewError(connect.CodeAborted, err)
 	case errors.Is(err, eventstore.ErrUnavailable):

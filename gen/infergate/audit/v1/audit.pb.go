@@ -311,7 +311,13 @@ type CheckAccessRequest struct {
 	// The key's name.
 	Key string `protobuf:"bytes,3,opt,name=key,proto3" json:"key,omitempty"`
 	// The moment to ask about; unset means now.
-	At            *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	At *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=at,proto3" json:"at,omitempty"`
+	// Which of the key's secrets to ask about, by its hint (e.g.
+	// "ig_…x7Qa", as the key's hint or previous_hint shows it): the current
+	// one or one a rotation replaced. Empty means the key's current secret
+	// at that moment. A hint that none of the key's secrets (as of that
+	// moment) has is answered unknown_key.
+	SecretHint    string `protobuf:"bytes,5,opt,name=secret_hint,json=secretHint,proto3" json:"secret_hint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -374,13 +380,21 @@ func (x *CheckAccessRequest) GetAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CheckAccessRequest) GetSecretHint() string {
+	if x != nil {
+		return x.SecretHint
+	}
+	return ""
+}
+
 // CheckAccessResponse is the gateway's decision as it would have been.
 type CheckAccessResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Whether a request with the key would have been let in.
 	Allowed bool `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
-	// Why: auth_disabled, linked, not_linked, expired, deleted, unknown_key
-	// or unknown_deployment.
+	// Why: auth_disabled, linked, not_linked, expired, rotated (a secret a
+	// rotation replaced, past its grace period), deleted, unknown_key,
+	// unknown_deployment or not_ready.
 	Reason string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
 	// The last stream sequence taken into account.
 	Sequence      uint64 `protobuf:"varint,3,opt,name=sequence,proto3" json:"sequence,omitempty"`
@@ -753,14 +767,16 @@ const file_infergate_audit_v1_audit_proto_rawDesc = "" +
 	"\adetails\x18\b \x03(\v2&.infergate.audit.v1.Event.DetailsEntryR\adetails\x1a:\n" +
 	"\fDetailsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8c\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xad\x01\n" +
 	"\x12CheckAccessRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1e\n" +
 	"\n" +
 	"deployment\x18\x02 \x01(\tR\n" +
 	"deployment\x12\x10\n" +
 	"\x03key\x18\x03 \x01(\tR\x03key\x12*\n" +
-	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\"c\n" +
+	"\x02at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1f\n" +
+	"\vsecret_hint\x18\x05 \x01(\tR\n" +
+	"secretHint\"c\n" +
 	"\x13CheckAccessResponse\x12\x18\n" +
 	"\aallowed\x18\x01 \x01(\bR\aallowed\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1a\n" +

@@ -271,6 +271,7 @@ type Event struct {
 	//	*Event_KeyLinked
 	//	*Event_KeyUnlinked
 	//	*Event_DeploymentDeleted
+	//	*Event_KeyRotated
 	Payload       isEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -438,6 +439,15 @@ func (x *Event) GetDeploymentDeleted() *DeploymentDeleted {
 	return nil
 }
 
+func (x *Event) GetKeyRotated() *KeyRotated {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_KeyRotated); ok {
+			return x.KeyRotated
+		}
+	}
+	return nil
+}
+
 type isEvent_Payload interface {
 	isEvent_Payload()
 }
@@ -492,6 +502,11 @@ type Event_DeploymentDeleted struct {
 	DeploymentDeleted *DeploymentDeleted `protobuf:"bytes,19,opt,name=deployment_deleted,json=deploymentDeleted,proto3,oneof"`
 }
 
+type Event_KeyRotated struct {
+	// A key's secret was replaced by a new one.
+	KeyRotated *KeyRotated `protobuf:"bytes,20,opt,name=key_rotated,json=keyRotated,proto3,oneof"`
+}
+
 func (*Event_KeyCreated) isEvent_Payload() {}
 
 func (*Event_KeyUpdated) isEvent_Payload() {}
@@ -511,6 +526,8 @@ func (*Event_KeyLinked) isEvent_Payload() {}
 func (*Event_KeyUnlinked) isEvent_Payload() {}
 
 func (*Event_DeploymentDeleted) isEvent_Payload() {}
+
+func (*Event_KeyRotated) isEvent_Payload() {}
 
 // KeyCreated: a key came to be. Aggregate: the key.
 type KeyCreated struct {
@@ -705,6 +722,97 @@ func (x *KeyDeleted) GetKeyId() string {
 	return ""
 }
 
+// KeyRotated: a key got a new secret; the secret it replaced keeps working
+// until old_secret_not_after, then stops at every gateway with no further
+// event (each gateway compares that time with its own clock). The key
+// keeps its id, name, links and expiry. Secrets replaced by earlier
+// rotations that still work stop at old_secret_not_after at the latest:
+// a rotation never extends an earlier grace period, and one with no grace
+// leaves only the new secret working. Aggregate: the key.
+type KeyRotated struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's unique id.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// SHA-256 of the new secret (32 bytes). The secret itself is never
+	// stored.
+	SecretSha256 []byte `protobuf:"bytes,2,opt,name=secret_sha256,json=secretSha256,proto3" json:"secret_sha256,omitempty"`
+	// A short non-secret reminder of the new secret, e.g. "ig_…x7Qa".
+	Hint string `protobuf:"bytes,3,opt,name=hint,proto3" json:"hint,omitempty"`
+	// The hint of the secret this rotation replaced.
+	PreviousHint string `protobuf:"bytes,4,opt,name=previous_hint,json=previousHint,proto3" json:"previous_hint,omitempty"`
+	// When the replaced secret stops working: the rotation's time plus its
+	// grace period, never later than the key's expiry. At or before the
+	// event's time means at once.
+	OldSecretNotAfter *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=old_secret_not_after,json=oldSecretNotAfter,proto3" json:"old_secret_not_after,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *KeyRotated) Reset() {
+	*x = KeyRotated{}
+	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyRotated) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyRotated) ProtoMessage() {}
+
+func (x *KeyRotated) ProtoReflect() protoreflect.Message {
+	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyRotated.ProtoReflect.Descriptor instead.
+func (*KeyRotated) Descriptor() ([]byte, []int) {
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *KeyRotated) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *KeyRotated) GetSecretSha256() []byte {
+	if x != nil {
+		return x.SecretSha256
+	}
+	return nil
+}
+
+func (x *KeyRotated) GetHint() string {
+	if x != nil {
+		return x.Hint
+	}
+	return ""
+}
+
+func (x *KeyRotated) GetPreviousHint() string {
+	if x != nil {
+		return x.PreviousHint
+	}
+	return ""
+}
+
+func (x *KeyRotated) GetOldSecretNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OldSecretNotAfter
+	}
+	return nil
+}
+
 // DeploymentCreated: a deployment came to be, in status DEPLOYING with auth
 // disabled and no keys; auth and links follow as their own events in the
 // same batch. Aggregate: the deployment.
@@ -726,7 +834,7 @@ type DeploymentCreated struct {
 
 func (x *DeploymentCreated) Reset() {
 	*x = DeploymentCreated{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -738,7 +846,7 @@ func (x *DeploymentCreated) String() string {
 func (*DeploymentCreated) ProtoMessage() {}
 
 func (x *DeploymentCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -751,7 +859,7 @@ func (x *DeploymentCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentCreated.ProtoReflect.Descriptor instead.
 func (*DeploymentCreated) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{6}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeploymentCreated) GetDeploymentId() string {
@@ -805,7 +913,7 @@ type DeploymentStatusChanged struct {
 
 func (x *DeploymentStatusChanged) Reset() {
 	*x = DeploymentStatusChanged{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +925,7 @@ func (x *DeploymentStatusChanged) String() string {
 func (*DeploymentStatusChanged) ProtoMessage() {}
 
 func (x *DeploymentStatusChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +938,7 @@ func (x *DeploymentStatusChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentStatusChanged.ProtoReflect.Descriptor instead.
 func (*DeploymentStatusChanged) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{7}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeploymentStatusChanged) GetDeploymentId() string {
@@ -866,7 +974,7 @@ type DeploymentAuthEnabled struct {
 
 func (x *DeploymentAuthEnabled) Reset() {
 	*x = DeploymentAuthEnabled{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +986,7 @@ func (x *DeploymentAuthEnabled) String() string {
 func (*DeploymentAuthEnabled) ProtoMessage() {}
 
 func (x *DeploymentAuthEnabled) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +999,7 @@ func (x *DeploymentAuthEnabled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentAuthEnabled.ProtoReflect.Descriptor instead.
 func (*DeploymentAuthEnabled) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{8}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeploymentAuthEnabled) GetDeploymentId() string {
@@ -913,7 +1021,7 @@ type DeploymentAuthDisabled struct {
 
 func (x *DeploymentAuthDisabled) Reset() {
 	*x = DeploymentAuthDisabled{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1033,7 @@ func (x *DeploymentAuthDisabled) String() string {
 func (*DeploymentAuthDisabled) ProtoMessage() {}
 
 func (x *DeploymentAuthDisabled) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1046,7 @@ func (x *DeploymentAuthDisabled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentAuthDisabled.ProtoReflect.Descriptor instead.
 func (*DeploymentAuthDisabled) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{9}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeploymentAuthDisabled) GetDeploymentId() string {
@@ -964,7 +1072,7 @@ type KeyLinked struct {
 
 func (x *KeyLinked) Reset() {
 	*x = KeyLinked{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -976,7 +1084,7 @@ func (x *KeyLinked) String() string {
 func (*KeyLinked) ProtoMessage() {}
 
 func (x *KeyLinked) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -989,7 +1097,7 @@ func (x *KeyLinked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyLinked.ProtoReflect.Descriptor instead.
 func (*KeyLinked) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{10}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *KeyLinked) GetDeploymentId() string {
@@ -1029,7 +1137,7 @@ type KeyUnlinked struct {
 
 func (x *KeyUnlinked) Reset() {
 	*x = KeyUnlinked{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1149,7 @@ func (x *KeyUnlinked) String() string {
 func (*KeyUnlinked) ProtoMessage() {}
 
 func (x *KeyUnlinked) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1162,7 @@ func (x *KeyUnlinked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyUnlinked.ProtoReflect.Descriptor instead.
 func (*KeyUnlinked) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{11}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *KeyUnlinked) GetDeploymentId() string {
@@ -1089,7 +1197,7 @@ type DeploymentDeleted struct {
 
 func (x *DeploymentDeleted) Reset() {
 	*x = DeploymentDeleted{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1209,7 @@ func (x *DeploymentDeleted) String() string {
 func (*DeploymentDeleted) ProtoMessage() {}
 
 func (x *DeploymentDeleted) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1222,7 @@ func (x *DeploymentDeleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentDeleted.ProtoReflect.Descriptor instead.
 func (*DeploymentDeleted) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{12}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeploymentDeleted) GetDeploymentId() string {
@@ -1133,7 +1241,7 @@ const file_infergate_event_v1_event_proto_rawDesc = "" +
 	"\x06events\x18\x01 \x03(\v2\x19.infergate.event.v1.EventR\x06events\"V\n" +
 	"\tAggregate\x125\n" +
 	"\x04type\x18\x01 \x01(\x0e2!.infergate.event.v1.AggregateTypeR\x04type\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xf6\a\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\xb9\b\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
@@ -1154,7 +1262,9 @@ const file_infergate_event_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"key_linked\x18\x11 \x01(\v2\x1d.infergate.event.v1.KeyLinkedH\x00R\tkeyLinked\x12D\n" +
 	"\fkey_unlinked\x18\x12 \x01(\v2\x1f.infergate.event.v1.KeyUnlinkedH\x00R\vkeyUnlinked\x12V\n" +
-	"\x12deployment_deleted\x18\x13 \x01(\v2%.infergate.event.v1.DeploymentDeletedH\x00R\x11deploymentDeletedB\t\n" +
+	"\x12deployment_deleted\x18\x13 \x01(\v2%.infergate.event.v1.DeploymentDeletedH\x00R\x11deploymentDeleted\x12A\n" +
+	"\vkey_rotated\x18\x14 \x01(\v2\x1e.infergate.event.v1.KeyRotatedH\x00R\n" +
+	"keyRotatedB\t\n" +
 	"\apayload\"\xcd\x01\n" +
 	"\n" +
 	"KeyCreated\x12\x15\n" +
@@ -1171,7 +1281,14 @@ const file_infergate_event_v1_event_proto_rawDesc = "" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\"#\n" +
 	"\n" +
 	"KeyDeleted\x12\x15\n" +
-	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x9f\x01\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\xce\x01\n" +
+	"\n" +
+	"KeyRotated\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12#\n" +
+	"\rsecret_sha256\x18\x02 \x01(\fR\fsecretSha256\x12\x12\n" +
+	"\x04hint\x18\x03 \x01(\tR\x04hint\x12#\n" +
+	"\rprevious_hint\x18\x04 \x01(\tR\fpreviousHint\x12K\n" +
+	"\x14old_secret_not_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x11oldSecretNotAfter\"\x9f\x01\n" +
 	"\x11DeploymentCreated\x12#\n" +
 	"\rdeployment_id\x18\x01 \x01(\tR\fdeploymentId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x14\n" +
@@ -1219,7 +1336,7 @@ func file_infergate_event_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_infergate_event_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_infergate_event_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_infergate_event_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_infergate_event_v1_event_proto_goTypes = []any{
 	(AggregateType)(0),              // 0: infergate.event.v1.AggregateType
 	(DeploymentStatus)(0),           // 1: infergate.event.v1.DeploymentStatus
@@ -1229,37 +1346,40 @@ var file_infergate_event_v1_event_proto_goTypes = []any{
 	(*KeyCreated)(nil),              // 5: infergate.event.v1.KeyCreated
 	(*KeyUpdated)(nil),              // 6: infergate.event.v1.KeyUpdated
 	(*KeyDeleted)(nil),              // 7: infergate.event.v1.KeyDeleted
-	(*DeploymentCreated)(nil),       // 8: infergate.event.v1.DeploymentCreated
-	(*DeploymentStatusChanged)(nil), // 9: infergate.event.v1.DeploymentStatusChanged
-	(*DeploymentAuthEnabled)(nil),   // 10: infergate.event.v1.DeploymentAuthEnabled
-	(*DeploymentAuthDisabled)(nil),  // 11: infergate.event.v1.DeploymentAuthDisabled
-	(*KeyLinked)(nil),               // 12: infergate.event.v1.KeyLinked
-	(*KeyUnlinked)(nil),             // 13: infergate.event.v1.KeyUnlinked
-	(*DeploymentDeleted)(nil),       // 14: infergate.event.v1.DeploymentDeleted
-	(*timestamppb.Timestamp)(nil),   // 15: google.protobuf.Timestamp
+	(*KeyRotated)(nil),              // 8: infergate.event.v1.KeyRotated
+	(*DeploymentCreated)(nil),       // 9: infergate.event.v1.DeploymentCreated
+	(*DeploymentStatusChanged)(nil), // 10: infergate.event.v1.DeploymentStatusChanged
+	(*DeploymentAuthEnabled)(nil),   // 11: infergate.event.v1.DeploymentAuthEnabled
+	(*DeploymentAuthDisabled)(nil),  // 12: infergate.event.v1.DeploymentAuthDisabled
+	(*KeyLinked)(nil),               // 13: infergate.event.v1.KeyLinked
+	(*KeyUnlinked)(nil),             // 14: infergate.event.v1.KeyUnlinked
+	(*DeploymentDeleted)(nil),       // 15: infergate.event.v1.DeploymentDeleted
+	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
 }
 var file_infergate_event_v1_event_proto_depIdxs = []int32{
 	4,  // 0: infergate.event.v1.Batch.events:type_name -> infergate.event.v1.Event
 	0,  // 1: infergate.event.v1.Aggregate.type:type_name -> infergate.event.v1.AggregateType
-	15, // 2: infergate.event.v1.Event.time:type_name -> google.protobuf.Timestamp
+	16, // 2: infergate.event.v1.Event.time:type_name -> google.protobuf.Timestamp
 	3,  // 3: infergate.event.v1.Event.aggregate:type_name -> infergate.event.v1.Aggregate
 	5,  // 4: infergate.event.v1.Event.key_created:type_name -> infergate.event.v1.KeyCreated
 	6,  // 5: infergate.event.v1.Event.key_updated:type_name -> infergate.event.v1.KeyUpdated
 	7,  // 6: infergate.event.v1.Event.key_deleted:type_name -> infergate.event.v1.KeyDeleted
-	8,  // 7: infergate.event.v1.Event.deployment_created:type_name -> infergate.event.v1.DeploymentCreated
-	9,  // 8: infergate.event.v1.Event.deployment_status_changed:type_name -> infergate.event.v1.DeploymentStatusChanged
-	10, // 9: infergate.event.v1.Event.deployment_auth_enabled:type_name -> infergate.event.v1.DeploymentAuthEnabled
-	11, // 10: infergate.event.v1.Event.deployment_auth_disabled:type_name -> infergate.event.v1.DeploymentAuthDisabled
-	12, // 11: infergate.event.v1.Event.key_linked:type_name -> infergate.event.v1.KeyLinked
-	13, // 12: infergate.event.v1.Event.key_unlinked:type_name -> infergate.event.v1.KeyUnlinked
-	14, // 13: infergate.event.v1.Event.deployment_deleted:type_name -> infergate.event.v1.DeploymentDeleted
-	15, // 14: infergate.event.v1.KeyCreated.expires_at:type_name -> google.protobuf.Timestamp
-	1,  // 15: infergate.event.v1.DeploymentStatusChanged.status:type_name -> infergate.event.v1.DeploymentStatus
-	16, // [16:16] is the sub-list for method output_type
-	16, // [16:16] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	9,  // 7: infergate.event.v1.Event.deployment_created:type_name -> infergate.event.v1.DeploymentCreated
+	10, // 8: infergate.event.v1.Event.deployment_status_changed:type_name -> infergate.event.v1.DeploymentStatusChanged
+	11, // 9: infergate.event.v1.Event.deployment_auth_enabled:type_name -> infergate.event.v1.DeploymentAuthEnabled
+	12, // 10: infergate.event.v1.Event.deployment_auth_disabled:type_name -> infergate.event.v1.DeploymentAuthDisabled
+	13, // 11: infergate.event.v1.Event.key_linked:type_name -> infergate.event.v1.KeyLinked
+	14, // 12: infergate.event.v1.Event.key_unlinked:type_name -> infergate.event.v1.KeyUnlinked
+	15, // 13: infergate.event.v1.Event.deployment_deleted:type_name -> infergate.event.v1.DeploymentDeleted
+	8,  // 14: infergate.event.v1.Event.key_rotated:type_name -> infergate.event.v1.KeyRotated
+	16, // 15: infergate.event.v1.KeyCreated.expires_at:type_name -> google.protobuf.Timestamp
+	16, // 16: infergate.event.v1.KeyRotated.old_secret_not_after:type_name -> google.protobuf.Timestamp
+	1,  // 17: infergate.event.v1.DeploymentStatusChanged.status:type_name -> infergate.event.v1.DeploymentStatus
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_infergate_event_v1_event_proto_init() }
@@ -1278,6 +1398,7 @@ func file_infergate_event_v1_event_proto_init() {
 		(*Event_KeyLinked)(nil),
 		(*Event_KeyUnlinked)(nil),
 		(*Event_DeploymentDeleted)(nil),
+		(*Event_KeyRotated)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1285,7 +1406,7 @@ func file_infergate_event_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_infergate_event_v1_event_proto_rawDesc), len(file_infergate_event_v1_event_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -49,9 +49,17 @@ type Key struct {
 	Hint string `protobuf:"bytes,7,opt,name=hint,proto3" json:"hint,omitempty"`
 	// A unique id of this key. A key created later under the same name (after
 	// this one was deleted) has a different id.
-	Id            string `protobuf:"bytes,8,opt,name=id,proto3" json:"id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Id string `protobuf:"bytes,8,opt,name=id,proto3" json:"id,omitempty"`
+	// When the key's secret was last rotated; unset if it never was.
+	RotatedAt *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=rotated_at,json=rotatedAt,proto3" json:"rotated_at,omitempty"`
+	// The hint of the secret the last rotation replaced; empty if the key
+	// was never rotated.
+	PreviousHint string `protobuf:"bytes,10,opt,name=previous_hint,json=previousHint,proto3" json:"previous_hint,omitempty"`
+	// When that secret stops (or stopped) working; unset if the key was
+	// never rotated. Secrets replaced by earlier rotations stop no later.
+	PreviousSecretNotAfter *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=previous_secret_not_after,json=previousSecretNotAfter,proto3" json:"previous_secret_not_after,omitempty"`
+	unknownFields          protoimpl.UnknownFields
+	sizeCache              protoimpl.SizeCache
 }
 
 func (x *Key) Reset() {
@@ -138,6 +146,27 @@ func (x *Key) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *Key) GetRotatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RotatedAt
+	}
+	return nil
+}
+
+func (x *Key) GetPreviousHint() string {
+	if x != nil {
+		return x.PreviousHint
+	}
+	return ""
+}
+
+func (x *Key) GetPreviousSecretNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.PreviousSecretNotAfter
+	}
+	return nil
 }
 
 // CreateKeyRequest describes a new key.
@@ -802,11 +831,192 @@ func (x *DeleteKeyResponse) GetReadModelBehind() bool {
 	return false
 }
 
+// RotateKeyRequest names the key to rotate and how long its current secret
+// keeps working.
+type RotateKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's project.
+	Project string `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	// The key's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// How long the current secret keeps working next to the new one: unset
+	// means 24 hours, zero means it stops at once; at most 30 days, never
+	// negative. The key's expiry still applies to every secret. Secrets
+	// replaced by earlier rotations that still work stop at the end of this
+	// grace period at the latest, so a rotation with zero grace leaves only
+	// the new secret working.
+	GracePeriod *durationpb.Duration `protobuf:"bytes,3,opt,name=grace_period,json=gracePeriod,proto3" json:"grace_period,omitempty"`
+	// How long to wait for the gateways to apply the rotation; unset means
+	// the service's default (2 s).
+	PropagationTimeout *durationpb.Duration `protobuf:"bytes,4,opt,name=propagation_timeout,json=propagationTimeout,proto3" json:"propagation_timeout,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *RotateKeyRequest) Reset() {
+	*x = RotateKeyRequest{}
+	mi := &file_infergate_key_v1_key_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyRequest) ProtoMessage() {}
+
+func (x *RotateKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_infergate_key_v1_key_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyRequest.ProtoReflect.Descriptor instead.
+func (*RotateKeyRequest) Descriptor() ([]byte, []int) {
+	return file_infergate_key_v1_key_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *RotateKeyRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *RotateKeyRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RotateKeyRequest) GetGracePeriod() *durationpb.Duration {
+	if x != nil {
+		return x.GracePeriod
+	}
+	return nil
+}
+
+func (x *RotateKeyRequest) GetPropagationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PropagationTimeout
+	}
+	return nil
+}
+
+// RotateKeyResponse carries the new secret, once.
+type RotateKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key after the rotation.
+	Key *Key `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The new secret to send in the X-API-Key header. It is shown only here
+	// and cannot be read back. Empty only when replayed is true.
+	Secret string `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
+	// When the replaced secret stops working (the same as
+	// key.previous_secret_not_after).
+	OldSecretNotAfter *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=old_secret_not_after,json=oldSecretNotAfter,proto3" json:"old_secret_not_after,omitempty"`
+	// True when this request's Idempotency-Key had already rotated the key:
+	// nothing was rotated again, and the call is answered as the first one
+	// was, except that the secret, shown only in the first answer and stored
+	// nowhere, is empty. If that answer was lost, rotate again (without the
+	// same Idempotency-Key): the secret minted by the lost rotation then
+	// keeps working only for the new grace period.
+	Replayed bool `protobuf:"varint,4,opt,name=replayed,proto3" json:"replayed,omitempty"`
+	// Whether the gateways already accept the new secret.
+	Propagation *v1.Propagation `protobuf:"bytes,5,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned. The change is durable all the same (this answer is
+	// built from the stream); a Get or List right after may not show it
+	// for a moment.
+	ReadModelBehind bool `protobuf:"varint,6,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RotateKeyResponse) Reset() {
+	*x = RotateKeyResponse{}
+	mi := &file_infergate_key_v1_key_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateKeyResponse) ProtoMessage() {}
+
+func (x *RotateKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_infergate_key_v1_key_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateKeyResponse.ProtoReflect.Descriptor instead.
+func (*RotateKeyResponse) Descriptor() ([]byte, []int) {
+	return file_infergate_key_v1_key_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RotateKeyResponse) GetKey() *Key {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *RotateKeyResponse) GetSecret() string {
+	if x != nil {
+		return x.Secret
+	}
+	return ""
+}
+
+func (x *RotateKeyResponse) GetOldSecretNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.OldSecretNotAfter
+	}
+	return nil
+}
+
+func (x *RotateKeyResponse) GetReplayed() bool {
+	if x != nil {
+		return x.Replayed
+	}
+	return false
+}
+
+func (x *RotateKeyResponse) GetPropagation() *v1.Propagation {
+	if x != nil {
+		return x.Propagation
+	}
+	return nil
+}
+
+func (x *RotateKeyResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
+}
+
 var File_infergate_key_v1_key_proto protoreflect.FileDescriptor
 
 const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\n" +
-	"\x1ainfergate/key/v1/key.proto\x12\x10infergate.key.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\x9a\x02\n" +
+	"\x1ainfergate/key/v1/key.proto\x12\x10infergate.key.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\xd1\x03\n" +
 	"\x03Key\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -817,7 +1027,12 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12)\n" +
 	"\x10deployment_names\x18\x06 \x03(\tR\x0fdeploymentNames\x12\x12\n" +
 	"\x04hint\x18\a \x01(\tR\x04hint\x12\x0e\n" +
-	"\x02id\x18\b \x01(\tR\x02id\"\x94\x02\n" +
+	"\x02id\x18\b \x01(\tR\x02id\x129\n" +
+	"\n" +
+	"rotated_at\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\trotatedAt\x12#\n" +
+	"\rprevious_hint\x18\n" +
+	" \x01(\tR\fpreviousHint\x12U\n" +
+	"\x19previous_secret_not_after\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x16previousSecretNotAfter\"\x94\x02\n" +
 	"\x10CreateKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -859,14 +1074,27 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\x88\x01\n" +
 	"\x11DeleteKeyResponse\x12G\n" +
 	"\vpropagation\x18\x01 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
-	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind2\xc8\x05\n" +
+	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind\"\xca\x01\n" +
+	"\x10RotateKeyRequest\x12\x18\n" +
+	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12<\n" +
+	"\fgrace_period\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\vgracePeriod\x12J\n" +
+	"\x13propagation_timeout\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xb2\x02\n" +
+	"\x11RotateKeyResponse\x12'\n" +
+	"\x03key\x18\x01 \x01(\v2\x15.infergate.key.v1.KeyR\x03key\x12\x16\n" +
+	"\x06secret\x18\x02 \x01(\tR\x06secret\x12K\n" +
+	"\x14old_secret_not_after\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x11oldSecretNotAfter\x12\x1a\n" +
+	"\breplayed\x18\x04 \x01(\bR\breplayed\x12G\n" +
+	"\vpropagation\x18\x05 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x06 \x01(\bR\x0freadModelBehind2\xe0\x06\n" +
 	"\n" +
 	"KeyService\x12\x87\x01\n" +
 	"\tCreateKey\x12\".infergate.key.v1.CreateKeyRequest\x1a#.infergate.key.v1.CreateKeyResponse\"1\x82\xd3\xe4\x93\x02+:\x01*\"&/cloud/v3/inference/{project}/api_keys\x12\x87\x01\n" +
 	"\x06GetKey\x12\x1f.infergate.key.v1.GetKeyRequest\x1a .infergate.key.v1.GetKeyResponse\":\x82\xd3\xe4\x93\x024b\x03key\x12-/cloud/v3/inference/{project}/api_keys/{name}\x12\x81\x01\n" +
 	"\bListKeys\x12!.infergate.key.v1.ListKeysRequest\x1a\".infergate.key.v1.ListKeysResponse\".\x82\xd3\xe4\x93\x02(\x12&/cloud/v3/inference/{project}/api_keys\x12\x93\x01\n" +
 	"\tUpdateKey\x12\".infergate.key.v1.UpdateKeyRequest\x1a#.infergate.key.v1.UpdateKeyResponse\"=\x82\xd3\xe4\x93\x027:\x01*b\x03key2-/cloud/v3/inference/{project}/api_keys/{name}\x12\x8b\x01\n" +
-	"\tDeleteKey\x12\".infergate.key.v1.DeleteKeyRequest\x1a#.infergate.key.v1.DeleteKeyResponse\"5\x82\xd3\xe4\x93\x02/*-/cloud/v3/inference/{project}/api_keys/{name}B;Z9github.com/infergate/infergate/gen/infergate/key/v1;keyv1b\x06proto3"
+	"\tDeleteKey\x12\".infergate.key.v1.DeleteKeyRequest\x1a#.infergate.key.v1.DeleteKeyResponse\"5\x82\xd3\xe4\x93\x02/*-/cloud/v3/inference/{project}/api_keys/{name}\x12\x95\x01\n" +
+	"\tRotateKey\x12\".infergate.key.v1.RotateKeyRequest\x1a#.infergate.key.v1.RotateKeyResponse\"?\x82\xd3\xe4\x93\x029:\x01*\"4/cloud/v3/inference/{project}/api_keys/{name}/rotateB;Z9github.com/infergate/infergate/gen/infergate/key/v1;keyv1b\x06proto3"
 
 var (
 	file_infergate_key_v1_key_proto_rawDescOnce sync.Once
@@ -880,7 +1108,7 @@ func file_infergate_key_v1_key_proto_rawDescGZIP() []byte {
 	return file_infergate_key_v1_key_proto_rawDescData
 }
 
-var file_infergate_key_v1_key_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_infergate_key_v1_key_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_infergate_key_v1_key_proto_goTypes = []any{
 	(*Key)(nil),                   // 0: infergate.key.v1.Key
 	(*CreateKeyRequest)(nil),      // 1: infergate.key.v1.CreateKeyRequest
@@ -893,37 +1121,48 @@ var file_infergate_key_v1_key_proto_goTypes = []any{
 	(*UpdateKeyResponse)(nil),     // 8: infergate.key.v1.UpdateKeyResponse
 	(*DeleteKeyRequest)(nil),      // 9: infergate.key.v1.DeleteKeyRequest
 	(*DeleteKeyResponse)(nil),     // 10: infergate.key.v1.DeleteKeyResponse
-	(*timestamppb.Timestamp)(nil), // 11: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 12: google.protobuf.Duration
-	(*v1.Propagation)(nil),        // 13: infergate.propagation.v1.Propagation
+	(*RotateKeyRequest)(nil),      // 11: infergate.key.v1.RotateKeyRequest
+	(*RotateKeyResponse)(nil),     // 12: infergate.key.v1.RotateKeyResponse
+	(*timestamppb.Timestamp)(nil), // 13: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 14: google.protobuf.Duration
+	(*v1.Propagation)(nil),        // 15: infergate.propagation.v1.Propagation
 }
 var file_infergate_key_v1_key_proto_depIdxs = []int32{
-	11, // 0: infergate.key.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
-	11, // 1: infergate.key.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	11, // 2: infergate.key.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
-	12, // 3: infergate.key.v1.CreateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	0,  // 4: infergate.key.v1.CreateKeyResponse.key:type_name -> infergate.key.v1.Key
-	13, // 5: infergate.key.v1.CreateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	0,  // 6: infergate.key.v1.GetKeyResponse.key:type_name -> infergate.key.v1.Key
-	0,  // 7: infergate.key.v1.ListKeysResponse.keys:type_name -> infergate.key.v1.Key
-	0,  // 8: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
-	12, // 9: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	13, // 10: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	1,  // 11: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
-	3,  // 12: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
-	5,  // 13: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
-	7,  // 14: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
-	9,  // 15: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
-	2,  // 16: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
-	4,  // 17: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
-	6,  // 18: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
-	8,  // 19: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
-	10, // 20: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	13, // 0: infergate.key.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
+	13, // 1: infergate.key.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	13, // 2: infergate.key.v1.Key.rotated_at:type_name -> google.protobuf.Timestamp
+	13, // 3: infergate.key.v1.Key.previous_secret_not_after:type_name -> google.protobuf.Timestamp
+	13, // 4: infergate.key.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
+	14, // 5: infergate.key.v1.CreateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	0,  // 6: infergate.key.v1.CreateKeyResponse.key:type_name -> infergate.key.v1.Key
+	15, // 7: infergate.key.v1.CreateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	0,  // 8: infergate.key.v1.GetKeyResponse.key:type_name -> infergate.key.v1.Key
+	0,  // 9: infergate.key.v1.ListKeysResponse.keys:type_name -> infergate.key.v1.Key
+	0,  // 10: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
+	14, // 11: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	15, // 12: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	14, // 13: infergate.key.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
+	14, // 14: infergate.key.v1.RotateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	0,  // 15: infergate.key.v1.RotateKeyResponse.key:type_name -> infergate.key.v1.Key
+	13, // 16: infergate.key.v1.RotateKeyResponse.old_secret_not_after:type_name -> google.protobuf.Timestamp
+	15, // 17: infergate.key.v1.RotateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	1,  // 18: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
+	3,  // 19: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
+	5,  // 20: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
+	7,  // 21: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
+	9,  // 22: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
+	11, // 23: infergate.key.v1.KeyService.RotateKey:input_type -> infergate.key.v1.RotateKeyRequest
+	2,  // 24: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
+	4,  // 25: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
+	6,  // 26: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
+	8,  // 27: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
+	10, // 28: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
+	12, // 29: infergate.key.v1.KeyService.RotateKey:output_type -> infergate.key.v1.RotateKeyResponse
+	24, // [24:30] is the sub-list for method output_type
+	18, // [18:24] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_infergate_key_v1_key_proto_init() }
@@ -937,7 +1176,7 @@ func file_infergate_key_v1_key_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_infergate_key_v1_key_proto_rawDesc), len(file_infergate_key_v1_key_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -13,7 +13,9 @@ import (
 	auditv1 "github.com/infergate/infergate/gen/infergate/audit/v1"
 	"github.com/infergate/infergate/services/audit/internal/history"
 	"github.com/infergate/infergate/services/internal/aggregate"
+	"github.com/infergate/infergate/services/internal/apikey"
 	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/eventstore"
 )
 
 // replay folds the project's events stored at or before at into a fresh
@@ -48,16 +50,57 @@ func (s *Server) CheckAccess(ctx context.Context, req *connect.Request[auditv1.C
 	); err != nil {
 		return nil, s.fail(ctx, err)
 	}
+	if len(m.GetSecretHint()) > 64 {
+		return nil, s.fail(ctx, invalid("secret_hint", "is longer than a hint"))
+	}
 	state, seq, err := s.replay(ctx, m.GetProject(), at)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	reason := state.CheckKey(m.GetProject(), m.GetDeployment(), m.GetKey(), at)
+	var reason authmap.Reason
+	if m.GetSecretHint() == "" {
+		reason = state.CheckKey(m.GetProject(), m.GetDeployment(), m.GetKey(), at)
+	} else {
+		sum, ok, err := s.secretByHint(ctx, m.GetProject(), m.GetKey(), m.GetSecretHint(), seq, at)
+		switch {
+		case err != nil:
+			return nil, s.fail(ctx, err)
+		case !ok:
+			reason = authmap.ReasonUnknownKey
+		default:
+			reason = state.CheckHash(m.GetProject(), m.GetDeployment(), sum, at)
+		}
+	}
 	return connect.NewResponse(&auditv1.CheckAccessResponse{
 		Allowed:  reason.Allowed(),
 		Reason:   reason.String(),
 		Sequence: seq,
 	}), nil
+}
+
+// secretByHint finds the hash of the key's secret — current or replaced
+// by a rotation — whose hint is hint, as the key stood at the state's
+// sequence seq (no later than at). The auth map keeps secrets by hash
+// only, so the hint is looked up in the key's own events.
+func (s *Server) secretByHint(ctx context.Context, project, name, hint string, seq uint64, at time.Time) (apikey.Hash, bool, error) {
+	records, _, err := s.cfg.Events.Load(ctx, eventstore.Aggregate{Project: project, Type: eventstore.TypeKey, Name: name})
+	if err != nil {
+		return apikey.Hash{}, false, err
+	}
+	var k aggregate.Key
+	for _, rec := range records {
+		if rec.Sequence > seq || rec.Time.After(at) {
+			break
+		}
+		for _, e := range rec.Events {
+			k.Apply(e)
+		}
+	}
+	if k.ID == "" {
+		return apikey.Hash{}, false, nil
+	}
+	sum, ok := k.SecretByHint(hint)
+	return sum, ok, nil
 }
 
 // GetStateAt returns the project's keys and deployments, with their links,

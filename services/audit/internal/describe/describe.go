@@ -18,6 +18,8 @@ func Type(e *eventv1.Event) string {
 		return "KeyUpdated"
 	case *eventv1.Event_KeyDeleted:
 		return "KeyDeleted"
+	case *eventv1.Event_KeyRotated:
+		return "KeyRotated"
 	case *eventv1.Event_DeploymentCreated:
 		return "DeploymentCreated"
 	case *eventv1.Event_DeploymentStatusChanged:
@@ -38,7 +40,7 @@ func Type(e *eventv1.Event) string {
 
 // Types are every event type name, for validating filters.
 var Types = []string{
-	"KeyCreated", "KeyUpdated", "KeyDeleted", "DeploymentCreated", "DeploymentStatusChanged",
+	"KeyCreated", "KeyUpdated", "KeyDeleted", "KeyRotated", "DeploymentCreated", "DeploymentStatusChanged",
 	"DeploymentAuthEnabled", "DeploymentAuthDisabled", "KeyLinked", "KeyUnlinked", "DeploymentDeleted",
 }
 
@@ -46,7 +48,7 @@ var Types = []string{
 // or "".
 func KeyName(e *eventv1.Event) string {
 	switch p := e.GetPayload().(type) {
-	case *eventv1.Event_KeyCreated, *eventv1.Event_KeyUpdated, *eventv1.Event_KeyDeleted:
+	case *eventv1.Event_KeyCreated, *eventv1.Event_KeyUpdated, *eventv1.Event_KeyDeleted, *eventv1.Event_KeyRotated:
 		return e.GetAggregate().GetName()
 	case *eventv1.Event_KeyLinked:
 		return p.KeyLinked.GetKeyName()
@@ -75,6 +77,20 @@ func Summary(e *eventv1.Event) (string, map[string]string) {
 		return "changed the description of key " + name, map[string]string{"key_id": p.KeyUpdated.GetKeyId(), "description": p.KeyUpdated.GetDescription()}
 	case *eventv1.Event_KeyDeleted:
 		return "deleted key " + name, map[string]string{"key_id": p.KeyDeleted.GetKeyId()}
+	case *eventv1.Event_KeyRotated:
+		c := p.KeyRotated
+		until := c.GetOldSecretNotAfter().AsTime().UTC()
+		d := map[string]string{
+			"key_id": c.GetKeyId(), "hint": c.GetHint(), "previous_hint": c.GetPreviousHint(),
+			"old_secret_not_after": until.Format(time.RFC3339),
+		}
+		s := "rotated key " + name + ": new secret " + c.GetHint() + ", old secret " + c.GetPreviousHint()
+		if e.GetTime() != nil && !until.After(e.GetTime().AsTime()) {
+			s += " stopped at once"
+		} else {
+			s += " works until " + d["old_secret_not_after"]
+		}
+		return s, d
 	case *eventv1.Event_DeploymentCreated:
 		c := p.DeploymentCreated
 		regions := strings.Join(c.GetRegions(), ",")

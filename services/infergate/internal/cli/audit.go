@@ -50,7 +50,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("infergate audit "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	c.register(fs)
-	var key, deployment, since, until, at, types string
+	var key, deployment, since, until, at, types, secretHint string
 	switch sub {
 	case "events":
 		fs.StringVar(&key, "key", "", "only events about this key (its own and its links)")
@@ -60,6 +60,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.StringVar(&types, "type", "", "only these event types, comma-separated (e.g. KeyLinked,KeyUnlinked)")
 	case "check":
 		fs.StringVar(&key, "key", "", "the key's name (required)")
+		fs.StringVar(&secretHint, "secret-hint", "", "which of the key's secrets, by hint (current or rotated out; default: the current one)")
 		fs.StringVar(&deployment, "deployment", "", "the deployment's name (required)")
 		fs.StringVar(&at, "at", "now", "the moment (RFC 3339 or relative, e.g. -2h)")
 	case "state":
@@ -121,7 +122,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-		res, err := client.CheckAccess(ctx, connect.NewRequest(&auditv1.CheckAccessRequest{Project: c.project, Deployment: deployment, Key: key, At: atTS}))
+		res, err := client.CheckAccess(ctx, connect.NewRequest(&auditv1.CheckAccessRequest{Project: c.project, Deployment: deployment, Key: key, At: atTS, SecretHint: secretHint}))
 		if err != nil {
 			return err
 		}
@@ -132,8 +133,12 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if res.Msg.GetAllowed() {
 			verdict = "ALLOWED"
 		}
+		which := key
+		if secretHint != "" {
+			which += " (secret " + secretHint + ")"
+		}
 		fmt.Fprintf(stdout, "%s: key %s on deployment %s at %s — reason %s (stream up to sequence %d)\n",
-			verdict, key, deployment, atTS.AsTime().UTC().Format(time.RFC3339), res.Msg.GetReason(), res.Msg.GetSequence())
+			verdict, which, deployment, atTS.AsTime().UTC().Format(time.RFC3339), res.Msg.GetReason(), res.Msg.GetSequence())
 		return nil
 	default: // state
 		atTS, err := parseTime("at", at, now)

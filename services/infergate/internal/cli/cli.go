@@ -34,12 +34,13 @@ Usage:
   infergate dev --regions eu,us [--region-max-staleness 30s]   the hub, and per region a leaf NATS server, mirror and gateway
   infergate keys create NAME [--description D] [--expires-in 720h | --expires-at RFC3339] [--deployments a,b]
   infergate keys list | get NAME | update NAME --description D | delete NAME
+  infergate keys rotate NAME [--grace 24h]   a new secret; the old one works for the grace (0: stops at once)
   infergate deployments create NAME --model M --upstream URL [--regions a,b] [--auth] [--keys a,b]
   infergate deployments list | get NAME | delete NAME
   infergate deployments auth NAME --enable|--disable [--keys a,b]
   infergate deployments link NAME KEY | unlink NAME KEY
   infergate audit events [--key K] [--deployment D] [--since T] [--until T] [--type T,…]
-  infergate audit check --deployment D --key K [--at T]   would that key have been let in at T?
+  infergate audit check --deployment D --key K [--secret-hint H] [--at T]   would that key (that secret) have been let in at T?
   infergate audit state [--at T]                          keys, deployments and links at T
       (times: RFC 3339, or relative like -2h)
   infergate admin-token new --name N --projects a,b

@@ -11,14 +11,16 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	keyv1 "github.com/infergate/infergate/gen/infergate/key/v1"
+	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
 )
 
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: infergate keys create|list|get|update|delete …")
+		fmt.Fprintln(stderr, "usage: infergate keys create|list|get|update|delete|rotate …")
 		return errUsage
 	}
 	sub, args := args[0], args[1:]
@@ -30,6 +32,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		description string
 		expiresIn   time.Duration
 		expiresAt   string
+		grace       time.Duration
 		deployments string
 		pos         []string
 		err         error
@@ -45,6 +48,9 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.StringVar(&description, "description", "", "the new description")
 		pos, err = parse(fs, args, "NAME")
 	case "get", "delete":
+		pos, err = parse(fs, args, "NAME")
+	case "rotate":
+		fs.DurationVar(&grace, "grace", 24*time.Hour, "how long the old secret keeps working, at most 720h; 0 stops it at once")
 		pos, err = parse(fs, args, "NAME")
 	case "list":
 		pos, err = parse(fs, args)
@@ -130,6 +136,10 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return printJSON(stdout, res.Msg)
 		}
 		printKeys(stdout, res.Msg.GetKey())
+		if k := res.Msg.GetKey(); k.GetPreviousSecretNotAfter() != nil && k.GetPreviousSecretNotAfter().AsTime().After(time.Now()) {
+			fmt.Fprintf(stdout, "\nRotated %s; the old secret (%s) works until %s.\n", k.GetRotatedAt().AsTime().UTC().Format(time.RFC3339),
+				k.GetPreviousHint(), k.GetPreviousSecretNotAfter().AsTime().UTC().Format(time.RFC3339))
+		}
 		return nil
 	case "update":
 		res, err := client.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: c.project, Name: pos[0], Description: description}))
@@ -142,6 +152,8 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		printKeys(stdout, res.Msg.GetKey())
 		return nil
+	case "rotate":
+		return rotateKey(ctx, client, c, pos[0], grace, stdout, stderr)
 	default: // delete
 		res, err := client.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: c.project, Name: pos[0]}))
 		if err != nil {
@@ -154,6 +166,44 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "Deleted key %s; %s\n", pos[0], describePropagation(res.Msg.GetPropagation()))
 		return nil
 	}
+}
+
+// rotateKey gives the key a new secret and prints it, once, with when the
+// old one stops.
+func rotateKey(ctx context.Context, client keyv1connect.KeyServiceClient, c common, name string, grace time.Duration, stdout, stderr io.Writer) error {
+	res, err := client.RotateKey(ctx, connect.NewRequest(&keyv1.RotateKeyRequest{Project: c.project, Name: name, GracePeriod: durationpb.New(grace)}))
+	if err != nil {
+		return err
+	}
+	m := res.Msg
+	if m.GetReplayed() {
+		// An earlier attempt of this command rotated the key, but its
+		// answer — the only one with the new secret — was lost.
+		if c.output == "json" {
+			_ = printJSON(stdout, m)
+		} else {
+			printKeys(stdout, m.GetKey())
+		}
+		return fmt.Errorf("%w: key %q was rotated by an earlier attempt of this command whose answer was lost; "+
+			"its new secret cannot be shown again. Rotate again: infergate keys rotate %[2]s (the old secret keeps its grace; the lost one works only for the new grace)",
+			errSecretLost, name)
+	}
+	fmt.Fprintln(stderr, "WARNING: the new secret is shown only now. It cannot be shown again: store it safely.")
+	noteReadModel(stderr, m.GetReadModelBehind())
+	if c.output == "json" {
+		return printJSON(stdout, m)
+	}
+	printKeys(stdout, m.GetKey())
+	fmt.Fprintf(stdout, "\nNew secret (send it as the X-API-Key header):\n  %s\n", m.GetSecret())
+	stop := m.GetOldSecretNotAfter().AsTime().UTC()
+	if !stop.After(m.GetKey().GetRotatedAt().AsTime()) {
+		fmt.Fprintf(stdout, "The old secret (%s) stopped working at once.\n", m.GetKey().GetPreviousHint())
+	} else {
+		fmt.Fprintf(stdout, "The old secret (%s) keeps working until %s (in %s).\n", m.GetKey().GetPreviousHint(),
+			stop.Format(time.RFC3339), time.Until(stop).Round(time.Second))
+	}
+	fmt.Fprintf(stdout, "Rotation %s\n", describePropagation(m.GetPropagation()))
+	return nil
 }
 
 func printKeys(w io.Writer, keys ...*keyv1.Key) {

@@ -23,6 +23,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -445,6 +446,36 @@ func TestConsoleStory(t *testing.T) {
 		t.Errorf("request without a key: %d, want 401", got)
 	}
 
+	// "Rotate": the new secret is shown once, with when the old one
+	// stops; both get in during the grace period.
+	b.navigateAndWait(chromedp.Click(link("API Keys")))
+	b.navigateAndWait(chromedp.Click(`//tr[@data-key="chat-app"]//a[normalize-space()="Rotate"]`))
+	b.do(chromedp.WaitVisible(`//dialog//h2[contains(., "Rotate API key")]`), chromedp.SetValue("#grace", "1h"))
+	b.screenshot("rotate-api-key")
+	b.navigateAndWait(chromedp.Click(button("Rotate key")))
+	b.do(chromedp.WaitVisible(`//dialog//*[contains(., "cannot be retrieved later")]`))
+	oldSecret := secret
+	secret = run(b, chromedp.Value(field("New API key")))
+	if !strings.HasPrefix(secret, "ig_") || secret == oldSecret {
+		t.Fatalf("rotated secret %q", secret)
+	}
+	if got := b.text("#old-key-stops"); !strings.Contains(got, "ig_…"+oldSecret[len(oldSecret)-4:]) || !strings.Contains(got, "keeps working until") {
+		t.Errorf("rotation dialog says %q about the old key", got)
+	}
+	b.screenshot("api-key-rotated")
+	waitStatus(t, func() int { return s.chat(t, project, "chat", secret) }, http.StatusOK, "request with the new secret")
+	if got := s.chat(t, project, "chat", oldSecret); got != http.StatusOK {
+		t.Errorf("request with the old secret during its grace: %d, want 200", got)
+	}
+	b.do(chromedp.Reload(), chromedp.WaitVisible(`//tr[@data-key="chat-app"]`))
+	if html := b.html(); strings.Contains(html, secret) || strings.Contains(html, oldSecret) {
+		t.Fatal("a secret is still on the page after a reload")
+	}
+	if row := b.text(`//tr[@data-key="chat-app"]`); !strings.Contains(row, "ig_…"+secret[len(secret)-4:]) || !strings.Contains(row, "works until") {
+		t.Errorf("rotated key row %q", row)
+	}
+	b.navigateAndWait(chromedp.Click(link("Deployments")))
+
 	// "API Keys authentication": deselect the key, "Save changes", see
 	// the receipt; the next request is refused.
 	b.navigateAndWait(chromedp.Click(link("chat")))
@@ -458,6 +489,9 @@ func TestConsoleStory(t *testing.T) {
 	b.screenshot("deployment-auth-saved")
 	if got := s.chat(t, project, "chat", secret); got != http.StatusUnauthorized {
 		t.Errorf("request with the unlinked key: %d, want 401", got)
+	}
+	if got := s.chat(t, project, "chat", oldSecret); got != http.StatusUnauthorized {
+		t.Errorf("request with the unlinked key's old secret: %d, want 401", got)
 	}
 
 	// Authentication off: anyone gets in.
@@ -486,7 +520,7 @@ func TestConsoleStory(t *testing.T) {
 	}
 	b.screenshot("deployment-history")
 	b.navigateAndWait(chromedp.Click(link("Check access")))
-	b.do(chromedp.SendKeys(field("API key"), "chat-app"))
+	b.do(chromedp.SendKeys(field("API key"), "chat-app"), chromedp.SendKeys(field("Secret hint"), "ig_…"+oldSecret[len(oldSecret)-4:]))
 	b.navigateAndWait(chromedp.Click(button("Check")))
 	if got := b.text("#check-result"); !strings.Contains(got, "Allowed") {
 		// Authentication is off: every request is let in.
@@ -499,7 +533,7 @@ func TestConsoleStory(t *testing.T) {
 	b.do(chromedp.SendKeys(field("Key"), "chat-app"))
 	b.navigateAndWait(chromedp.Click(button("Apply filters")))
 	audit := b.text("//table")
-	if !strings.Contains(audit, "KeyCreated") || !strings.Contains(audit, "KeyLinked") || strings.Contains(audit, "DeploymentAuthDisabled") {
+	if !strings.Contains(audit, "KeyCreated") || !strings.Contains(audit, "KeyRotated") || !strings.Contains(audit, "KeyLinked") || strings.Contains(audit, "DeploymentAuthDisabled") {
 		t.Errorf("audit filtered by key:\n%s", audit)
 	}
 	b.screenshot("audit")
@@ -531,10 +565,13 @@ func TestConsoleStory(t *testing.T) {
 		t.Errorf("switched to %s", u)
 	}
 
-	// No secret or token in any URL this browser visited.
+	// No secret or token in any URL this browser visited. (A hint —
+	// "ig_…" and four characters, shown on every key row — may be: the
+	// Check access form names a secret by it.)
 	hist := run(b, chromedp.NavigationEntries())
+	secretShaped := regexp.MustCompile(`ig_[0-9A-Za-z]{8,}`)
 	for _, e := range hist.Entries {
-		if strings.Contains(e.URL, secret) || strings.Contains(e.URL, s.ops) || strings.Contains(e.URL, "ig_") {
+		if strings.Contains(e.URL, secret) || strings.Contains(e.URL, oldSecret) || strings.Contains(e.URL, s.ops) || secretShaped.MatchString(e.URL) {
 			t.Errorf("URL %q carries a secret", e.URL)
 		}
 	}
@@ -566,7 +603,7 @@ func TestConsoleStory(t *testing.T) {
 	}
 
 	// Nothing secret in the stack's log.
-	if logs := s.logs.String(); strings.Contains(logs, secret) || strings.Contains(logs, s.ops) || strings.Contains(logs, s.teamA) {
+	if logs := s.logs.String(); strings.Contains(logs, secret) || strings.Contains(logs, oldSecret) || strings.Contains(logs, s.ops) || strings.Contains(logs, s.teamA) {
 		t.Error("a secret or admin token reached the log")
 	}
 	t.Logf("the story took %s", time.Since(start).Round(time.Millisecond))
@@ -619,6 +656,7 @@ func checkCSRF(t *testing.T, s *stack, token string) {
 		{"no token", "p/default/keys", url.Values{"name": {"forged-key"}, "never": {"1"}}, nil},
 		{"wrong token", "p/default/keys", url.Values{"name": {"forged-key"}, "never": {"1"}, "csrf": {"forged"}}, nil},
 		{"cross-site", "p/default/deployments/chat/auth", url.Values{"auth_enabled": {"1"}}, http.Header{"Sec-Fetch-Site": {"cross-site"}}},
+		{"rotate without token", "p/default/keys/chat-app/rotate", url.Values{"grace": {"0s"}}, nil},
 		{"sign-in without token", "signin", url.Values{"token": {s.ops}}, nil},
 		{"sign-out without token", "signout", nil, nil},
 	} {

@@ -84,6 +84,10 @@ type Config struct {
 	// RegionsAddr is where the regions' link switches listen; default
 	// 127.0.0.1:0 (a free port).
 	RegionsAddr string
+	// GatewayNow is the gateway's clock (key expiry and the end of a
+	// rotated secret's grace are checked against it); default time.Now.
+	// Tests move it.
+	GatewayNow func() time.Time
 	// Out receives the banner; default os.Stdout.
 	Out io.Writer
 	// Log receives the services' logs; default discards below warnings.
@@ -303,7 +307,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	}
 	gw, err := gateway.New(gateway.Config{
 		Events: gwEvents, NATS: gwNC, Region: cfg.Region, BaseDomain: cfg.BaseDomain, ID: GatewayID, Log: cfg.Log,
-		Snapshots: gwSnaps, Upstreams: upstreams,
+		Snapshots: gwSnaps, Upstreams: upstreams, Now: cfg.GatewayNow,
 	})
 	if err != nil {
 		return err

@@ -226,6 +226,33 @@ func TestCLIRoundTrip(t *testing.T) {
 	s.expectRefused(t, e2eByPath, project, "cli-dep", e2eKey(spareSecret), "invalid_api_key")
 	s.expectAnswer(t, e2eByHost, project, "cli-dep", e2eKey(ciSecret))
 
+	// keys rotate: the new secret once, with a warning, and when the old
+	// one stops; both work during the grace period.
+	r = c.ok(t, e2eWithFlags, "keys", "rotate", "ci-key", "--grace", "24h", "-p", project)
+	if !strings.Contains(r.stderr, "cannot be shown again") {
+		t.Errorf("keys rotate: no warning on stderr that the secret is shown once:\n%s", r.stderr)
+	}
+	secrets = e2eSecretRE.FindAllString(r.stdout, -1)
+	if len(secrets) != 1 || !apikey.WellFormed(secrets[0]) || secrets[0] == ciSecret {
+		t.Fatalf("keys rotate: want one new well-formed secret in the output, got %d:\n%s", len(secrets), r.stdout)
+	}
+	oldCISecret, ciSecret := ciSecret, secrets[0]
+	if !strings.Contains(r.stdout, "The old secret ("+apikey.Hint(oldCISecret)+") keeps working until ") ||
+		!strings.Contains(r.stdout, "(in 24h0m0s)") && !strings.Contains(r.stdout, "(in 23h59m59s)") {
+		t.Errorf("keys rotate: the output does not say when the old secret stops:\n%s", r.stdout)
+	}
+	c.propagated(t, r)
+	s.expectAnswer(t, e2eByHost, project, "cli-dep", e2eKey(ciSecret))
+	s.expectAnswer(t, e2eByPath, project, "cli-dep", e2eKey(oldCISecret))
+	r = c.ok(t, e2eWithFlags, "keys", "get", "ci-key", "-p", project)
+	if !strings.Contains(r.stdout, "the old secret ("+apikey.Hint(oldCISecret)+") works until ") {
+		t.Errorf("keys get after a rotation does not say when the old secret stops:\n%s", r.stdout)
+	}
+	r = c.ok(t, e2eWithDataDir, "audit", "check", "--deployment", "cli-dep", "--key", "ci-key", "--secret-hint", apikey.Hint(oldCISecret), "-p", project)
+	if !strings.HasPrefix(r.stdout, "ALLOWED") || !strings.Contains(r.stdout, "reason linked") {
+		t.Errorf("audit check --secret-hint (the old secret, in its grace): %s", r.stdout)
+	}
+
 	// keys list: a table and JSON, with hints and links, never a secret.
 	r = c.ok(t, e2eWithDataDir, "keys", "list", "-p", project)
 	if !strings.HasPrefix(r.stdout, "NAME") || !e2eHasRow(r.stdout, "ci-key", apikey.Hint(ciSecret), "never", "cli-dep") ||
@@ -245,7 +272,7 @@ func TestCLIRoundTrip(t *testing.T) {
 	if !slices.Equal(names, []string{"ci-key", "spare-key"}) {
 		t.Errorf("keys list -o json: keys %v", names)
 	}
-	e2eNoSecret(t, "keys list", r.stdout, ciSecret, spareSecret)
+	e2eNoSecret(t, "keys list", r.stdout, ciSecret, spareSecret, oldCISecret)
 
 	// keys delete: refused at once.
 	r = c.ok(t, e2eWithFlags, "keys", "delete", "ci-key", "-p", project)
@@ -254,6 +281,7 @@ func TestCLIRoundTrip(t *testing.T) {
 	}
 	c.propagated(t, r)
 	s.expectRefused(t, e2eByHost, project, "cli-dep", e2eKey(ciSecret), "invalid_api_key")
+	s.expectRefused(t, e2eByHost, project, "cli-dep", e2eKey(oldCISecret), "invalid_api_key")
 
 	// audit events: everything above, by the stack's admin token, no secret.
 	var events auditv1.ListEventsResponse
@@ -267,7 +295,7 @@ func TestCLIRoundTrip(t *testing.T) {
 	}
 	for typ, n := range map[string]int{
 		"KeyCreated": 2, "DeploymentCreated": 1, "DeploymentStatusChanged": 1, "DeploymentAuthEnabled": 1,
-		"KeyLinked": 2, "KeyUnlinked": 1, "KeyDeleted": 1,
+		"KeyLinked": 2, "KeyUnlinked": 1, "KeyDeleted": 1, "KeyRotated": 1,
 	} {
 		if count[typ] < n {
 			t.Errorf("audit events -o json: %d %s, want at least %d (all: %v)", count[typ], typ, n, count)
@@ -277,7 +305,7 @@ func TestCLIRoundTrip(t *testing.T) {
 	if !strings.HasPrefix(r.stdout, "SEQ") || !strings.Contains(r.stdout, "KeyDeleted") {
 		t.Errorf("audit events: not a table of the events:\n%s", r.stdout)
 	}
-	e2eNoSecret(t, "audit events", r.stdout, ciSecret, spareSecret)
+	e2eNoSecret(t, "audit events", r.stdout, ciSecret, spareSecret, oldCISecret)
 
 	// admin-token new: a token and the line for the tokens file.
 	r = c.ok(t, e2eBare, "admin-token", "new", "--name", "ci-bot", "--projects", "team-cli,other")
@@ -305,6 +333,9 @@ func TestCLIRoundTrip(t *testing.T) {
 		{e2eWithFlags, []string{"deployments", "get", "no-such-dep", "-p", project}, []string{"not_found", "no-such-dep"}},
 		{e2eWithDataDir, []string{"deployments", "link", "cli-dep", "ci-key", "-p", project}, []string{"not_found", "ci-key"}},
 		{e2eWithDataDir, []string{"keys", "create", "x", "-p", project}, []string{"invalid_argument", "name"}},
+		{e2eWithFlags, []string{"keys", "rotate", "spare-key", "--grace", "-1h", "-p", project}, []string{"invalid_argument", "grace_period"}},
+		{e2eWithFlags, []string{"keys", "rotate", "spare-key", "--grace", "721h", "-p", project}, []string{"invalid_argument", "grace_period"}},
+		{e2eWithFlags, []string{"keys", "rotate", "no-such-key", "-p", project}, []string{"not_found", "no-such-key"}},
 		{e2eWithDataDir, []string{"keys", "list", "-p", project, "--token", "igadm_wrong"}, []string{"unauthenticated"}},
 	} {
 		r := c.run(t, e.mode, e.args...)

@@ -102,7 +102,7 @@ func (s *Store) Close() { s.pool.Close() }
 type queries struct {
 	lockCheckpoint, setCheckpoint, checkpoint, truncate, resetCheckpoint string
 
-	deleteKeyByNameOrID, insertKey, updateKey, deleteKey string
+	deleteKeyByNameOrID, insertKey, updateKey, rotateKey, deleteKey string
 
 	deleteDeploymentByNameOrID, insertDeployment, setStatus, setAuth, deleteDeployment string
 
@@ -113,6 +113,7 @@ type queries struct {
 
 const (
 	keyColumns = `k.project, k.name, k.id, k.description, k.hint, k.expires_at, k.created_at,
+		k.rotated_at, k.previous_hint, k.previous_not_after,
 		ARRAY(SELECT l.deployment_name FROM {{schema}}.links l
 			WHERE l.project = k.project AND l.key_id = k.id ORDER BY l.deployment_name)`
 	deploymentColumns = `d.project, d.name, d.id, d.model, d.upstream_url, d.regions, d.status,
@@ -137,6 +138,11 @@ func newQueries(schema string) queries {
 			(project, name, id, description, hint, expires_at, created_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)`),
 		updateKey: r.Replace(`UPDATE {{schema}}.keys SET description = $3 WHERE project = $1 AND id = $2`),
+		// The previous hint is the one the row held: SET reads the row as
+		// it was before the update.
+		rotateKey: r.Replace(`UPDATE {{schema}}.keys
+			SET previous_hint = hint, hint = $3, previous_not_after = $4, rotated_at = $5
+			WHERE project = $1 AND id = $2`),
 		deleteKey: r.Replace(`DELETE FROM {{schema}}.keys WHERE project = $1 AND id = $2`),
 
 		deleteDeploymentByNameOrID: r.Replace(`DELETE FROM {{schema}}.deployments WHERE project = $1 AND (name = $2 OR id = $3)`),
@@ -217,6 +223,10 @@ func (s *Store) queue(b *pgx.Batch, rec eventstore.Record, ev *eventv1.Event) {
 		b.Queue(s.q.updateKey, project, pl.KeyUpdated.GetKeyId(), pl.KeyUpdated.GetDescription())
 	case *eventv1.Event_KeyDeleted:
 		b.Queue(s.q.deleteKey, project, pl.KeyDeleted.GetKeyId())
+	case *eventv1.Event_KeyRotated:
+		e := pl.KeyRotated
+		b.Queue(s.q.rotateKey, project, e.GetKeyId(), e.GetHint(),
+			readmodel.NormalTime(e.GetOldSecretNotAfter().AsTime()), readmodel.EventTime(rec, ev))
 	case *eventv1.Event_DeploymentCreated:
 		e := pl.DeploymentCreated
 		name := readmodel.NameOf(rec, ev, e.GetName())
@@ -341,10 +351,13 @@ func (s *Store) ListDeployments(ctx context.Context, project string, p readmodel
 
 func scanKey(row pgx.CollectableRow) (readmodel.Key, error) {
 	var k readmodel.Key
-	err := row.Scan(&k.Project, &k.Name, &k.ID, &k.Description, &k.Hint, &k.ExpiresAt, &k.CreatedAt, &k.DeploymentNames)
-	if k.ExpiresAt != nil {
-		t := k.ExpiresAt.UTC()
-		k.ExpiresAt = &t
+	err := row.Scan(&k.Project, &k.Name, &k.ID, &k.Description, &k.Hint, &k.ExpiresAt, &k.CreatedAt,
+		&k.RotatedAt, &k.PreviousHint, &k.PreviousNotAfter, &k.DeploymentNames)
+	for _, t := range []**time.Time{&k.ExpiresAt, &k.RotatedAt, &k.PreviousNotAfter} {
+		if *t != nil {
+			u := (*t).UTC()
+			*t = &u
+		}
 	}
 	k.CreatedAt = k.CreatedAt.UTC()
 	k.DeploymentNames = nilIfEmpty(k.DeploymentNames)

@@ -131,6 +131,33 @@ func (k key) updated(desc string) *eventv1.Event {
 	return e
 }
 
+// rotated is a KeyRotated giving k a secret with hint; the replaced one
+// stops at notAfter.
+func (k key) rotated(hint string, notAfter time.Time) *eventv1.Event {
+	e := k.event()
+	e.Payload = &eventv1.Event_KeyRotated{KeyRotated: &eventv1.KeyRotated{
+		KeyId: k.id, SecretSha256: secretHash, Hint: hint, OldSecretNotAfter: timestamppb.New(notAfter),
+	}}
+	return e
+}
+
+// Ends of grace periods, with nanoseconds, which stores keep to the
+// microsecond.
+var (
+	graceEnd        = time.Date(2030, time.March, 5, 1, 2, 3, 999999999, time.UTC)
+	graceEnd2       = time.Date(2030, time.March, 5, 4, 5, 6, 7008, time.UTC)
+	graceEnd2Stored = time.Date(2030, time.March, 5, 4, 5, 6, 7000, time.UTC)
+)
+
+// rotated is k as a store shows it after its last rotation, by the record
+// with sequence seq, to the secret with hint, replacing the one with
+// previous that stops at notAfter.
+func rotated(k readmodel.Key, seq uint64, hint, previous string, notAfter time.Time) readmodel.Key {
+	at := At(seq)
+	k.Hint, k.PreviousHint, k.RotatedAt, k.PreviousNotAfter = hint, previous, &at, &notAfter
+	return k
+}
+
 func (k key) deleted() *eventv1.Event {
 	e := k.event()
 	e.Payload = &eventv1.Event_KeyDeleted{KeyDeleted: &eventv1.KeyDeleted{KeyId: k.id}}
@@ -329,6 +356,20 @@ func testApply(t *testing.T, newStore func(t *testing.T) readmodel.Store) {
 			{ghostKey.updated("nobody")},
 		},
 		keys: []readmodel.Key{ciRunner.row(1, "new")},
+	}, {
+		name: "key rotated keeps its id, links and expiry",
+		batches: []batch{
+			{ciRunner.created("runs CI", &expiry)},
+			{chat.created()},
+			{chat.link(ciRunner)},
+			{ciRunner.rotated("ig_…new1", graceEnd)},
+			{ciRunner.rotated("ig_…new2", graceEnd2)},
+			{ciRunner2.rotated("ig_…stale", graceEnd)}, // another life: ignored
+		},
+		keys: []readmodel.Key{
+			rotated(withExpiry(ciRunner.row(1, "runs CI", "chat"), expiryStored), 5, "ig_…new2", "ig_…new1", graceEnd2Stored),
+		},
+		deployments: []readmodel.Deployment{chat.row(2, "ci-runner")},
 	}, {
 		name: "key deleted is unlinked everywhere",
 		batches: []batch{
@@ -612,8 +653,12 @@ func fmtKey(k readmodel.Key) string {
 	if k.ExpiresAt != nil {
 		expires = fmtTime(*k.ExpiresAt)
 	}
-	return fmt.Sprintf("{%s/%s id=%s desc=%q hint=%q expires=%s created=%s deployments=%q}",
-		k.Project, k.Name, k.ID, k.Description, k.Hint, expires, fmtTime(k.CreatedAt), k.DeploymentNames)
+	rotation := "never"
+	if k.RotatedAt != nil || k.PreviousHint != "" || k.PreviousNotAfter != nil {
+		rotation = fmt.Sprintf("{at=%s previous=%q until=%s}", fmtTimePtr(k.RotatedAt), k.PreviousHint, fmtTimePtr(k.PreviousNotAfter))
+	}
+	return fmt.Sprintf("{%s/%s id=%s desc=%q hint=%q expires=%s created=%s rotated=%s deployments=%q}",
+		k.Project, k.Name, k.ID, k.Description, k.Hint, expires, fmtTime(k.CreatedAt), rotation, k.DeploymentNames)
 }
 
 func fmtKeys(ks []readmodel.Key) string {
@@ -640,6 +685,13 @@ func fmtDeployments(ds []readmodel.Deployment) string {
 }
 
 func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
+
+func fmtTimePtr(t *time.Time) string {
+	if t == nil {
+		return "nil"
+	}
+	return fmtTime(*t)
+}
 
 func testCheckpoint(t *testing.T, s readmodel.Store) {
 	ctx := t.Context()

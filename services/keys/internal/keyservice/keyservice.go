@@ -420,6 +420,65 @@ func (s *Server) DeleteKey(ctx context.Context, req *connect.Request[keyv1.Delet
 	}), nil
 }
 
+// RotateKey gives a key a new secret and returns it, once. The replaced
+// secret keeps working for the grace period (default 24 h), then stops at
+// every gateway by itself. A retry with the same Idempotency-Key rotates
+// nothing: it is answered with replayed set and no secret (the secret
+// generated for the retry is dropped unseen).
+func (s *Server) RotateKey(ctx context.Context, req *connect.Request[keyv1.RotateKeyRequest]) (*connect.Response[keyv1.RotateKeyResponse], error) {
+	m := req.Msg
+	meta := command.Meta(ctx, m.GetProject(), s.cfg.Now())
+	grace := aggregate.DefaultGracePeriod
+	var graceErr error
+	if g := m.GetGracePeriod(); g != nil {
+		if err := g.CheckValid(); err != nil {
+			graceErr = &aggregate.FieldError{Field: "grace_period", Problem: "is not a valid duration"}
+		} else {
+			grace = g.AsDuration()
+			graceErr = aggregate.ValidateGracePeriod("grace_period", grace)
+		}
+	}
+	timeout, timeoutErr := command.PropagationTimeout(m.GetPropagationTimeout(), s.cfg.PropagationTimeout)
+	if err := errors.Join(
+		aggregate.ValidateProject("project", m.GetProject()),
+		aggregate.ValidateKeyName("name", m.GetName()),
+		graceErr, timeoutErr,
+	); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	secret, err := apikey.Generate()
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	ns := aggregate.NewSecret{Hash: apikey.Sum(secret), Hint: apikey.Hint(secret)}
+	agg := keyAggregate(m.GetProject(), m.GetName())
+	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(req.Header(), meta, req.Spec().Procedure, agg), 0,
+		func(records []eventstore.Record) ([]*eventv1.Event, error) {
+			return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Rotate(meta, grace, ns)
+		})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	// Committed: from here on nothing turns the call into an error.
+	behind := s.behind(ctx, res.Sequence)
+	k := foldKey(m.GetName(), res)
+	out := &keyv1.RotateKeyResponse{
+		Key:             toProto(m.GetProject(), k, s.deploymentNames(ctx, m.GetProject(), k)),
+		ReadModelBehind: behind,
+		Propagation:     s.cfg.Propagation.Wait(ctx, res.Sequence, nil, timeout),
+	}
+	out.OldSecretNotAfter = out.Key.GetPreviousSecretNotAfter()
+	if res.Duplicate {
+		out.Replayed = true
+		s.cfg.Log.InfoContext(ctx, "key rotation replayed", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
+	} else {
+		out.Secret = secret
+		s.cfg.Log.InfoContext(ctx, "key rotated", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor,
+			"sequence", res.Sequence, "old_secret_not_after", out.OldSecretNotAfter.AsTime())
+	}
+	return connect.NewResponse(out), nil
+}
+
 // deploymentNames are the deployments the key is linked to. Links belong
 // to the deployments' aggregates, not the key's, so they come from the
 // read model — as far as it has got — when it holds this very key.
@@ -445,6 +504,11 @@ func toProto(project string, k aggregate.Key, deployments []string) *keyv1.Key {
 	if k.ExpiresAt != nil {
 		out.ExpiresAt = timestamppb.New(readmodel.NormalTime(*k.ExpiresAt))
 	}
+	if n := len(k.Previous); n > 0 {
+		out.RotatedAt = timestamppb.New(readmodel.NormalTime(k.RotatedAt))
+		out.PreviousHint = k.Previous[n-1].Hint
+		out.PreviousSecretNotAfter = timestamppb.New(readmodel.NormalTime(k.Previous[n-1].NotAfter))
+	}
 	return out
 }
 
@@ -458,9 +522,16 @@ func readProto(k readmodel.Key) *keyv1.Key {
 		CreatedAt:       timestamppb.New(k.CreatedAt),
 		DeploymentNames: k.DeploymentNames,
 		Hint:            k.Hint,
+		PreviousHint:    k.PreviousHint,
 	}
 	if k.ExpiresAt != nil {
 		out.ExpiresAt = timestamppb.New(*k.ExpiresAt)
+	}
+	if k.RotatedAt != nil {
+		out.RotatedAt = timestamppb.New(*k.RotatedAt)
+	}
+	if k.PreviousNotAfter != nil {
+		out.PreviousSecretNotAfter = timestamppb.New(*k.PreviousNotAfter)
 	}
 	return out
 }

@@ -45,6 +45,8 @@ const (
 	KeyServiceUpdateKeyProcedure = "/infergate.key.v1.KeyService/UpdateKey"
 	// KeyServiceDeleteKeyProcedure is the fully-qualified name of the KeyService's DeleteKey RPC.
 	KeyServiceDeleteKeyProcedure = "/infergate.key.v1.KeyService/DeleteKey"
+	// KeyServiceRotateKeyProcedure is the fully-qualified name of the KeyService's RotateKey RPC.
+	KeyServiceRotateKeyProcedure = "/infergate.key.v1.KeyService/RotateKey"
 )
 
 // KeyServiceClient is a client for the infergate.key.v1.KeyService service.
@@ -62,6 +64,14 @@ type KeyServiceClient interface {
 	// unlinked from every deployment. Its name may then be used again for a
 	// new, different key.
 	DeleteKey(context.Context, *connect.Request[v1.DeleteKeyRequest]) (*connect.Response[v1.DeleteKeyResponse], error)
+	// RotateKey gives a key a new secret and returns it; this and CreateKey
+	// are the only responses that ever contain a secret. The secret it
+	// replaces keeps working for the grace period, then stops at every
+	// gateway without any further call. The key keeps its name, id, links
+	// and expiry. Rotating again during a grace period ends every older
+	// secret by the new rotation's end of grace at the latest (see
+	// RotateKeyRequest.grace_period).
+	RotateKey(context.Context, *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error)
 }
 
 // NewKeyServiceClient constructs a client for the infergate.key.v1.KeyService service. By default,
@@ -105,6 +115,12 @@ func NewKeyServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...
 			connect.WithSchema(keyServiceMethods.ByName("DeleteKey")),
 			connect.WithClientOptions(opts...),
 		),
+		rotateKey: connect.NewClient[v1.RotateKeyRequest, v1.RotateKeyResponse](
+			httpClient,
+			baseURL+KeyServiceRotateKeyProcedure,
+			connect.WithSchema(keyServiceMethods.ByName("RotateKey")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -115,6 +131,7 @@ type keyServiceClient struct {
 	listKeys  *connect.Client[v1.ListKeysRequest, v1.ListKeysResponse]
 	updateKey *connect.Client[v1.UpdateKeyRequest, v1.UpdateKeyResponse]
 	deleteKey *connect.Client[v1.DeleteKeyRequest, v1.DeleteKeyResponse]
+	rotateKey *connect.Client[v1.RotateKeyRequest, v1.RotateKeyResponse]
 }
 
 // CreateKey calls infergate.key.v1.KeyService.CreateKey.
@@ -142,6 +159,11 @@ func (c *keyServiceClient) DeleteKey(ctx context.Context, req *connect.Request[v
 	return c.deleteKey.CallUnary(ctx, req)
 }
 
+// RotateKey calls infergate.key.v1.KeyService.RotateKey.
+func (c *keyServiceClient) RotateKey(ctx context.Context, req *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error) {
+	return c.rotateKey.CallUnary(ctx, req)
+}
+
 // KeyServiceHandler is an implementation of the infergate.key.v1.KeyService service.
 type KeyServiceHandler interface {
 	// CreateKey creates a key and returns its secret. This is the only
@@ -157,6 +179,14 @@ type KeyServiceHandler interface {
 	// unlinked from every deployment. Its name may then be used again for a
 	// new, different key.
 	DeleteKey(context.Context, *connect.Request[v1.DeleteKeyRequest]) (*connect.Response[v1.DeleteKeyResponse], error)
+	// RotateKey gives a key a new secret and returns it; this and CreateKey
+	// are the only responses that ever contain a secret. The secret it
+	// replaces keeps working for the grace period, then stops at every
+	// gateway without any further call. The key keeps its name, id, links
+	// and expiry. Rotating again during a grace period ends every older
+	// secret by the new rotation's end of grace at the latest (see
+	// RotateKeyRequest.grace_period).
+	RotateKey(context.Context, *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error)
 }
 
 // NewKeyServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -196,6 +226,12 @@ func NewKeyServiceHandler(svc KeyServiceHandler, opts ...connect.HandlerOption) 
 		connect.WithSchema(keyServiceMethods.ByName("DeleteKey")),
 		connect.WithHandlerOptions(opts...),
 	)
+	keyServiceRotateKeyHandler := connect.NewUnaryHandler(
+		KeyServiceRotateKeyProcedure,
+		svc.RotateKey,
+		connect.WithSchema(keyServiceMethods.ByName("RotateKey")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/infergate.key.v1.KeyService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case KeyServiceCreateKeyProcedure:
@@ -208,6 +244,8 @@ func NewKeyServiceHandler(svc KeyServiceHandler, opts ...connect.HandlerOption) 
 			keyServiceUpdateKeyHandler.ServeHTTP(w, r)
 		case KeyServiceDeleteKeyProcedure:
 			keyServiceDeleteKeyHandler.ServeHTTP(w, r)
+		case KeyServiceRotateKeyProcedure:
+			keyServiceRotateKeyHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -235,4 +273,8 @@ func (UnimplementedKeyServiceHandler) UpdateKey(context.Context, *connect.Reques
 
 func (UnimplementedKeyServiceHandler) DeleteKey(context.Context, *connect.Request[v1.DeleteKeyRequest]) (*connect.Response[v1.DeleteKeyResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("infergate.key.v1.KeyService.DeleteKey is not implemented"))
+}
+
+func (UnimplementedKeyServiceHandler) RotateKey(context.Context, *connect.Request[v1.RotateKeyRequest]) (*connect.Response[v1.RotateKeyResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("infergate.key.v1.KeyService.RotateKey is not implemented"))
 }
