@@ -92,6 +92,14 @@ func (k *Key) Apply(e *eventv1.Event) {
 		if p.KeyUpdated.GetKeyId() == k.ID {
 			k.Description = p.KeyUpdated.GetDescription()
 		}
+	case *eventv1.Event_KeyExpiryChanged:
+		if p.KeyExpiryChanged.GetKeyId() == k.ID {
+			k.ExpiresAt = nil
+			if x := p.KeyExpiryChanged.GetExpiresAt(); x != nil {
+				t := x.AsTime()
+				k.ExpiresAt = &t
+			}
+		}
 	case *eventv1.Event_KeyDeleted:
 		if p.KeyDeleted.GetKeyId() == k.ID {
 			k.Live = false
@@ -235,20 +243,69 @@ func (k Key) Create(m Meta, c NewKey) ([]*eventv1.Event, error) {
 	return []*eventv1.Event{ev}, nil
 }
 
-// Update decides a KeyUpdated; the same description again is a no-op.
-func (k Key) Update(m Meta, description string) ([]*eventv1.Event, error) {
-	if err := ValidateDescription("description", description); err != nil {
+// KeyChange is an update of a key: each field left nil is left unchanged.
+type KeyChange struct {
+	Description *string
+	// Expiry, when set, is the new expiry: nil inside means never.
+	Expiry **time.Time
+}
+
+// NeverExpires is the Expiry of a change that removes a key's expiry.
+func NeverExpires() **time.Time {
+	var t *time.Time
+	return &t
+}
+
+// ExpiresAt is the Expiry of a change that sets a key's expiry to t.
+func ExpiresAt(t time.Time) **time.Time {
+	p := &t
+	return &p
+}
+
+// ValidateKeyChange checks every field of an update command.
+func ValidateKeyChange(c KeyChange, now time.Time) error {
+	var errs []error
+	if c.Description != nil {
+		errs = append(errs, ValidateDescription("description", *c.Description))
+	}
+	if c.Expiry != nil {
+		errs = append(errs, ValidateExpiry("expires_at", *c.Expiry, now))
+	}
+	return joinErrs(errs...)
+}
+
+// Update decides a KeyUpdated when the description changes and a
+// KeyExpiryChanged when the expiry does; a change to what the key already
+// has (or to nothing) is a no-op. A new expiry must be in the future, as
+// at creation; an expired key may be given a new expiry or none, and
+// works again from then on.
+func (k Key) Update(m Meta, c KeyChange) ([]*eventv1.Event, error) {
+	if err := ValidateKeyChange(c, m.Now); err != nil {
 		return nil, err
 	}
 	if !k.Live {
 		return nil, wrapf(ErrNotFound, "key %q", k.Name)
 	}
-	if description == k.Description {
-		return nil, nil
+	var out []*eventv1.Event
+	if c.Description != nil && *c.Description != k.Description {
+		ev := m.event(eventv1.AggregateType_AGGREGATE_TYPE_KEY, k.Name)
+		ev.Payload = &eventv1.Event_KeyUpdated{KeyUpdated: &eventv1.KeyUpdated{KeyId: k.ID, Description: *c.Description}}
+		out = append(out, ev)
 	}
-	ev := m.event(eventv1.AggregateType_AGGREGATE_TYPE_KEY, k.Name)
-	ev.Payload = &eventv1.Event_KeyUpdated{KeyUpdated: &eventv1.KeyUpdated{KeyId: k.ID, Description: description}}
-	return []*eventv1.Event{ev}, nil
+	if c.Expiry != nil {
+		x := *c.Expiry
+		same := (x == nil) == (k.ExpiresAt == nil) && (x == nil || x.Equal(*k.ExpiresAt))
+		if !same {
+			changed := &eventv1.KeyExpiryChanged{KeyId: k.ID}
+			if x != nil {
+				changed.ExpiresAt = timestamppb.New(*x)
+			}
+			ev := m.event(eventv1.AggregateType_AGGREGATE_TYPE_KEY, k.Name)
+			ev.Payload = &eventv1.Event_KeyExpiryChanged{KeyExpiryChanged: changed}
+			out = append(out, ev)
+		}
+	}
+	return out, nil
 }
 
 // Delete decides a KeyDeleted.

@@ -233,7 +233,7 @@ func (c *Console) updateKey(w http.ResponseWriter, r *http.Request, s *session) 
 	desc := r.PostFormValue("description")
 	cx, cancel := ctx(r)
 	defer cancel()
-	_, err := c.keys.UpdateKey(cx, auth(s, &keyv1.UpdateKeyRequest{Project: r.PathValue("project"), Name: name, Description: desc}))
+	_, err := c.keys.UpdateKey(cx, auth(s, &keyv1.UpdateKeyRequest{Project: r.PathValue("project"), Name: name, Description: &desc}))
 	if err != nil {
 		v := c.view(s, r, "API Keys", "keys")
 		v.Errors = apiErrors(err, map[string]string{"description": "edit_description"}, "")

@@ -272,6 +272,7 @@ type Event struct {
 	//	*Event_KeyUnlinked
 	//	*Event_DeploymentDeleted
 	//	*Event_KeyRotated
+	//	*Event_KeyExpiryChanged
 	Payload       isEvent_Payload `protobuf_oneof:"payload"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -448,6 +449,15 @@ func (x *Event) GetKeyRotated() *KeyRotated {
 	return nil
 }
 
+func (x *Event) GetKeyExpiryChanged() *KeyExpiryChanged {
+	if x != nil {
+		if x, ok := x.Payload.(*Event_KeyExpiryChanged); ok {
+			return x.KeyExpiryChanged
+		}
+	}
+	return nil
+}
+
 type isEvent_Payload interface {
 	isEvent_Payload()
 }
@@ -507,6 +517,11 @@ type Event_KeyRotated struct {
 	KeyRotated *KeyRotated `protobuf:"bytes,20,opt,name=key_rotated,json=keyRotated,proto3,oneof"`
 }
 
+type Event_KeyExpiryChanged struct {
+	// A key's expiry changed.
+	KeyExpiryChanged *KeyExpiryChanged `protobuf:"bytes,21,opt,name=key_expiry_changed,json=keyExpiryChanged,proto3,oneof"`
+}
+
 func (*Event_KeyCreated) isEvent_Payload() {}
 
 func (*Event_KeyUpdated) isEvent_Payload() {}
@@ -528,6 +543,8 @@ func (*Event_KeyUnlinked) isEvent_Payload() {}
 func (*Event_DeploymentDeleted) isEvent_Payload() {}
 
 func (*Event_KeyRotated) isEvent_Payload() {}
+
+func (*Event_KeyExpiryChanged) isEvent_Payload() {}
 
 // KeyCreated: a key came to be. Aggregate: the key.
 type KeyCreated struct {
@@ -675,6 +692,65 @@ func (x *KeyUpdated) GetDescription() string {
 	return ""
 }
 
+// KeyExpiryChanged: a key's expiry changed (set, moved, or removed so the
+// key never expires). From this event's time on the key works until
+// expires_at; it decides for every secret of the key, current or replaced
+// (a replaced secret's own end, old_secret_not_after, is not moved by it).
+// Aggregate: the key.
+type KeyExpiryChanged struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key's unique id.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// When the key now expires; unset means never.
+	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeyExpiryChanged) Reset() {
+	*x = KeyExpiryChanged{}
+	mi := &file_infergate_event_v1_event_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyExpiryChanged) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyExpiryChanged) ProtoMessage() {}
+
+func (x *KeyExpiryChanged) ProtoReflect() protoreflect.Message {
+	mi := &file_infergate_event_v1_event_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyExpiryChanged.ProtoReflect.Descriptor instead.
+func (*KeyExpiryChanged) Descriptor() ([]byte, []int) {
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *KeyExpiryChanged) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *KeyExpiryChanged) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
 // KeyDeleted: a key was deleted. It stops working and counts as unlinked
 // from every deployment. Aggregate: the key.
 type KeyDeleted struct {
@@ -687,7 +763,7 @@ type KeyDeleted struct {
 
 func (x *KeyDeleted) Reset() {
 	*x = KeyDeleted{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[5]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +775,7 @@ func (x *KeyDeleted) String() string {
 func (*KeyDeleted) ProtoMessage() {}
 
 func (x *KeyDeleted) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[5]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +788,7 @@ func (x *KeyDeleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyDeleted.ProtoReflect.Descriptor instead.
 func (*KeyDeleted) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{5}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *KeyDeleted) GetKeyId() string {
@@ -750,7 +826,7 @@ type KeyRotated struct {
 
 func (x *KeyRotated) Reset() {
 	*x = KeyRotated{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -762,7 +838,7 @@ func (x *KeyRotated) String() string {
 func (*KeyRotated) ProtoMessage() {}
 
 func (x *KeyRotated) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[6]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -775,7 +851,7 @@ func (x *KeyRotated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyRotated.ProtoReflect.Descriptor instead.
 func (*KeyRotated) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{6}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *KeyRotated) GetKeyId() string {
@@ -834,7 +910,7 @@ type DeploymentCreated struct {
 
 func (x *DeploymentCreated) Reset() {
 	*x = DeploymentCreated{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -846,7 +922,7 @@ func (x *DeploymentCreated) String() string {
 func (*DeploymentCreated) ProtoMessage() {}
 
 func (x *DeploymentCreated) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[7]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -859,7 +935,7 @@ func (x *DeploymentCreated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentCreated.ProtoReflect.Descriptor instead.
 func (*DeploymentCreated) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{7}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeploymentCreated) GetDeploymentId() string {
@@ -913,7 +989,7 @@ type DeploymentStatusChanged struct {
 
 func (x *DeploymentStatusChanged) Reset() {
 	*x = DeploymentStatusChanged{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1001,7 @@ func (x *DeploymentStatusChanged) String() string {
 func (*DeploymentStatusChanged) ProtoMessage() {}
 
 func (x *DeploymentStatusChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[8]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1014,7 @@ func (x *DeploymentStatusChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentStatusChanged.ProtoReflect.Descriptor instead.
 func (*DeploymentStatusChanged) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{8}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *DeploymentStatusChanged) GetDeploymentId() string {
@@ -974,7 +1050,7 @@ type DeploymentAuthEnabled struct {
 
 func (x *DeploymentAuthEnabled) Reset() {
 	*x = DeploymentAuthEnabled{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -986,7 +1062,7 @@ func (x *DeploymentAuthEnabled) String() string {
 func (*DeploymentAuthEnabled) ProtoMessage() {}
 
 func (x *DeploymentAuthEnabled) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[9]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -999,7 +1075,7 @@ func (x *DeploymentAuthEnabled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentAuthEnabled.ProtoReflect.Descriptor instead.
 func (*DeploymentAuthEnabled) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{9}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeploymentAuthEnabled) GetDeploymentId() string {
@@ -1021,7 +1097,7 @@ type DeploymentAuthDisabled struct {
 
 func (x *DeploymentAuthDisabled) Reset() {
 	*x = DeploymentAuthDisabled{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1109,7 @@ func (x *DeploymentAuthDisabled) String() string {
 func (*DeploymentAuthDisabled) ProtoMessage() {}
 
 func (x *DeploymentAuthDisabled) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[10]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1122,7 @@ func (x *DeploymentAuthDisabled) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentAuthDisabled.ProtoReflect.Descriptor instead.
 func (*DeploymentAuthDisabled) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{10}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DeploymentAuthDisabled) GetDeploymentId() string {
@@ -1072,7 +1148,7 @@ type KeyLinked struct {
 
 func (x *KeyLinked) Reset() {
 	*x = KeyLinked{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1160,7 @@ func (x *KeyLinked) String() string {
 func (*KeyLinked) ProtoMessage() {}
 
 func (x *KeyLinked) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[11]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1173,7 @@ func (x *KeyLinked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyLinked.ProtoReflect.Descriptor instead.
 func (*KeyLinked) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{11}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *KeyLinked) GetDeploymentId() string {
@@ -1137,7 +1213,7 @@ type KeyUnlinked struct {
 
 func (x *KeyUnlinked) Reset() {
 	*x = KeyUnlinked{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1225,7 @@ func (x *KeyUnlinked) String() string {
 func (*KeyUnlinked) ProtoMessage() {}
 
 func (x *KeyUnlinked) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[12]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1238,7 @@ func (x *KeyUnlinked) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeyUnlinked.ProtoReflect.Descriptor instead.
 func (*KeyUnlinked) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{12}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KeyUnlinked) GetDeploymentId() string {
@@ -1197,7 +1273,7 @@ type DeploymentDeleted struct {
 
 func (x *DeploymentDeleted) Reset() {
 	*x = DeploymentDeleted{}
-	mi := &file_infergate_event_v1_event_proto_msgTypes[13]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1285,7 @@ func (x *DeploymentDeleted) String() string {
 func (*DeploymentDeleted) ProtoMessage() {}
 
 func (x *DeploymentDeleted) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_event_v1_event_proto_msgTypes[13]
+	mi := &file_infergate_event_v1_event_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1298,7 @@ func (x *DeploymentDeleted) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploymentDeleted.ProtoReflect.Descriptor instead.
 func (*DeploymentDeleted) Descriptor() ([]byte, []int) {
-	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{13}
+	return file_infergate_event_v1_event_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeploymentDeleted) GetDeploymentId() string {
@@ -1241,7 +1317,7 @@ const file_infergate_event_v1_event_proto_rawDesc = "" +
 	"\x06events\x18\x01 \x03(\v2\x19.infergate.event.v1.EventR\x06events\"V\n" +
 	"\tAggregate\x125\n" +
 	"\x04type\x18\x01 \x01(\x0e2!.infergate.event.v1.AggregateTypeR\x04type\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\xb9\b\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"\x8f\t\n" +
 	"\x05Event\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12.\n" +
 	"\x04time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x14\n" +
@@ -1264,7 +1340,8 @@ const file_infergate_event_v1_event_proto_rawDesc = "" +
 	"\fkey_unlinked\x18\x12 \x01(\v2\x1f.infergate.event.v1.KeyUnlinkedH\x00R\vkeyUnlinked\x12V\n" +
 	"\x12deployment_deleted\x18\x13 \x01(\v2%.infergate.event.v1.DeploymentDeletedH\x00R\x11deploymentDeleted\x12A\n" +
 	"\vkey_rotated\x18\x14 \x01(\v2\x1e.infergate.event.v1.KeyRotatedH\x00R\n" +
-	"keyRotatedB\t\n" +
+	"keyRotated\x12T\n" +
+	"\x12key_expiry_changed\x18\x15 \x01(\v2$.infergate.event.v1.KeyExpiryChangedH\x00R\x10keyExpiryChangedB\t\n" +
 	"\apayload\"\xcd\x01\n" +
 	"\n" +
 	"KeyCreated\x12\x15\n" +
@@ -1278,7 +1355,11 @@ const file_infergate_event_v1_event_proto_rawDesc = "" +
 	"\n" +
 	"KeyUpdated\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12 \n" +
-	"\vdescription\x18\x02 \x01(\tR\vdescription\"#\n" +
+	"\vdescription\x18\x02 \x01(\tR\vdescription\"d\n" +
+	"\x10KeyExpiryChanged\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"#\n" +
 	"\n" +
 	"KeyDeleted\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\xce\x01\n" +
@@ -1336,7 +1417,7 @@ func file_infergate_event_v1_event_proto_rawDescGZIP() []byte {
 }
 
 var file_infergate_event_v1_event_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_infergate_event_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_infergate_event_v1_event_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_infergate_event_v1_event_proto_goTypes = []any{
 	(AggregateType)(0),              // 0: infergate.event.v1.AggregateType
 	(DeploymentStatus)(0),           // 1: infergate.event.v1.DeploymentStatus
@@ -1345,41 +1426,44 @@ var file_infergate_event_v1_event_proto_goTypes = []any{
 	(*Event)(nil),                   // 4: infergate.event.v1.Event
 	(*KeyCreated)(nil),              // 5: infergate.event.v1.KeyCreated
 	(*KeyUpdated)(nil),              // 6: infergate.event.v1.KeyUpdated
-	(*KeyDeleted)(nil),              // 7: infergate.event.v1.KeyDeleted
-	(*KeyRotated)(nil),              // 8: infergate.event.v1.KeyRotated
-	(*DeploymentCreated)(nil),       // 9: infergate.event.v1.DeploymentCreated
-	(*DeploymentStatusChanged)(nil), // 10: infergate.event.v1.DeploymentStatusChanged
-	(*DeploymentAuthEnabled)(nil),   // 11: infergate.event.v1.DeploymentAuthEnabled
-	(*DeploymentAuthDisabled)(nil),  // 12: infergate.event.v1.DeploymentAuthDisabled
-	(*KeyLinked)(nil),               // 13: infergate.event.v1.KeyLinked
-	(*KeyUnlinked)(nil),             // 14: infergate.event.v1.KeyUnlinked
-	(*DeploymentDeleted)(nil),       // 15: infergate.event.v1.DeploymentDeleted
-	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
+	(*KeyExpiryChanged)(nil),        // 7: infergate.event.v1.KeyExpiryChanged
+	(*KeyDeleted)(nil),              // 8: infergate.event.v1.KeyDeleted
+	(*KeyRotated)(nil),              // 9: infergate.event.v1.KeyRotated
+	(*DeploymentCreated)(nil),       // 10: infergate.event.v1.DeploymentCreated
+	(*DeploymentStatusChanged)(nil), // 11: infergate.event.v1.DeploymentStatusChanged
+	(*DeploymentAuthEnabled)(nil),   // 12: infergate.event.v1.DeploymentAuthEnabled
+	(*DeploymentAuthDisabled)(nil),  // 13: infergate.event.v1.DeploymentAuthDisabled
+	(*KeyLinked)(nil),               // 14: infergate.event.v1.KeyLinked
+	(*KeyUnlinked)(nil),             // 15: infergate.event.v1.KeyUnlinked
+	(*DeploymentDeleted)(nil),       // 16: infergate.event.v1.DeploymentDeleted
+	(*timestamppb.Timestamp)(nil),   // 17: google.protobuf.Timestamp
 }
 var file_infergate_event_v1_event_proto_depIdxs = []int32{
 	4,  // 0: infergate.event.v1.Batch.events:type_name -> infergate.event.v1.Event
 	0,  // 1: infergate.event.v1.Aggregate.type:type_name -> infergate.event.v1.AggregateType
-	16, // 2: infergate.event.v1.Event.time:type_name -> google.protobuf.Timestamp
+	17, // 2: infergate.event.v1.Event.time:type_name -> google.protobuf.Timestamp
 	3,  // 3: infergate.event.v1.Event.aggregate:type_name -> infergate.event.v1.Aggregate
 	5,  // 4: infergate.event.v1.Event.key_created:type_name -> infergate.event.v1.KeyCreated
 	6,  // 5: infergate.event.v1.Event.key_updated:type_name -> infergate.event.v1.KeyUpdated
-	7,  // 6: infergate.event.v1.Event.key_deleted:type_name -> infergate.event.v1.KeyDeleted
-	9,  // 7: infergate.event.v1.Event.deployment_created:type_name -> infergate.event.v1.DeploymentCreated
-	10, // 8: infergate.event.v1.Event.deployment_status_changed:type_name -> infergate.event.v1.DeploymentStatusChanged
-	11, // 9: infergate.event.v1.Event.deployment_auth_enabled:type_name -> infergate.event.v1.DeploymentAuthEnabled
-	12, // 10: infergate.event.v1.Event.deployment_auth_disabled:type_name -> infergate.event.v1.DeploymentAuthDisabled
-	13, // 11: infergate.event.v1.Event.key_linked:type_name -> infergate.event.v1.KeyLinked
-	14, // 12: infergate.event.v1.Event.key_unlinked:type_name -> infergate.event.v1.KeyUnlinked
-	15, // 13: infergate.event.v1.Event.deployment_deleted:type_name -> infergate.event.v1.DeploymentDeleted
-	8,  // 14: infergate.event.v1.Event.key_rotated:type_name -> infergate.event.v1.KeyRotated
-	16, // 15: infergate.event.v1.KeyCreated.expires_at:type_name -> google.protobuf.Timestamp
-	16, // 16: infergate.event.v1.KeyRotated.old_secret_not_after:type_name -> google.protobuf.Timestamp
-	1,  // 17: infergate.event.v1.DeploymentStatusChanged.status:type_name -> infergate.event.v1.DeploymentStatus
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	8,  // 6: infergate.event.v1.Event.key_deleted:type_name -> infergate.event.v1.KeyDeleted
+	10, // 7: infergate.event.v1.Event.deployment_created:type_name -> infergate.event.v1.DeploymentCreated
+	11, // 8: infergate.event.v1.Event.deployment_status_changed:type_name -> infergate.event.v1.DeploymentStatusChanged
+	12, // 9: infergate.event.v1.Event.deployment_auth_enabled:type_name -> infergate.event.v1.DeploymentAuthEnabled
+	13, // 10: infergate.event.v1.Event.deployment_auth_disabled:type_name -> infergate.event.v1.DeploymentAuthDisabled
+	14, // 11: infergate.event.v1.Event.key_linked:type_name -> infergate.event.v1.KeyLinked
+	15, // 12: infergate.event.v1.Event.key_unlinked:type_name -> infergate.event.v1.KeyUnlinked
+	16, // 13: infergate.event.v1.Event.deployment_deleted:type_name -> infergate.event.v1.DeploymentDeleted
+	9,  // 14: infergate.event.v1.Event.key_rotated:type_name -> infergate.event.v1.KeyRotated
+	7,  // 15: infergate.event.v1.Event.key_expiry_changed:type_name -> infergate.event.v1.KeyExpiryChanged
+	17, // 16: infergate.event.v1.KeyCreated.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 17: infergate.event.v1.KeyExpiryChanged.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 18: infergate.event.v1.KeyRotated.old_secret_not_after:type_name -> google.protobuf.Timestamp
+	1,  // 19: infergate.event.v1.DeploymentStatusChanged.status:type_name -> infergate.event.v1.DeploymentStatus
+	20, // [20:20] is the sub-list for method output_type
+	20, // [20:20] is the sub-list for method input_type
+	20, // [20:20] is the sub-list for extension type_name
+	20, // [20:20] is the sub-list for extension extendee
+	0,  // [0:20] is the sub-list for field type_name
 }
 
 func init() { file_infergate_event_v1_event_proto_init() }
@@ -1399,6 +1483,7 @@ func file_infergate_event_v1_event_proto_init() {
 		(*Event_KeyUnlinked)(nil),
 		(*Event_DeploymentDeleted)(nil),
 		(*Event_KeyRotated)(nil),
+		(*Event_KeyExpiryChanged)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1406,7 +1491,7 @@ func file_infergate_event_v1_event_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_infergate_event_v1_event_proto_rawDesc), len(file_infergate_event_v1_event_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -586,15 +586,23 @@ func (x *ListKeysResponse) GetNextPageToken() string {
 	return ""
 }
 
-// UpdateKeyRequest changes a key's description.
+// UpdateKeyRequest changes a key's description and/or expiry. A field left
+// out is left unchanged, so an empty request changes nothing.
 type UpdateKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key's project.
 	Project string `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
 	// The key's name.
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	// The new description, at most 300 characters.
-	Description   string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
+	// The new description, at most 300 characters; "" clears it. Absent:
+	// unchanged.
+	Description *string `protobuf:"bytes,3,opt,name=description,proto3,oneof" json:"description,omitempty"`
+	// The new expiry, which must be in the future. Absent: unchanged.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// True: the key never expires from now on (removes its expiry). Not
+	// together with expires_at. (A JSON null expires_at means absent, so
+	// removing an expiry needs its own field.)
+	NeverExpires  bool `protobuf:"varint,5,opt,name=never_expires,json=neverExpires,proto3" json:"never_expires,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -644,10 +652,24 @@ func (x *UpdateKeyRequest) GetName() string {
 }
 
 func (x *UpdateKeyRequest) GetDescription() string {
-	if x != nil {
-		return x.Description
+	if x != nil && x.Description != nil {
+		return *x.Description
 	}
 	return ""
+}
+
+func (x *UpdateKeyRequest) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *UpdateKeyRequest) GetNeverExpires() bool {
+	if x != nil {
+		return x.NeverExpires
+	}
+	return false
 }
 
 // UpdateKeyResponse carries the updated key.
@@ -1060,11 +1082,15 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"page_token\x18\x03 \x01(\tR\tpageToken\"e\n" +
 	"\x10ListKeysResponse\x12)\n" +
 	"\x04keys\x18\x01 \x03(\v2\x15.infergate.key.v1.KeyR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"b\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd7\x01\n" +
 	"\x10UpdateKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
-	"\vdescription\x18\x03 \x01(\tR\vdescription\"h\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12%\n" +
+	"\vdescription\x18\x03 \x01(\tH\x00R\vdescription\x88\x01\x01\x129\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12#\n" +
+	"\rnever_expires\x18\x05 \x01(\bR\fneverExpiresB\x0e\n" +
+	"\f_description\"h\n" +
 	"\x11UpdateKeyResponse\x12'\n" +
 	"\x03key\x18\x01 \x01(\v2\x15.infergate.key.v1.KeyR\x03key\x12*\n" +
 	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind\"\x8c\x01\n" +
@@ -1138,31 +1164,32 @@ var file_infergate_key_v1_key_proto_depIdxs = []int32{
 	15, // 7: infergate.key.v1.CreateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
 	0,  // 8: infergate.key.v1.GetKeyResponse.key:type_name -> infergate.key.v1.Key
 	0,  // 9: infergate.key.v1.ListKeysResponse.keys:type_name -> infergate.key.v1.Key
-	0,  // 10: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
-	14, // 11: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	15, // 12: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	14, // 13: infergate.key.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
-	14, // 14: infergate.key.v1.RotateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	0,  // 15: infergate.key.v1.RotateKeyResponse.key:type_name -> infergate.key.v1.Key
-	13, // 16: infergate.key.v1.RotateKeyResponse.old_secret_not_after:type_name -> google.protobuf.Timestamp
-	15, // 17: infergate.key.v1.RotateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	1,  // 18: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
-	3,  // 19: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
-	5,  // 20: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
-	7,  // 21: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
-	9,  // 22: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
-	11, // 23: infergate.key.v1.KeyService.RotateKey:input_type -> infergate.key.v1.RotateKeyRequest
-	2,  // 24: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
-	4,  // 25: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
-	6,  // 26: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
-	8,  // 27: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
-	10, // 28: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
-	12, // 29: infergate.key.v1.KeyService.RotateKey:output_type -> infergate.key.v1.RotateKeyResponse
-	24, // [24:30] is the sub-list for method output_type
-	18, // [18:24] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	13, // 10: infergate.key.v1.UpdateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 11: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
+	14, // 12: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	15, // 13: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	14, // 14: infergate.key.v1.RotateKeyRequest.grace_period:type_name -> google.protobuf.Duration
+	14, // 15: infergate.key.v1.RotateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	0,  // 16: infergate.key.v1.RotateKeyResponse.key:type_name -> infergate.key.v1.Key
+	13, // 17: infergate.key.v1.RotateKeyResponse.old_secret_not_after:type_name -> google.protobuf.Timestamp
+	15, // 18: infergate.key.v1.RotateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	1,  // 19: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
+	3,  // 20: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
+	5,  // 21: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
+	7,  // 22: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
+	9,  // 23: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
+	11, // 24: infergate.key.v1.KeyService.RotateKey:input_type -> infergate.key.v1.RotateKeyRequest
+	2,  // 25: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
+	4,  // 26: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
+	6,  // 27: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
+	8,  // 28: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
+	10, // 29: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
+	12, // 30: infergate.key.v1.KeyService.RotateKey:output_type -> infergate.key.v1.RotateKeyResponse
+	25, // [25:31] is the sub-list for method output_type
+	19, // [19:25] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_infergate_key_v1_key_proto_init() }
@@ -1170,6 +1197,7 @@ func file_infergate_key_v1_key_proto_init() {
 	if File_infergate_key_v1_key_proto != nil {
 		return
 	}
+	file_infergate_key_v1_key_proto_msgTypes[7].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{

@@ -33,6 +33,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		expiresIn   time.Duration
 		expiresAt   string
 		grace       time.Duration
+		never       bool
 		deployments string
 		pos         []string
 		err         error
@@ -45,7 +46,10 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.StringVar(&deployments, "deployments", "", "deployments to link the key to, comma-separated, in the same change")
 		pos, err = parse(fs, args, "NAME")
 	case "update":
-		fs.StringVar(&description, "description", "", "the new description")
+		fs.StringVar(&description, "description", "", "the new description (\"\" clears it; default: unchanged)")
+		fs.DurationVar(&expiresIn, "expires-in", 0, "expire after this long from now, e.g. 720h (default: unchanged)")
+		fs.StringVar(&expiresAt, "expires-at", "", "expire at this RFC 3339 time (default: unchanged)")
+		fs.BoolVar(&never, "never-expires", false, "remove the key's expiry: it never expires")
 		pos, err = parse(fs, args, "NAME")
 	case "get", "delete":
 		pos, err = parse(fs, args, "NAME")
@@ -142,7 +146,25 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		return nil
 	case "update":
-		res, err := client.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: c.project, Name: pos[0], Description: description}))
+		req := &keyv1.UpdateKeyRequest{Project: c.project, Name: pos[0], NeverExpires: never}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "description" {
+				req.Description = &description
+			}
+		})
+		switch {
+		case btoi(expiresIn != 0)+btoi(expiresAt != "")+btoi(never) > 1:
+			return fmt.Errorf("use one of --expires-in, --expires-at and --never-expires")
+		case expiresIn != 0:
+			req.ExpiresAt = timestamppb.New(time.Now().Add(expiresIn))
+		case expiresAt != "":
+			t, err := time.Parse(time.RFC3339, expiresAt)
+			if err != nil {
+				return fmt.Errorf("--expires-at: %w", err)
+			}
+			req.ExpiresAt = timestamppb.New(t)
+		}
+		res, err := client.UpdateKey(ctx, connect.NewRequest(req))
 		if err != nil {
 			return err
 		}
@@ -230,4 +252,11 @@ func printKeys(w io.Writer, keys ...*keyv1.Key) {
 func jsonLine(v any) (string, error) {
 	b, err := json.Marshal(v)
 	return string(b), err
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -366,21 +366,37 @@ func (s *Server) ListKeys(ctx context.Context, req *connect.Request[keyv1.ListKe
 	return connect.NewResponse(out), nil
 }
 
-// UpdateKey changes a key's description.
+// UpdateKey changes a key's description and/or expiry; a field the
+// request leaves out is left unchanged.
 func (s *Server) UpdateKey(ctx context.Context, req *connect.Request[keyv1.UpdateKeyRequest]) (*connect.Response[keyv1.UpdateKeyResponse], error) {
 	m := req.Msg
 	meta := command.Meta(ctx, m.GetProject(), s.cfg.Now())
+	change := aggregate.KeyChange{Description: m.Description}
+	var expiryErr error
+	switch {
+	case m.GetExpiresAt() != nil && m.GetNeverExpires():
+		expiryErr = &aggregate.FieldError{Field: "never_expires", Problem: "cannot be given together with expires_at"}
+	case m.GetExpiresAt() != nil:
+		if err := m.GetExpiresAt().CheckValid(); err != nil {
+			expiryErr = &aggregate.FieldError{Field: "expires_at", Problem: "is not a valid time"}
+		} else {
+			change.Expiry = aggregate.ExpiresAt(m.GetExpiresAt().AsTime())
+		}
+	case m.GetNeverExpires():
+		change.Expiry = aggregate.NeverExpires()
+	}
 	if err := errors.Join(
 		aggregate.ValidateProject("project", m.GetProject()),
 		aggregate.ValidateKeyName("name", m.GetName()),
-		aggregate.ValidateDescription("description", m.GetDescription()),
+		expiryErr,
+		aggregate.ValidateKeyChange(change, meta.Now),
 	); err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	agg := keyAggregate(m.GetProject(), m.GetName())
 	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(req.Header(), meta, req.Spec().Procedure, agg), 0,
 		func(records []eventstore.Record) ([]*eventv1.Event, error) {
-			return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Update(meta, m.GetDescription())
+			return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Update(meta, change)
 		})
 	if err != nil {
 		return nil, s.fail(ctx, err)

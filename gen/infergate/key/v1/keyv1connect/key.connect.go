@@ -58,7 +58,8 @@ type KeyServiceClient interface {
 	GetKey(context.Context, *connect.Request[v1.GetKeyRequest]) (*connect.Response[v1.GetKeyResponse], error)
 	// ListKeys returns the project's keys ordered by name, a page at a time.
 	ListKeys(context.Context, *connect.Request[v1.ListKeysRequest]) (*connect.Response[v1.ListKeysResponse], error)
-	// UpdateKey changes a key's description.
+	// UpdateKey changes a key's description and/or expiry; a field the
+	// request leaves out is left unchanged.
 	UpdateKey(context.Context, *connect.Request[v1.UpdateKeyRequest]) (*connect.Response[v1.UpdateKeyResponse], error)
 	// DeleteKey deletes a key: it stops working at every gateway and is
 	// unlinked from every deployment. Its name may then be used again for a
@@ -173,7 +174,8 @@ type KeyServiceHandler interface {
 	GetKey(context.Context, *connect.Request[v1.GetKeyRequest]) (*connect.Response[v1.GetKeyResponse], error)
 	// ListKeys returns the project's keys ordered by name, a page at a time.
 	ListKeys(context.Context, *connect.Request[v1.ListKeysRequest]) (*connect.Response[v1.ListKeysResponse], error)
-	// UpdateKey changes a key's description.
+	// UpdateKey changes a key's description and/or expiry; a field the
+	// request leaves out is left unchanged.
 	UpdateKey(context.Context, *connect.Request[v1.UpdateKeyRequest]) (*connect.Response[v1.UpdateKeyResponse], error)
 	// DeleteKey deletes a key: it stops working at every gateway and is
 	// unlinked from every deployment. Its name may then be used again for a
