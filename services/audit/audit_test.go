@@ -280,7 +280,7 @@ func TestPagingWhileAppending(t *testing.T) {
 	go func() {
 		defer wg.Done()
 		for i := range 30 {
-			_, _ = e.keys.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: fmt.Sprintf("key-%02d", i), Description: "x"}))
+			_, _ = e.keys.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: fmt.Sprintf("key-%02d", i), Description: proto.String("x")}))
 		}
 	}()
 	var seqs []uint64

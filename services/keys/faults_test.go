@@ -75,7 +75,7 @@ func TestWritesSucceedWhileReadModelBehind(t *testing.T) {
 			t.Errorf("read model shows %v, CreateKey answered %v", got, k)
 		}
 
-		upd, err := behind.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "while-behind", Description: "d1"}))
+		upd, err := behind.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "while-behind", Description: proto.String("d1")}))
 		if err != nil || !upd.Msg.GetReadModelBehind() || upd.Msg.GetKey().GetDescription() != "d1" {
 			t.Errorf("UpdateKey with the read model behind = %v, %v; want description d1 and read_model_behind", upd, err)
 		}
@@ -112,7 +112,7 @@ func TestWritesUnavailableWhileNATSDown(t *testing.T) {
 		_, err := e.ops.CreateKey(ctx, connect.NewRequest(&keyv1.CreateKeyRequest{Project: "team-a", Name: "during-outage"}))
 		servicetest.WantCode(t, err, connect.CodeUnavailable, "CreateKey while NATS is down")
 		t.Logf("CreateKey while NATS is down answered unavailable in %s", time.Since(began)) // reported, not asserted
-		_, err = e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "before-outage", Description: "x"}))
+		_, err = e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "before-outage", Description: proto.String("x")}))
 		servicetest.WantCode(t, err, connect.CodeUnavailable, "UpdateKey while NATS is down")
 		_, err = e.ops.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: "team-a", Name: "before-outage"}))
 		servicetest.WantCode(t, err, connect.CodeUnavailable, "DeleteKey while NATS is down")

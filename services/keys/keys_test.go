@@ -109,7 +109,7 @@ func TestKeyLifecycle(t *testing.T) {
 			t.Errorf("GetKey = %v, want %v", got.Msg.GetKey(), key)
 		}
 
-		upd, err := e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "ci-runner", Description: "nightly CI"}))
+		upd, err := e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "ci-runner", Description: proto.String("nightly CI")}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -209,7 +209,7 @@ func TestKeyValidationAppendsNothing(t *testing.T) {
 				t.Errorf("%s: message %q does not name %q", tt.name, err, tt.field)
 			}
 		}
-		_, err := e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "taken", Description: strings.Repeat("x", 301)}))
+		_, err := e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "taken", Description: proto.String(strings.Repeat("x", 301))}))
 		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "update with a long description")
 		_, err = e.ops.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "x"}))
 		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "get with a bad name")
@@ -236,7 +236,7 @@ func TestSecretAppearsOnlyInCreateResponse(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		upd, err := e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "secret-keeper", Description: "d"}))
+		upd, err := e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "secret-keeper", Description: proto.String("d")}))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -329,7 +329,7 @@ func TestIdempotencyKey(t *testing.T) {
 		servicetest.WantCode(t, err, connect.CodeAlreadyExists, "another create of the name")
 
 		for range 3 {
-			upd := connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "retried", Description: "v1"})
+			upd := connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "retried", Description: proto.String("v1")})
 			upd.Header().Set(command.IdempotencyHeader, "req-2")
 			res, err := e.ops.UpdateKey(ctx, upd)
 			if err != nil || res.Msg.GetKey().GetDescription() != "v1" {
@@ -338,7 +338,7 @@ func TestIdempotencyKey(t *testing.T) {
 		}
 		// A later update with the same idempotency key is the same request:
 		// not applied again.
-		stale := connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "retried", Description: "v1"})
+		stale := connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "retried", Description: proto.String("v1")})
 		stale.Header().Set(command.IdempotencyHeader, "req-2")
 		if _, err := e.ops.UpdateKey(ctx, stale); err != nil {
 			t.Fatal(err)

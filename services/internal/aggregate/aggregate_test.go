@@ -68,10 +68,10 @@ func TestKeyLifecycle(t *testing.T) {
 	if _, err := k.Create(m, nk); !errors.Is(err, aggregate.ErrAlreadyExists) {
 		t.Errorf("second create: %v, want ErrAlreadyExists", err)
 	}
-	if ev, err := k.Update(m, "CI"); err != nil || len(ev) != 0 {
+	if ev, err := k.Update(m, aggregate.KeyChange{Description: ptr("CI")}); err != nil || len(ev) != 0 {
 		t.Errorf("update to the same description = %v, %v; want nothing", types(ev), err)
 	}
-	ev, err := k.Update(m, "new")
+	ev, err := k.Update(m, aggregate.KeyChange{Description: ptr("new")})
 	if err != nil || types(ev) != "KeyUpdated" {
 		t.Fatalf("update = %v, %v", types(ev), err)
 	}
@@ -90,7 +90,7 @@ func TestKeyLifecycle(t *testing.T) {
 	if _, err := k.Delete(m); !errors.Is(err, aggregate.ErrNotFound) {
 		t.Errorf("delete of a deleted key: %v", err)
 	}
-	if _, err := k.Update(m, "x"); !errors.Is(err, aggregate.ErrNotFound) {
+	if _, err := k.Update(m, aggregate.KeyChange{Description: ptr("x")}); !errors.Is(err, aggregate.ErrNotFound) {
 		t.Errorf("update of a deleted key: %v", err)
 	}
 	again, err := k.Create(m, nk)
