@@ -87,6 +87,28 @@ type Map struct {
 	// lastRot is, for each rotated key's number, 1 + the index in rots of
 	// its latest rotation.
 	lastRot map[uint32]uint32
+	// exps are the expiry changes (KeyExpiryChanged), in the order they
+	// were applied; a key's record keeps the expiry it was created with,
+	// for the same reason. Entries never change.
+	exps []expiryChange
+	// expNow is, for each key whose expiry changed, its current expiry
+	// (0: never). Read and written under mu.
+	expNow map[uint32]int64
+}
+
+// expiryChange is one KeyExpiryChanged as the map keeps it.
+type expiryChange struct {
+	num     uint32
+	expires int64 // 0: never
+}
+
+// info is what a decision reads about key num, with its current expiry.
+func (m *Map) info(num uint32) keyInfo {
+	info := m.rec(num).info(num)
+	if exp, ok := m.expNow[num]; ok {
+		info.expires = exp
+	}
+	return info
 }
 
 // rotation is one KeyRotated as the map keeps it.
@@ -152,7 +174,7 @@ func (m *Map) Apply(sequence uint64, events []*eventv1.Event) bool {
 // and Clone call it, inside the sequence lock.
 func (m *Map) publishKey(num uint32) {
 	k := m.rec(num)
-	info := k.info(num)
+	info := m.info(num)
 	r := m.lastRot[num]
 	if r == 0 {
 		w := sumWords(&k.sum)
@@ -170,7 +192,7 @@ func (m *Map) publishKey(num uint32) {
 			old = &m.rots[rot.prev-1].sum
 		}
 		fi := info
-		if k.expires == 0 || end < k.expires {
+		if info.expires == 0 || end < info.expires {
 			fi.expires, fi.rotated = end, true
 		}
 		w := sumWords(old)
@@ -320,6 +342,25 @@ func (m *Map) stageEvent(st *stage, e *eventv1.Event) {
 		}
 		if num, ok := m.liveKey(pid, aggName); ok && m.rec(num).id.is(p.KeyDeleted.GetKeyId()) {
 			m.deleteKey(st, num)
+		}
+
+	case *eventv1.Event_KeyExpiryChanged:
+		x := p.KeyExpiryChanged
+		pid, ok := m.projects[project]
+		if !ok {
+			return
+		}
+		if num, ok := m.liveKey(pid, aggName); ok && m.rec(num).id.is(x.GetKeyId()) {
+			var expires int64
+			if x.GetExpiresAt() != nil {
+				expires = unixNano(x.GetExpiresAt().AsTime())
+			}
+			m.exps = append(m.exps, expiryChange{num: num, expires: expires})
+			if m.expNow == nil {
+				m.expNow = make(map[uint32]int64)
+			}
+			m.expNow[num] = expires
+			st.keys = append(st.keys, num)
 		}
 
 	case *eventv1.Event_KeyRotated:
@@ -536,7 +577,7 @@ func (m *Map) CheckKey(project, deployment, keyName string, at time.Time) Reason
 	ref := keyRef{given: true}
 	if pid, ok := m.projects[project]; ok {
 		if num, ok := m.names.get(m, pid, keyName); ok {
-			ref.found, ref.info = true, m.rec(num).info(num)
+			ref.found, ref.info = true, m.info(num)
 		}
 	}
 	// No record is published while mu is held, so one pass is consistent.
@@ -595,8 +636,8 @@ func (m *Map) Snapshot() Snapshot {
 	m.names.each(func(num uint32) {
 		k := m.rec(num)
 		key := Key{Project: m.projName[k.project], Name: k.name, ID: k.id.String(), Deleted: k.deleted}
-		if k.expires != 0 {
-			key.ExpiresAt = time.Unix(0, k.expires).UTC()
+		if exp := m.info(num).expires; exp != 0 {
+			key.ExpiresAt = time.Unix(0, exp).UTC()
 		}
 		s.Keys = append(s.Keys, key)
 	})

@@ -25,6 +25,8 @@ func (m *Map) Clone() *Map {
 		// capacity.
 		rots:    slices.Clone(m.rots),
 		lastRot: maps.Clone(m.lastRot),
+		exps:    slices.Clone(m.exps),
+		expNow:  maps.Clone(m.expNow),
 	}
 	for p, id := range m.projects {
 		c.projects[p] = id

@@ -132,3 +132,13 @@ func fastSecret(r *rand.Rand) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func keyExpiryChanged(project, name, id string, expires time.Time) *eventv1.Event {
+	e := keyEvent(project, name)
+	x := &eventv1.KeyExpiryChanged{KeyId: id}
+	if !expires.IsZero() {
+		x.ExpiresAt = timestamppb.New(expires)
+	}
+	e.Payload = &eventv1.Event_KeyExpiryChanged{KeyExpiryChanged: x}
+	return e
+}

@@ -61,6 +61,15 @@ func (h *history) record() []*eventv1.Event {
 		}
 		return []*eventv1.Event{keyRotated(p, key[1], id, secret, notAfter)}
 	}
+	if id, ok := h.keys[key]; ok && h.r.IntN(10) == 0 {
+		// An expiry change: before, between or after the times
+		// sameAnswers asks about, or none.
+		var exp time.Time
+		if h.r.IntN(3) != 0 {
+			exp = t0.Add(time.Duration(h.r.IntN(4*3600)-3600) * time.Second)
+		}
+		return []*eventv1.Event{keyExpiryChanged(p, key[1], id, exp)}
+	}
 	switch n := h.r.IntN(20); {
 	case n < 6:
 		id := h.id(h.r.IntN(4) != 0)

@@ -82,6 +82,7 @@ type SavePoint struct {
 	projName []string
 	dels     []uint32
 	rots     []rotation
+	exps     []expiryChange
 	deps     []*depState
 }
 
@@ -100,6 +101,7 @@ func (m *Map) SavePoint() *SavePoint {
 		projName: m.projName, // names below len never change
 		dels:     m.dels,     // append-only
 		rots:     m.rots,     // append-only, entries never change
+		exps:     m.exps,     // append-only, entries never change
 	}
 	m.deps.each(func(d *depState) { // published states are immutable
 		if d.live {
@@ -120,6 +122,12 @@ func (p *SavePoint) WriteTo(w io.Writer) (int64, error) {
 		deleted[num/64] |= 1 << (num % 64)
 	}
 	rec := func(num uint32) *keyRec { return &recs[num/recChunk][num%recChunk] }
+	// A changed expiry is written as the key's expiry: a restored map
+	// starts from it as if the key had been created with it.
+	expNow := make(map[uint32]int64, len(p.exps))
+	for _, x := range p.exps {
+		expNow[x.num] = x.expires
+	}
 	// The same state makes the same bytes, whatever the tables' layout.
 	slices.SortFunc(deps, func(a, b *depState) int {
 		return cmp.Or(cmp.Compare(a.projectID, b.projectID), cmp.Compare(a.name, b.name))
@@ -156,7 +164,11 @@ func (p *SavePoint) WriteTo(w io.Writer) (int64, error) {
 		}
 		e.str(k.name)
 		e.uint(uint64(k.project))
-		e.uint(uint64(k.expires))
+		exp := k.expires
+		if x, ok := expNow[num]; ok {
+			exp = x
+		}
+		e.uint(uint64(exp))
 	}
 	e.uint(uint64(len(p.rots)))
 	for i := range p.rots {
