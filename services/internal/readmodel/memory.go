@@ -225,6 +225,14 @@ func (m *Memory) apply(rec eventstore.Record, ev *eventv1.Event) {
 		if k := p.keyWithID(pl.KeyUpdated.GetKeyId()); k != nil {
 			k.Description = pl.KeyUpdated.GetDescription()
 		}
+	case *eventv1.Event_KeyExpiryChanged:
+		if k := p.keyWithID(pl.KeyExpiryChanged.GetKeyId()); k != nil {
+			k.ExpiresAt = nil
+			if x := pl.KeyExpiryChanged.GetExpiresAt(); x != nil {
+				t := NormalTime(x.AsTime())
+				k.ExpiresAt = &t
+			}
+		}
 	case *eventv1.Event_KeyDeleted:
 		p.deleteKey(pl.KeyDeleted.GetKeyId())
 	case *eventv1.Event_KeyRotated:

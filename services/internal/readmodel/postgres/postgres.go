@@ -102,7 +102,7 @@ func (s *Store) Close() { s.pool.Close() }
 type queries struct {
 	lockCheckpoint, setCheckpoint, checkpoint, truncate, resetCheckpoint string
 
-	deleteKeyByNameOrID, insertKey, updateKey, rotateKey, deleteKey string
+	deleteKeyByNameOrID, insertKey, updateKey, setExpiry, rotateKey, deleteKey string
 
 	deleteDeploymentByNameOrID, insertDeployment, setStatus, setAuth, deleteDeployment string
 
@@ -138,6 +138,7 @@ func newQueries(schema string) queries {
 			(project, name, id, description, hint, expires_at, created_at)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)`),
 		updateKey: r.Replace(`UPDATE {{schema}}.keys SET description = $3 WHERE project = $1 AND id = $2`),
+		setExpiry: r.Replace(`UPDATE {{schema}}.keys SET expires_at = $3 WHERE project = $1 AND id = $2`),
 		// The previous hint is the one the row held: SET reads the row as
 		// it was before the update.
 		rotateKey: r.Replace(`UPDATE {{schema}}.keys
@@ -221,6 +222,13 @@ func (s *Store) queue(b *pgx.Batch, rec eventstore.Record, ev *eventv1.Event) {
 		b.Queue(s.q.insertKey, project, name, e.GetKeyId(), e.GetDescription(), e.GetHint(), expires, readmodel.EventTime(rec, ev))
 	case *eventv1.Event_KeyUpdated:
 		b.Queue(s.q.updateKey, project, pl.KeyUpdated.GetKeyId(), pl.KeyUpdated.GetDescription())
+	case *eventv1.Event_KeyExpiryChanged:
+		var expires *time.Time
+		if x := pl.KeyExpiryChanged.GetExpiresAt(); x != nil {
+			t := readmodel.NormalTime(x.AsTime())
+			expires = &t
+		}
+		b.Queue(s.q.setExpiry, project, pl.KeyExpiryChanged.GetKeyId(), expires)
 	case *eventv1.Event_KeyDeleted:
 		b.Queue(s.q.deleteKey, project, pl.KeyDeleted.GetKeyId())
 	case *eventv1.Event_KeyRotated:

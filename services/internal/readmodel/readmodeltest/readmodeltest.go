@@ -131,6 +131,17 @@ func (k key) updated(desc string) *eventv1.Event {
 	return e
 }
 
+// expiryChanged is a KeyExpiryChanged; nil: never expires.
+func (k key) expiryChanged(expires *time.Time) *eventv1.Event {
+	e := k.event()
+	x := &eventv1.KeyExpiryChanged{KeyId: k.id}
+	if expires != nil {
+		x.ExpiresAt = timestamppb.New(*expires)
+	}
+	e.Payload = &eventv1.Event_KeyExpiryChanged{KeyExpiryChanged: x}
+	return e
+}
+
 // rotated is a KeyRotated giving k a secret with hint; the replaced one
 // stops at notAfter.
 func (k key) rotated(hint string, notAfter time.Time) *eventv1.Event {
@@ -356,6 +367,20 @@ func testApply(t *testing.T, newStore func(t *testing.T) readmodel.Store) {
 			{ghostKey.updated("nobody")},
 		},
 		keys: []readmodel.Key{ciRunner.row(1, "new")},
+	}, {
+		name: "key expiry set, moved and removed",
+		batches: []batch{
+			{ciRunner.created("runs CI", nil)},
+			{notebook.created("nb", &expiry)},
+			{ciRunner.expiryChanged(&expiry)},
+			{notebook.expiryChanged(nil)},
+			{ghostKey.expiryChanged(nil)},
+			{ciRunner2.expiryChanged(nil)}, // another life: ignored
+		},
+		keys: []readmodel.Key{
+			withExpiry(ciRunner.row(1, "runs CI"), expiryStored),
+			notebook.row(2, "nb"),
+		},
 	}, {
 		name: "key rotated keeps its id, links and expiry",
 		batches: []batch{
