@@ -29,7 +29,7 @@ const maxListPages = 10
 
 // eventTypes are the audit event types, for the Audit page's filter.
 var eventTypes = []string{
-	"KeyCreated", "KeyUpdated", "KeyDeleted", "KeyRotated", "DeploymentCreated", "DeploymentStatusChanged",
+	"KeyCreated", "KeyUpdated", "KeyExpiryChanged", "KeyDeleted", "KeyRotated", "DeploymentCreated", "DeploymentStatusChanged",
 	"DeploymentAuthEnabled", "DeploymentAuthDisabled", "KeyLinked", "KeyUnlinked", "DeploymentDeleted",
 }
 

@@ -16,6 +16,8 @@ func Type(e *eventv1.Event) string {
 		return "KeyCreated"
 	case *eventv1.Event_KeyUpdated:
 		return "KeyUpdated"
+	case *eventv1.Event_KeyExpiryChanged:
+		return "KeyExpiryChanged"
 	case *eventv1.Event_KeyDeleted:
 		return "KeyDeleted"
 	case *eventv1.Event_KeyRotated:
@@ -40,7 +42,7 @@ func Type(e *eventv1.Event) string {
 
 // Types are every event type name, for validating filters.
 var Types = []string{
-	"KeyCreated", "KeyUpdated", "KeyDeleted", "KeyRotated", "DeploymentCreated", "DeploymentStatusChanged",
+	"KeyCreated", "KeyUpdated", "KeyExpiryChanged", "KeyDeleted", "KeyRotated", "DeploymentCreated", "DeploymentStatusChanged",
 	"DeploymentAuthEnabled", "DeploymentAuthDisabled", "KeyLinked", "KeyUnlinked", "DeploymentDeleted",
 }
 
@@ -48,7 +50,7 @@ var Types = []string{
 // or "".
 func KeyName(e *eventv1.Event) string {
 	switch p := e.GetPayload().(type) {
-	case *eventv1.Event_KeyCreated, *eventv1.Event_KeyUpdated, *eventv1.Event_KeyDeleted, *eventv1.Event_KeyRotated:
+	case *eventv1.Event_KeyCreated, *eventv1.Event_KeyUpdated, *eventv1.Event_KeyExpiryChanged, *eventv1.Event_KeyDeleted, *eventv1.Event_KeyRotated:
 		return e.GetAggregate().GetName()
 	case *eventv1.Event_KeyLinked:
 		return p.KeyLinked.GetKeyName()
@@ -75,6 +77,13 @@ func Summary(e *eventv1.Event) (string, map[string]string) {
 		return s, d
 	case *eventv1.Event_KeyUpdated:
 		return "changed the description of key " + name, map[string]string{"key_id": p.KeyUpdated.GetKeyId(), "description": p.KeyUpdated.GetDescription()}
+	case *eventv1.Event_KeyExpiryChanged:
+		x := p.KeyExpiryChanged
+		if x.GetExpiresAt() == nil {
+			return "removed the expiry of key " + name + " (never expires)", map[string]string{"key_id": x.GetKeyId(), "expires_at": "never"}
+		}
+		at := x.GetExpiresAt().AsTime().UTC().Format(time.RFC3339)
+		return "changed the expiry of key " + name + " to " + at, map[string]string{"key_id": x.GetKeyId(), "expires_at": at}
 	case *eventv1.Event_KeyDeleted:
 		return "deleted key " + name, map[string]string{"key_id": p.KeyDeleted.GetKeyId()}
 	case *eventv1.Event_KeyRotated:
