@@ -251,6 +251,34 @@ func TestRESTStory(t *testing.T) {
 	s.expectAnswer(t, e2eByPath, "acme", "chat", e2eBearer(secret))
 	s.expectRefused(t, e2eByHost, "acme", "chat", nil, "missing_api_key")
 
+	// A key's PATCH changes only what it names: {} changes nothing; an
+	// expiry in the past is refused and changes nothing; a future one is
+	// shown; never_expires removes it.
+	if same := api.ok("PATCH", base+"/api_keys/rest-key", map[string]any{}); same["description"] != "renamed" || same["expires_at"] != nil {
+		t.Errorf("PATCH api_keys/rest-key {} = %v, want it unchanged", same)
+	}
+	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	api.fails("PATCH", base+"/api_keys/rest-key", map[string]any{"description": "not this", "expires_at": past}, http.StatusBadRequest, 3, "expires_at")
+	api.fails("PATCH", base+"/api_keys/rest-key", map[string]any{"expires_at": time.Now().Add(time.Hour).UTC().Format(time.RFC3339), "never_expires": true},
+		http.StatusBadRequest, 3, "never_expires")
+	if got := api.ok("GET", base+"/api_keys/rest-key", nil); got["description"] != "renamed" || got["expires_at"] != nil {
+		t.Errorf("after a refused PATCH: %v, want it unchanged", got)
+	}
+	future := time.Now().Add(48 * time.Hour).UTC().Truncate(time.Second)
+	if got := api.ok("PATCH", base+"/api_keys/rest-key", map[string]any{"expires_at": future.Format(time.RFC3339)}); got["description"] != "renamed" || got["expires_at"] != future.Format(time.RFC3339) {
+		t.Errorf("PATCH expires_at = %v, want expires_at %s and the description kept", got, future.Format(time.RFC3339))
+	}
+	if got := api.ok("GET", base+"/api_keys/rest-key", nil); got["expires_at"] != future.Format(time.RFC3339) {
+		t.Errorf("GET after PATCH expires_at = %v, want expires_at %s", got, future.Format(time.RFC3339))
+	}
+	s.expectAnswer(t, e2eByHost, "acme", "chat", e2eKey(secret))
+	if got := api.ok("PATCH", base+"/api_keys/rest-key", map[string]any{"never_expires": true}); got["expires_at"] != nil || got["description"] != "renamed" {
+		t.Errorf("PATCH never_expires = %v, want no expiry", got)
+	}
+	if got := api.ok("GET", base+"/api_keys/rest-key", nil); got["expires_at"] != nil {
+		t.Errorf("GET after PATCH never_expires = %v, want no expiry", got)
+	}
+
 	// auth_enabled alone is still accepted: off and on, links kept.
 	api.finished(api.ok("PATCH", base+"/deployments/chat", map[string]any{"auth_enabled": false}), "update_deployment")
 	s.expectAnswer(t, e2eByHost, "acme", "chat", nil)
