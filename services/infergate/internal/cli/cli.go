@@ -33,7 +33,7 @@ Usage:
   infergate dev [--demo] [flags]           run everything in one process
   infergate dev --regions eu,us [--region-max-staleness 30s]   the hub, and per region a leaf NATS server, mirror and gateway
   infergate keys create NAME [--description D] [--expires-in 720h | --expires-at RFC3339] [--deployments a,b]
-  infergate keys list | get NAME | update NAME --description D | delete NAME
+  infergate keys list | get NAME | update NAME [--description D] [--expires-at T | --expires-in D | --never-expires] | delete NAME
   infergate keys rotate NAME [--grace 24h]   a new secret; the old one works for the grace (0: stops at once)
   infergate deployments create NAME --model M --upstream URL [--regions a,b] [--auth] [--keys a,b]
   infergate deployments list | get NAME | delete NAME
