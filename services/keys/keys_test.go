@@ -121,6 +121,28 @@ func TestKeyLifecycle(t *testing.T) {
 			t.Errorf("GetKey after update: %v", got.Msg.GetKey())
 		}
 
+		// Expiry: in the past is refused and nothing changes; a later one
+		// and never are kept, with the description left alone.
+		_, err = e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "ci-runner",
+			Description: proto.String("not this"), ExpiresAt: timestamppb.New(time.Now().Add(-time.Hour))}))
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "UpdateKey with a past expiry")
+		_, err = e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "ci-runner",
+			ExpiresAt: timestamppb.New(time.Now().Add(time.Hour)), NeverExpires: true}))
+		servicetest.WantCode(t, err, connect.CodeInvalidArgument, "UpdateKey with expires_at and never_expires")
+		later := expires.Add(24 * time.Hour)
+		upd, err = e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "ci-runner", ExpiresAt: timestamppb.New(later)}))
+		if err != nil || upd.Msg.GetKey().GetDescription() != "nightly CI" || !upd.Msg.GetKey().GetExpiresAt().AsTime().Equal(later) {
+			t.Errorf("UpdateKey expires_at = %v, %v", upd.Msg.GetKey(), err)
+		}
+		upd, err = e.ops.UpdateKey(ctx, connect.NewRequest(&keyv1.UpdateKeyRequest{Project: "team-a", Name: "ci-runner", NeverExpires: true}))
+		if err != nil || upd.Msg.GetKey().GetExpiresAt() != nil {
+			t.Errorf("UpdateKey never_expires = %v, %v", upd.Msg.GetKey(), err)
+		}
+		got, _ = e.ops.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: "team-a", Name: "ci-runner"}))
+		if got.Msg.GetKey().GetExpiresAt() != nil || got.Msg.GetKey().GetDescription() != "nightly CI" {
+			t.Errorf("GetKey after never_expires: %v", got.Msg.GetKey())
+		}
+
 		del, err := e.ops.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: "team-a", Name: "ci-runner"}))
 		if err != nil {
 			t.Fatal(err)
