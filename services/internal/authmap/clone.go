@@ -16,6 +16,7 @@ func (m *Map) Clone() *Map {
 		projects: make(map[string]uint32, len(m.projects)),
 		projName: append([]string(nil), m.projName...),
 		dels:     append([]uint32(nil), m.dels...),
+		depNames: append([][2]string(nil), m.depNames...),
 	}
 	for p, id := range m.projects {
 		c.projects[p] = id
