@@ -147,9 +147,9 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	case bodyNone:
 		err = c.write(o)
 	case bodyLength:
-		err = c.relayLength(br, o, resp.length, bp)
+		err = c.relayLength(br, o, resp.length, bp, req.Tap)
 	default:
-		err = c.relayChunks(br, o, mode == bodyChunked, bp)
+		err = c.relayChunks(br, o, mode == bodyChunked, bp, req.Tap)
 	}
 	if err != nil {
 		res.Err = err
@@ -193,9 +193,10 @@ const (
 
 // relayLength sends the head o and a body of n bytes: what of it is
 // already read goes with the head, the rest as it arrives.
-func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte) error {
+func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte, tap io.Writer) error {
 	if k := min(int64(br.Buffered()), n, int64(cap(o)-len(o))); k > 0 {
 		p, _ := br.Peek(int(k))
+		tapBody(tap, p)
 		o = append(o, p...)
 		_, _ = br.Discard(int(k))
 		n -= k
@@ -208,6 +209,7 @@ func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte) erro
 		k, err := br.Read(buf[:min(int64(len(buf)), n)])
 		if k > 0 {
 			n -= int64(k)
+			tapBody(tap, buf[:k])
 			if werr := c.write(buf[:k]); werr != nil {
 				return werr
 			}
@@ -225,7 +227,7 @@ func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte) erro
 // relayChunks sends the head o, then the body — chunked, or up to the
 // upstream's close — as chunks to the client, one write per upstream
 // read, so streams (SSE) go out as they come.
-func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte) error {
+func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte, tap io.Writer) error {
 	var r io.Reader = br
 	if chunked {
 		r = httputil.NewChunkedReader(br)
@@ -236,6 +238,7 @@ func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte)
 		at := len(o)
 		k, err := r.Read(buf[at+hole : len(buf)-7])
 		if k > 0 {
+			tapBody(tap, buf[at+hole:at+hole+k])
 			size := strconv.AppendInt(buf[at:at], int64(k), 16)
 			size = append(size, "\r\n"...)
 			copy(buf[at+len(size):], buf[at+hole:at+hole+k])
@@ -261,6 +264,13 @@ func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte)
 			}
 			o = buf[:0]
 		}
+	}
+}
+
+// tapBody gives p to the request's Tap, if any.
+func tapBody(tap io.Writer, p []byte) {
+	if tap != nil {
+		_, _ = tap.Write(p)
 	}
 }
 

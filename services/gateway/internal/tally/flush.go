@@ -16,6 +16,7 @@ import (
 
 	usagev1 "github.com/infergate/infergate/gen/infergate/usage/v1"
 	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/usage"
 )
 
@@ -142,7 +143,7 @@ func (f *Flusher) Flush(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 		_, err = f.cfg.JS.Publish(pctx, f.subject, data,
 			jetstream.WithMsgID(usage.MsgID(f.cfg.Region, f.cfg.ID, f.boot, f.inflight.GetSequence())),
-			jetstream.WithExpectStream(usageStream))
+			jetstream.WithExpectStream(eventstore.UsageStream))
 		cancel()
 		if err != nil {
 			f.failures.Add(1)
@@ -153,14 +154,15 @@ func (f *Flusher) Flush(ctx context.Context) error {
 	}
 }
 
-const usageStream = "INFERGATE_USAGE"
-
 // merge adds rows to what is pending, by minute; past MaxPending a row of
 // a new minute joins its pair's newest pending minute, and a row of a
 // pair with nothing pending is dropped (counted).
 func (f *Flusher) merge(rows []Row) {
 	for i := range rows {
 		r := &rows[i]
+		if r.Last == 0 { // tokens only, of a request counted before
+			r.Last = time.Now().UnixNano()
+		}
 		minute := r.Last / int64(time.Minute) * 60
 		k := rowKey{r.Project, r.Deployment, r.Key, minute}
 		p := pairKey{r.Project, r.Deployment, r.Key}
