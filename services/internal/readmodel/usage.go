@@ -44,7 +44,7 @@ type UsageStore interface {
 // Counts are request counts by status class and reported tokens.
 type Counts struct {
 	OK, ClientErrors, ServerErrors, Refused uint64
-	PromptTokens, CompletionTokens        uint64
+	PromptTokens, CompletionTokens          uint64
 }
 
 // Add adds o to c.

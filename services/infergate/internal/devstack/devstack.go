@@ -27,6 +27,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
+	"github.com/infergate/infergate/gen/infergate/usage/v1/usagev1connect"
 	"github.com/infergate/infergate/services/audit"
 	"github.com/infergate/infergate/services/deployments"
 	"github.com/infergate/infergate/services/gateway"
@@ -40,6 +41,7 @@ import (
 	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
+	"github.com/infergate/infergate/services/internal/usageservice"
 	"github.com/infergate/infergate/services/keys"
 )
 
@@ -73,6 +75,9 @@ type Config struct {
 	NoHTTP1FastPath bool
 	// StatusInterval and StatusTimeout tune the deployment status checker.
 	StatusInterval, StatusTimeout time.Duration
+	// UsageFlushInterval is how often the gateways publish usage counts
+	// (0: the gateway's default, 10 s).
+	UsageFlushInterval time.Duration
 	// Regions, if any, makes the embedded server the hub of those
 	// regions, each with its own leaf NATS server, mirror and gateway
 	// (regions.go; docs/multi-region.md). None: one server, one gateway.
@@ -211,8 +216,12 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
 		return err
 	}
+	// And of the usage stream, which its gateways publish their counts to.
+	if err := eventstore.EnsureStream(ctx, js, eventstore.UsageConfig()); err != nil {
+		return err
+	}
 	plane, err := controlplane.OpenWith(ctx, nc, tokens, controlplane.Config{
-		DatabaseURL: cfg.DatabaseURL, DatabaseSchema: "infergate_dev",
+		DatabaseURL: cfg.DatabaseURL, DatabaseSchema: "infergate_dev", Usage: true,
 	}, cfg.Log)
 	if err != nil {
 		return err
@@ -293,6 +302,10 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
+	upath, uh, err := usageservice.NewHandler(usageservice.Config{Usage: plane.Usage, Log: cfg.Log}, plane.HandlerOptions()...)
+	if err != nil {
+		return err
+	}
 	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
 		Events: plane.Events, Interval: cfg.StatusInterval, Timeout: cfg.StatusTimeout, Log: cfg.Log, Upstreams: upstreams,
 	})
@@ -301,7 +314,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	}
 	gw, err := gateway.New(gateway.Config{
 		Events: gwEvents, NATS: gwNC, Region: cfg.Region, BaseDomain: cfg.BaseDomain, ID: GatewayID, Log: cfg.Log,
-		Snapshots: gwSnaps, Upstreams: upstreams,
+		Snapshots: gwSnaps, Upstreams: upstreams, Usage: gateway.Usage{FlushInterval: cfg.UsageFlushInterval},
 	})
 	if err != nil {
 		return err
@@ -330,8 +343,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
-	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, console.Path: cons},
-		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName)
+	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, upath: uh, console.Path: cons},
+		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName,
+		usagev1connect.UsageServiceName)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -356,6 +370,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	run("status checker", func() error { return checker.Run(ctx) })
 	run("audit history", func() error { return hist.Run(ctx) })
 	run("snapshotter", func() error { return snapshotter.Run(ctx) })
+	run("usage projection", func() error { return plane.RunUsage(ctx) })
 	run("gateway", func() error { return gw.Run(ctx) })
 	if demoModel != nil {
 		run("demo model", func() error { return demoModel.serve(ctx) })

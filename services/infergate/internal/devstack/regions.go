@@ -173,6 +173,7 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	r.gateway, err = gateway.New(gateway.Config{
 		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name),
 		Log: cfg.Log, Upstreams: upstreampolicy.MustParse(upstreampolicy.Loopback), MaxStaleness: cfg.RegionMaxStaleness,
+		Usage: gateway.Usage{FlushInterval: cfg.UsageFlushInterval},
 	})
 	if err != nil {
 		return nil, err

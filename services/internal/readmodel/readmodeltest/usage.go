@@ -18,7 +18,9 @@ func RunUsage(t *testing.T, newStore func(t *testing.T) readmodel.UsageStore) {
 	// t0 is a whole minute.
 	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	minute := func(m int) int64 { return t0.Add(time.Duration(m) * time.Minute).Unix() }
-	at := func(m int, s int) int64 { return t0.Add(time.Duration(m)*time.Minute + time.Duration(s)*time.Second).UnixNano() }
+	at := func(m int, s int) int64 {
+		return t0.Add(time.Duration(m)*time.Minute + time.Duration(s)*time.Second).UnixNano()
+	}
 	row := func(project, dep, key string, m, sec int, ok, c4, c5, refused, prompt, completion uint64) *usagev1.Row {
 		return &usagev1.Row{Project: project, Deployment: dep, Key: key, Minute: minute(m), LastUsedUnixNano: at(m, sec),
 			Counts: &usagev1.Counts{Ok: ok, ClientErrors: c4, ServerErrors: c5, Refused: refused, PromptTokens: prompt, CompletionTokens: completion}}
