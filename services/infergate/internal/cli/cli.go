@@ -34,6 +34,7 @@ Usage:
   infergate dev --regions eu,us [--region-max-staleness 30s]   the hub, and per region a leaf NATS server, mirror and gateway
   infergate keys create NAME [--description D] [--expires-in 720h | --expires-at RFC3339]
   infergate keys list | get NAME | update NAME --description D | delete NAME
+  infergate keys usage NAME [--since -24h] [--until T] [--deployment D] [--series [--step 1h]]   requests, errors and tokens
   infergate deployments create NAME --model M --upstream URL [--regions a,b] [--auth] [--keys a,b]
   infergate deployments list | get NAME | delete NAME
   infergate deployments auth NAME --enable|--disable [--keys a,b]
@@ -43,9 +44,9 @@ Usage:
   infergate audit state [--at T]                          keys, deployments and links at T
       (times: RFC 3339, or relative like -2h)
   infergate admin-token new --name N --projects a,b
-  infergate admin stream create --replicas N [--duplicate-window D] [--memory]
-  infergate admin stream update [--replicas N] [--duplicate-window D]
-  infergate admin stream info                  the event stream, checked against its declaration
+  infergate admin stream create --replicas N [--duplicate-window D] [--memory] [--stream events|usage]
+  infergate admin stream update [--replicas N] [--duplicate-window D] [--stream events|usage]
+  infergate admin stream info [--stream usage]  the event (or usage) stream, checked against its declaration
   infergate admin stream create-mirror --domain REGION [--hub-domain hub]   a region's mirror of the stream (docs/multi-region.md)
       (admin stream talks to NATS: --nats-url, env INFERGATE_NATS_URL; --nats-nkey, env INFERGATE_NATS_NKEY; --nats-ca, env INFERGATE_NATS_CA)
   infergate demo-upstream [--addr 127.0.0.1:8001]
