@@ -154,6 +154,15 @@ func (f *Flusher) Flush(ctx context.Context) error {
 	}
 }
 
+// MapChanged makes the counter count against m, the gateway's new auth
+// map, from now on; what was counted against the old one waits for the
+// next flush.
+func (f *Flusher) MapChanged(m *authmap.Map) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.merge(f.cfg.Counter.Swap(m))
+}
+
 // merge adds rows to what is pending, by minute; past MaxPending a row of
 // a new minute joins its pair's newest pending minute, and a row of a
 // pair with nothing pending is dropped (counted).
