@@ -15,6 +15,7 @@ package tally
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/usage"
@@ -24,6 +25,9 @@ import (
 // one flush interval: 16,384 cells of 64 bytes, 1 MiB (three tables are
 // kept: the one counted into, the one drained, a spare).
 const DefaultCells = 1 << 14
+
+// hashMul spreads a pair's id over the table (Fibonacci hashing).
+const hashMul = 0x9e3779b97f4a7c15
 
 // maxProbe bounds a lookup: past it the count goes to overflow.
 const maxProbe = 16
@@ -55,7 +59,7 @@ func newTable(size int) *table {
 // maxProbe.
 func (t *table) find(id uint64) *cell {
 	mask := uint64(len(t.cells) - 1)
-	i := (id * 0x9e3779b97f4a7c15) >> t.shift
+	i := (id * hashMul) >> t.shift
 	for range maxProbe {
 		c := &t.cells[i]
 		v := c.id.Load()
@@ -107,18 +111,39 @@ func (c *Counter) Count(m *authmap.Map, dep, key uint32, class usage.Class, now 
 		return
 	}
 	t := c.cur.Load()
-	if t.m != m {
-		c.other.Add(1)
-		return
-	}
-	cl := t.find(uint64(dep)<<32 | uint64(key))
-	if cl == nil {
-		c.overflow.Add(1)
-		return
+	id := uint64(dep)<<32 | uint64(key)
+	// The common case in a few instructions: the pair's cell is the
+	// first probed and already taken.
+	cl := &t.cells[(id*hashMul)>>t.shift]
+	if cl.id.Load() != id || t.m != m {
+		if cl = c.slow(t, m, id); cl == nil {
+			return
+		}
 	}
 	cl.n[class].Add(1)
-	cl.last.Store(now)
+	// The last use is kept to the millisecond: a store (a locked
+	// instruction on amd64, as costly as the add) at most once a
+	// millisecond per cell, a plain load otherwise.
+	if now-cl.last.Load() >= lastUsedPrecision {
+		cl.last.Store(now)
+	}
 }
+
+// slow is Count's lookup past the first probe.
+func (c *Counter) slow(t *table, m *authmap.Map, id uint64) *cell {
+	if t.m != m {
+		c.other.Add(1)
+		return nil
+	}
+	cl := t.find(id)
+	if cl == nil {
+		c.overflow.Add(1)
+	}
+	return cl
+}
+
+// lastUsedPrecision is how precisely the last use is kept, in ns.
+const lastUsedPrecision = int64(time.Millisecond)
 
 // Tokens adds the tokens an upstream reported for a request counted with
 // Count.
