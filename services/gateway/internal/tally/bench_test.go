@@ -127,7 +127,7 @@ func sseBody(chunks int) []byte {
 func BenchmarkScan(b *testing.B) {
 	bodies := map[string][]byte{
 		"sse":  sseBody(300),
-		"json": []byte(`{"id":"chatcmpl-1","object":"chat.completion","created":1767225600,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat("lorem ipsum ", 300) + `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":600,"total_tokens":612}}`),
+		"json": []byte(`{"id":"chatcmpl-1","object":"chat.completion","created":1767225600,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat("The quick brown fox jumps over the lazy dog, and then it rests for a while. ", 50) + `"},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":600,"total_tokens":612}}`),
 	}
 	for _, name := range []string{"sse", "json"} {
 		body := bodies[name]

@@ -15,8 +15,9 @@ import "bytes"
 //
 // Write never fails and never keeps p; the zero Scanner is ready.
 type Scanner struct {
-	st uint8
-	m  uint8 // bytes of `"usage"` matched at the end of the last write
+	st   uint8
+	m    uint8 // bytes of `"usage"` matched at the end of the last write
+	prev byte  // the last byte of the last write, in the seek state
 
 	// In the usage object.
 	depth               uint8
@@ -40,7 +41,10 @@ const (
 	stObject
 )
 
-var usageKey = []byte(`"usage"`)
+var (
+	usageKey  = []byte(`"usage"`)
+	usageTail = usageKey[1:]
+)
 
 // maxDepth bounds the nesting followed inside the usage object.
 const maxDepth = 16
@@ -73,13 +77,20 @@ func (s *Scanner) Write(p []byte) (int, error) {
 				}
 				continue
 			}
-			i := bytes.Index(p, usageKey)
-			if i < 0 {
-				s.m = partial(p)
+			// Look for `usage"` and check the quote before it: 'u' is
+			// much rarer than '"' in JSON, which keeps bytes.Index on its
+			// fast path.
+			i := bytes.Index(p, usageTail)
+			switch {
+			case i < 0:
+				s.m = partial(p, s.prev)
+				s.prev = p[len(p)-1]
 				return n, nil
+			case (i > 0 && p[i-1] == '"') || (i == 0 && s.prev == '"'):
+				s.st = stColon
 			}
-			p = p[i+len(usageKey):]
-			s.st = stColon
+			s.prev = '"' // the quote that closes usage
+			p = p[i+len(usageTail):]
 		case stColon, stOpen:
 			b := p[0]
 			switch {
@@ -101,10 +112,18 @@ func (s *Scanner) Write(p []byte) (int, error) {
 	return n, nil
 }
 
-// partial is how many bytes at the end of p begin `"usage"`.
-func partial(p []byte) uint8 {
-	for k := min(len(usageKey)-1, len(p)); k > 0; k-- {
-		if bytes.Equal(p[len(p)-k:], usageKey[:k]) {
+// partial is how many bytes at the end of p begin `"usage"` (prev is the
+// byte before p).
+func partial(p []byte, prev byte) uint8 {
+	for k := min(len(usageKey)-1, len(p)+1); k > 0; k-- {
+		if k <= len(p) {
+			if bytes.Equal(p[len(p)-k:], usageKey[:k]) {
+				return uint8(k)
+			}
+			continue
+		}
+		// The quote was the last byte of the write before.
+		if prev == '"' && bytes.Equal(p, usageKey[1:k]) {
 			return uint8(k)
 		}
 	}
