@@ -1,12 +1,14 @@
 package tally
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -134,6 +136,7 @@ func (f *Flusher) Flush(ctx context.Context) error {
 			f.freeze()
 		}
 		if f.cfg.JS == nil {
+			f.failures.Add(1)
 			return errors.New("usage: no NATS")
 		}
 		data, err := proto.Marshal(f.inflight)
@@ -214,17 +217,24 @@ func requests(r *Row) uint64 {
 	return n
 }
 
-// freeze makes the next message of up to maxRows pending rows: from now
-// on it is sent as it is, with its sequence, until acknowledged.
+// freeze makes the next message of up to maxRows pending rows, oldest
+// minutes first: from now on it is sent as it is, with its sequence,
+// until acknowledged. (Oldest first keeps newest true: a pair's newest
+// minute leaves the pending rows last.)
 func (f *Flusher) freeze() {
 	f.seq++
 	msg := &usagev1.Flush{Gateway: f.cfg.ID, Region: f.cfg.Region, Boot: f.boot, Sequence: f.seq, Dropped: f.dropped}
 	f.dropped = 0
-	for k, row := range f.pending {
-		if len(msg.Rows) == maxRows {
-			break
-		}
-		msg.Rows = append(msg.Rows, row)
+	keys := make([]rowKey, 0, len(f.pending))
+	for k := range f.pending {
+		keys = append(keys, k)
+	}
+	if len(keys) > maxRows {
+		slices.SortFunc(keys, func(a, b rowKey) int { return cmp.Compare(a.minute, b.minute) })
+		keys = keys[:maxRows]
+	}
+	for _, k := range keys {
+		msg.Rows = append(msg.Rows, f.pending[k])
 		delete(f.pending, k)
 		p := pairKey{k.project, k.deployment, k.key}
 		if f.newest[p] == k.minute {
