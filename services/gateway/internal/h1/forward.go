@@ -55,6 +55,8 @@ var (
 // been sent nothing and the handler answers (502).
 func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	c.take()
+	c.tap = req.Tap
+	defer func() { c.tap = nil }()
 	start := time.Now()
 	bp := getBuf()
 	defer putBuf(bp)
@@ -147,9 +149,9 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	case bodyNone:
 		err = c.write(o)
 	case bodyLength:
-		err = c.relayLength(br, o, resp.length, bp, req.Tap)
+		err = c.relayLength(br, o, resp.length, bp)
 	default:
-		err = c.relayChunks(br, o, mode == bodyChunked, bp, req.Tap)
+		err = c.relayChunks(br, o, mode == bodyChunked, bp)
 	}
 	if err != nil {
 		res.Err = err
@@ -193,10 +195,10 @@ const (
 
 // relayLength sends the head o and a body of n bytes: what of it is
 // already read goes with the head, the rest as it arrives.
-func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte, tap io.Writer) error {
+func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte) error {
 	if k := min(int64(br.Buffered()), n, int64(cap(o)-len(o))); k > 0 {
 		p, _ := br.Peek(int(k))
-		tapBody(tap, p)
+		c.tapBody(p)
 		o = append(o, p...)
 		_, _ = br.Discard(int(k))
 		n -= k
@@ -209,7 +211,7 @@ func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte, tap 
 		k, err := br.Read(buf[:min(int64(len(buf)), n)])
 		if k > 0 {
 			n -= int64(k)
-			tapBody(tap, buf[:k])
+			c.tapBody(buf[:k])
 			if werr := c.write(buf[:k]); werr != nil {
 				return werr
 			}
@@ -227,7 +229,7 @@ func (c *Conn) relayLength(br *bufio.Reader, o []byte, n int64, bp *[]byte, tap 
 // relayChunks sends the head o, then the body — chunked, or up to the
 // upstream's close — as chunks to the client, one write per upstream
 // read, so streams (SSE) go out as they come.
-func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte, tap io.Writer) error {
+func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte) error {
 	var r io.Reader = br
 	if chunked {
 		r = httputil.NewChunkedReader(br)
@@ -238,7 +240,7 @@ func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte,
 		at := len(o)
 		k, err := r.Read(buf[at+hole : len(buf)-7])
 		if k > 0 {
-			tapBody(tap, buf[at+hole:at+hole+k])
+			c.tapBody(buf[at+hole : at+hole+k])
 			size := strconv.AppendInt(buf[at:at], int64(k), 16)
 			size = append(size, "\r\n"...)
 			copy(buf[at+len(size):], buf[at+hole:at+hole+k])
@@ -267,10 +269,10 @@ func (c *Conn) relayChunks(br *bufio.Reader, o []byte, chunked bool, bp *[]byte,
 	}
 }
 
-// tapBody gives p to the request's Tap, if any.
-func tapBody(tap io.Writer, p []byte) {
-	if tap != nil {
-		_, _ = tap.Write(p)
+// tapBody gives relayed body bytes to the request's Tap, if any.
+func (c *Conn) tapBody(p []byte) {
+	if c.tap != nil {
+		_, _ = c.tap.Write(p)
 	}
 }
 
