@@ -260,7 +260,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.BoolVar(&cfg.Demo, "demo", false, "create a demo key and deployment and print a curl command")
 	fastPath := fs.Bool("http1-fastpath", envOr("INFERGATE_HTTP1_FASTPATH", "true") != "false", "serve common HTTP/1.1 gateway requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
 	regions := fs.String("regions", "", "regions to run on this machine, comma-separated (e.g. eu,us): the embedded NATS server becomes the hub, and each region gets a leaf NATS server with a mirror of the stream and its own gateway (docs/multi-region.md)")
-	fs.DurationVar(&cfg.UsageFlushInterval, "usage-flush-interval", 0, "how often the gateways publish usage counts (default 10s; shorter shows `keys usage` moving sooner; docs/usage.md)")
+	fs.DurationVar(&cfg.UsageFlushInterval, "usage-flush-interval", 0, "how often the gateways publish usage counts (default 10s; shorter shows keys usage moving sooner; docs/usage.md)")
 	fs.DurationVar(&cfg.RegionMaxStaleness, "region-max-staleness", 0, "with --regions: the regions' gateways' staleness bound (default 5m); short bounds show a cut-off region refusing as stale sooner")
 	if _, err := parse(fs, args); err != nil {
 		return err
