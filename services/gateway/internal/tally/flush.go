@@ -28,9 +28,10 @@ const (
 	// DefaultMaxPending is how many rows (deployment, key, minute) wait
 	// while NATS is away: ~100 bytes each, ~10 MB.
 	DefaultMaxPending = 100_000
-	// maxRows is the most rows one message carries (well under
-	// JetStream's 1 MB message limit).
-	maxRows = 4096
+	// maxRows is the most rows one message carries: a row is at most
+	// ~280 bytes (three names of up to 63 bytes, eight numbers), so a
+	// message stays under 600 KB, within NATS's default 1 MB payload.
+	maxRows = 2048
 	// publishTimeout bounds one attempt to publish a flush.
 	publishTimeout = 5 * time.Second
 )
