@@ -37,6 +37,7 @@ Usage:
   infergate keys usage NAME [--since -24h] [--until T] [--deployment D] [--series [--step 1h]]   requests, errors and tokens
   infergate deployments create NAME --model M --upstream URL [--regions a,b] [--auth] [--keys a,b]
   infergate deployments list | get NAME | delete NAME
+  infergate deployments usage NAME [--since -24h] [--until T] [--key K] [--series [--step 1h]]   requests by key, tokens
   infergate deployments auth NAME --enable|--disable [--keys a,b]
   infergate deployments link NAME KEY | unlink NAME KEY
   infergate audit events [--key K] [--deployment D] [--since T] [--until T] [--type T,…]

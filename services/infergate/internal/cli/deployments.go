@@ -18,7 +18,7 @@ import (
 
 func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: infergate deployments create|list|get|delete|auth|link|unlink …")
+		fmt.Fprintln(stderr, "usage: infergate deployments create|list|get|delete|auth|link|unlink|usage …")
 		return errUsage
 	}
 	sub, args := args[0], args[1:]
@@ -47,6 +47,8 @@ func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer
 		pos, err = parse(fs, args, "NAME")
 	case "get", "delete":
 		pos, err = parse(fs, args, "NAME")
+	case "usage":
+		return runDeploymentUsage(ctx, &c, fs, args, stdout)
 	case "link", "unlink":
 		pos, err = parse(fs, args, "NAME", "KEY")
 	case "list":

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"google.golang.org/protobuf/proto"
 
 	usagev1 "github.com/infergate/infergate/gen/infergate/usage/v1"
 	"github.com/infergate/infergate/gen/infergate/usage/v1/usagev1connect"
@@ -72,9 +73,23 @@ func (l lastUsed) format(m map[string]time.Time, name string) string {
 // runKeyUsage is `infergate keys usage NAME`: the key's requests by
 // deployment and status class over a time range, and its tokens.
 func runKeyUsage(ctx context.Context, c *common, fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	return runUsage(ctx, c, fs, args, stdout, false)
+}
+
+// runDeploymentUsage is `infergate deployments usage NAME`: the
+// deployment's requests by key ("(no key)" for requests without a known
+// key) and status class, and its tokens.
+func runDeploymentUsage(ctx context.Context, c *common, fs *flag.FlagSet, args []string, stdout io.Writer) error {
+	return runUsage(ctx, c, fs, args, stdout, true)
+}
+
+func runUsage(ctx context.Context, c *common, fs *flag.FlagSet, args []string, stdout io.Writer, ofDeployment bool) error {
 	since := fs.String("since", "-24h", "from this time (RFC 3339 or relative, e.g. -24h)")
 	until := fs.String("until", "", "until this time (RFC 3339 or relative; default now)")
-	deployment := fs.String("deployment", "", "only this deployment")
+	other := fs.String("deployment", "", "only this deployment")
+	if ofDeployment {
+		other = fs.String("key", "", "only this key")
+	}
 	step := fs.Duration("step", 0, "with --series: the width of the series' buckets, whole minutes (default: about 60 buckets)")
 	series := fs.Bool("series", false, "print the time series too")
 	pos, err := parse(fs, args, "NAME")
@@ -85,47 +100,68 @@ func runKeyUsage(ctx context.Context, c *common, fs *flag.FlagSet, args []string
 		return err
 	}
 	now := time.Now()
-	req := &usagev1.GetKeyUsageRequest{Project: c.project, Name: pos[0], Deployment: *deployment, StepSeconds: int64(step.Seconds())}
-	if req.Since, err = parseTime("since", *since, now); err != nil {
+	sinceTS, err := parseTime("since", *since, now)
+	if err != nil {
 		return err
 	}
-	if req.Until, err = parseTime("until", *until, now); err != nil {
+	untilTS, err := parseTime("until", *until, now)
+	if err != nil {
 		return err
 	}
 	client, err := c.usageClient()
 	if err != nil {
 		return err
 	}
-	res, err := client.GetKeyUsage(ctx, connect.NewRequest(req))
-	if err != nil {
-		return err
+	var (
+		u     *usagev1.Usage
+		parts []*usagev1.Breakdown
+		msg   proto.Message
+		what  = "Key"
+		col   = "DEPLOYMENT"
+	)
+	if ofDeployment {
+		res, err := client.GetDeploymentUsage(ctx, connect.NewRequest(&usagev1.GetDeploymentUsageRequest{
+			Project: c.project, Name: pos[0], Key: *other, Since: sinceTS, Until: untilTS, StepSeconds: int64(step.Seconds())}))
+		if err != nil {
+			return err
+		}
+		u, parts, msg, what, col = res.Msg.GetUsage(), res.Msg.GetKeys(), res.Msg, "Deployment", "KEY"
+	} else {
+		res, err := client.GetKeyUsage(ctx, connect.NewRequest(&usagev1.GetKeyUsageRequest{
+			Project: c.project, Name: pos[0], Deployment: *other, Since: sinceTS, Until: untilTS, StepSeconds: int64(step.Seconds())}))
+		if err != nil {
+			return err
+		}
+		u, parts, msg = res.Msg.GetUsage(), res.Msg.GetDeployments(), res.Msg
 	}
 	if c.output == "json" {
-		return printJSON(stdout, res.Msg)
+		return printJSON(stdout, msg)
 	}
-	u := res.Msg.GetUsage()
 	last := "never"
 	if u.GetLastUsed() != nil {
 		last = u.GetLastUsed().AsTime().UTC().Format(time.RFC3339)
 	}
-	from := now.Add(-24 * time.Hour)
-	if req.Since != nil {
-		from = req.Since.AsTime()
+	from, to := now.Add(-24*time.Hour), now
+	if sinceTS != nil {
+		from = sinceTS.AsTime()
 	}
-	to := now
-	if req.Until != nil {
-		to = req.Until.AsTime()
+	if untilTS != nil {
+		to = untilTS.AsTime()
 	}
-	fmt.Fprintf(stdout, "Key %s (project %s), %s to %s; last used %s\n\n", pos[0], c.project,
+	fmt.Fprintf(stdout, "%s %s (project %s), %s to %s; last used %s\n\n", what, pos[0], c.project,
 		from.UTC().Format(time.RFC3339), to.UTC().Format(time.RFC3339), last)
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "DEPLOYMENT\tREQUESTS\tOK\t4XX\t5XX\tREFUSED\tPROMPT TOKENS\tCOMPLETION TOKENS\tLAST USED\t")
-	for _, d := range res.Msg.GetDeployments() {
+	fmt.Fprintln(tw, col+"\tREQUESTS\tOK\t4XX\t5XX\tREFUSED\tPROMPT TOKENS\tCOMPLETION TOKENS\tLAST USED\t")
+	for _, d := range parts {
 		l := "never"
 		if d.GetLastUsed() != nil {
 			l = d.GetLastUsed().AsTime().UTC().Format(time.RFC3339)
 		}
-		usageRow(tw, d.GetName(), d.GetCounts(), l)
+		name := d.GetName()
+		if name == "" {
+			name = "(no key)"
+		}
+		usageRow(tw, name, d.GetCounts(), l)
 	}
 	usageRow(tw, "TOTAL", u.GetTotal(), "")
 	if err := tw.Flush(); err != nil {

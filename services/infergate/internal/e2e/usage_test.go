@@ -64,6 +64,17 @@ func TestCLIUsage(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	var dep usagev1.GetDeploymentUsageResponse
+	for {
+		c.json(t, e2eWithFlags, &dep, "deployments", "usage", "llama", "--since", "-1h", "-p", project)
+		if tot := dep.GetUsage().GetTotal(); tot.GetOk() == 3 && tot.GetRefused() == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deployments usage never showed 3 requests and 1 refusal: %v", &dep)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if tot := got.GetUsage().GetTotal(); tot.GetPromptTokens() != prompt || tot.GetCompletionTokens() != completion || got.GetUsage().GetLastUsed() == nil {
 		t.Errorf("keys usage -o json: %v; want %d prompt and %d completion tokens", &got, prompt, completion)
 	}
@@ -87,6 +98,20 @@ func TestCLIUsage(t *testing.T) {
 	r = c.ok(t, e2eWithFlags, "deployments", "get", "llama", "-p", project)
 	if !strings.Contains(r.stdout, "LAST USED") || !regexp.MustCompile(`(?m)^llama\s.*\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\s*$`).MatchString(r.stdout) {
 		t.Errorf("deployments get: no LAST USED time:\n%s", r.stdout)
+	}
+
+	// The deployment's side: by key, with the refused request that had
+	// none.
+	r = c.ok(t, e2eWithFlags, "deployments", "usage", "llama", "--since", "-1h", "-p", project)
+	for _, want := range []*regexp.Regexp{
+		regexp.MustCompile(`(?m)^\s*KEY\s+REQUESTS\s+OK\s+4XX\s+5XX\s+REFUSED`),
+		regexp.MustCompile(`(?m)^\s*\(no key\)\s+1\s+0\s+0\s+0\s+1\s`),
+		regexp.MustCompile(`(?m)^\s*ci-runner\s+3\s+3\s+0\s+0\s+0\s`),
+		regexp.MustCompile(`(?m)^\s*TOTAL\s+4\s+3\s+0\s+0\s+1\s`),
+	} {
+		if !want.MatchString(r.stdout) {
+			t.Errorf("deployments usage: no line matching %s:\n%s", want, r.stdout)
+		}
 	}
 
 	// Bad input: a clear error, and nothing else.
