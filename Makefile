@@ -29,9 +29,16 @@ $(TOOLS_STAMP):
 	@rm -f $(TOOLS)/.stamp-*
 	@touch $@
 
-tools: $(TOOLS_STAMP) ## build the pinned code generators
+# The OpenAPI plugin is the repository's own (services/internal/openapigen):
+# rebuilt whenever its source changes.
+OPENAPI_PLUGIN := $(TOOLS)/protoc-gen-infergate-openapi
+$(OPENAPI_PLUGIN): $(wildcard services/internal/openapigen/*.go services/internal/openapigen/*/*.go)
+	@mkdir -p $(TOOLS)
+	go build -o $@ ./services/internal/openapigen/protoc-gen-infergate-openapi
 
-gen: $(TOOLS_STAMP) ## regenerate gen/ from proto/
+tools: $(TOOLS_STAMP) $(OPENAPI_PLUGIN) ## build the pinned code generators
+
+gen: $(TOOLS_STAMP) $(OPENAPI_PLUGIN) ## regenerate gen/ from proto/ (Go, Connect, and gen/openapi)
 	buf lint
 	find gen -name '*.go' -delete
 	buf generate

@@ -237,6 +237,34 @@ func TestDeploymentUpdateAuth(t *testing.T) {
 	}
 }
 
+// TestDeploymentSetAuth: the toggle alone (the platform's auth_enabled)
+// keeps the links; the toggle it has decides nothing; a deployment that is
+// gone is not found.
+func TestDeploymentSetAuth(t *testing.T) {
+	t.Parallel()
+	m := meta()
+	live := aggregate.LiveKeys{"key-a": "ka"}
+	var d aggregate.Deployment
+	if _, err := d.SetAuth(m, true); !errors.Is(err, aggregate.ErrNotFound) {
+		t.Errorf("SetAuth before create: %v, want ErrNotFound", err)
+	}
+	ev, _ := d.Create(m, aggregate.NewDeployment{Name: "llama", Model: "x", UpstreamURL: "http://up", AuthEnabled: true, Keys: []string{"key-a"}}, live)
+	applyAll(&d, ev)
+	for _, st := range []struct {
+		enabled bool
+		want    string
+	}{{true, ""}, {false, "DeploymentAuthDisabled"}, {false, ""}, {true, "DeploymentAuthEnabled"}} {
+		ev, err := d.SetAuth(m, st.enabled)
+		if err != nil || types(ev) != st.want {
+			t.Fatalf("SetAuth(%v) = %q, %v; want %q", st.enabled, types(ev), err, st.want)
+		}
+		applyAll(&d, ev)
+	}
+	if got := d.EffectiveLinks(live); got["key-a"] != "ka" {
+		t.Errorf("links after toggling: %v, want key-a kept", got)
+	}
+}
+
 func TestDeploymentLinkUnlinkDelete(t *testing.T) {
 	t.Parallel()
 	m := meta()

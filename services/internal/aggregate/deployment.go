@@ -189,18 +189,33 @@ func (d Deployment) authChanges(m Meta, enabled bool, keys []string, live LiveKe
 			events = append(events, d.unlinked(m, name, current[name]))
 		}
 	}
-	if enabled != d.AuthEnabled {
-		ev := m.event(eventv1.AggregateType_AGGREGATE_TYPE_DEPLOYMENT, d.Name)
-		if enabled {
-			ev.Payload = &eventv1.Event_DeploymentAuthEnabled{DeploymentAuthEnabled: &eventv1.DeploymentAuthEnabled{DeploymentId: d.ID}}
-		} else {
-			ev.Payload = &eventv1.Event_DeploymentAuthDisabled{DeploymentAuthDisabled: &eventv1.DeploymentAuthDisabled{DeploymentId: d.ID}}
-		}
-		// Enabling auth comes after the links, so a reader applying the
-		// batch in order never has auth on with the new keys missing.
-		events = append(events, ev)
+	// Enabling auth comes after the links, so a reader applying the batch
+	// in order never has auth on with the new keys missing.
+	return append(events, d.toggle(m, enabled)...)
+}
+
+// toggle decides DeploymentAuthEnabled or DeploymentAuthDisabled, or
+// nothing when auth already is as wanted.
+func (d Deployment) toggle(m Meta, enabled bool) []*eventv1.Event {
+	if enabled == d.AuthEnabled {
+		return nil
 	}
-	return events
+	ev := m.event(eventv1.AggregateType_AGGREGATE_TYPE_DEPLOYMENT, d.Name)
+	if enabled {
+		ev.Payload = &eventv1.Event_DeploymentAuthEnabled{DeploymentAuthEnabled: &eventv1.DeploymentAuthEnabled{DeploymentId: d.ID}}
+	} else {
+		ev.Payload = &eventv1.Event_DeploymentAuthDisabled{DeploymentAuthDisabled: &eventv1.DeploymentAuthDisabled{DeploymentId: d.ID}}
+	}
+	return []*eventv1.Event{ev}
+}
+
+// SetAuth decides DeploymentAuthEnabled or DeploymentAuthDisabled and
+// leaves the links as they are; the toggle it already has decides nothing.
+func (d Deployment) SetAuth(m Meta, enabled bool) ([]*eventv1.Event, error) {
+	if !d.Live {
+		return nil, wrapf(ErrNotFound, "deployment %q", d.Name)
+	}
+	return d.toggle(m, enabled), nil
 }
 
 // Link decides a KeyLinked; a key already linked decides nothing.

@@ -23,6 +23,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infergate/infergate/gen/infergate/task/v1/taskv1connect"
+
 	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/httpserver"
@@ -31,6 +33,7 @@ import (
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/readmodel/postgres"
 	"github.com/infergate/infergate/services/internal/receipts"
+	"github.com/infergate/infergate/services/internal/tasks"
 )
 
 // Config is a control-plane process's configuration. Every field has a
@@ -133,6 +136,9 @@ type Plane struct {
 	JS jetstream.JetStream
 	// Usage is the usage projection; nil unless Config.Usage.
 	Usage readmodel.UsageStore
+	// Tasks are the tasks this process's changes answer with (REST's
+	// task ids), followed on Tracker; TaskService serves them.
+	Tasks *tasks.Registry
 
 	closers []func()
 }
@@ -218,6 +224,8 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 		return err
 	}
 	p.closers = append(p.closers, p.Tracker.Close)
+	p.Tasks = tasks.New(tasks.Config{Waiter: p.Tracker})
+	p.closers = append(p.closers, p.Tasks.Close)
 	return nil
 }
 
@@ -251,6 +259,12 @@ func (p *Plane) RunUsage(ctx context.Context) error {
 	}
 }
 
+// TaskService returns the path and handler of infergate.task.v1.TaskService
+// for the plane's tasks; mount it with the service's own handlers.
+func (p *Plane) TaskService() (string, http.Handler) {
+	return taskv1connect.NewTaskServiceHandler(tasks.NewServer(p.Tasks), p.HandlerOptions()...)
+}
+
 // Close releases what Open acquired.
 func (p *Plane) Close() {
 	for i := len(p.closers) - 1; i >= 0; i-- {
@@ -272,12 +286,24 @@ func (p *Plane) HandlerOptions() []connect.HandlerOption {
 }
 
 // Mux serves the handlers plus gRPC health and reflection for the named
-// services, the latter two with the same message limits as the handlers.
+// services, the latter two with the same message limits as the handlers,
+// and the REST surface of the named services' annotated methods
+// (rest.go) on every other path, with the OpenAPI document. Annotations
+// the transcoder cannot serve (two methods on one route) make every REST
+// route answer 500 with the reason; `make gen` refuses them first.
 func Mux(handlers map[string]http.Handler, services ...string) *http.ServeMux {
 	mux := http.NewServeMux()
 	for path, h := range handlers {
 		mux.Handle(path, h)
 	}
+	rest, err := restHandler(handlers, services)
+	if err != nil {
+		rest = http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			adminauth.WriteRESTError(w, connect.CodeInternal, err.Error())
+		})
+	}
+	mux.Handle("/", rest)
+	mux.HandleFunc(OpenAPIPath, serveOpenAPI)
 	mux.Handle(grpchealth.NewHandler(grpchealth.NewStaticChecker(services...), limitOptions()...))
 	reflector := grpcreflect.NewStaticReflector(services...)
 	mux.Handle(grpcreflect.NewHandlerV1(reflector, limitOptions()...))
@@ -297,9 +323,11 @@ const consolePath = "/console"
 
 // Serve runs the projector and serves handler on ln until ctx ends; it
 // waits for the read model to catch up before it accepts calls. Every
-// request but gRPC health and the console's pages must carry a valid admin token, checked from the
+// request but gRPC health, the console's pages and the OpenAPI document
+// (OpenAPIPath, exactly) must carry a valid admin token, checked from the
 // headers before handler reads a byte of the body
-// (adminauth.NewMiddleware); reflection and unknown paths included.
+// (adminauth.NewMiddleware); reflection, the REST routes and unknown paths
+// included.
 func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler, grace time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -314,7 +342,7 @@ func (p *Plane) Serve(ctx context.Context, ln net.Listener, handler http.Handler
 		}
 	}
 	p.Log.Info("serving", "addr", ln.Addr().String())
-	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), adminauth.NewMiddleware(p.Tokens, handler, healthPath, consolePath)), ln, grace)
+	serveErr := httpserver.Serve(ctx, httpserver.New(ln.Addr().String(), publicOpenAPI(adminauth.NewMiddleware(p.Tokens, handler, healthPath, consolePath))), ln, grace)
 	cancel()
 	if err := <-projErr; err != nil && !errors.Is(err, context.Canceled) {
 		return errors.Join(serveErr, err)

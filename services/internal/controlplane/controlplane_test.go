@@ -51,7 +51,7 @@ type plane struct {
 
 // startPlane serves the key stub the way every control-plane process
 // does: HandlerOptions, Mux and Serve.
-func startPlane(t *testing.T) *plane {
+func startPlane(t testing.TB) *plane {
 	t.Helper()
 	ops, opsEntry, err := adminauth.New("ops", []string{adminauth.AllProjects})
 	if err != nil {

@@ -6,12 +6,15 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
+
+	"github.com/infergate/infergate/gen/infergate/task/v1/taskv1connect"
 )
 
 // Service is what one control-plane process serves.
@@ -109,7 +112,11 @@ func (pr Process) serve(ctx context.Context, cfg Config, log *slog.Logger) error
 			}
 		})
 	}
-	serveErr := plane.Serve(ctx, ln, Mux(svc.Handlers, svc.Names...), cfg.ShutdownGrace)
+	taskPath, taskHandler := plane.TaskService()
+	handlers := maps.Clone(svc.Handlers)
+	handlers[taskPath] = taskHandler
+	mux := Mux(handlers, append(svc.Names, taskv1connect.TaskServiceName)...)
+	serveErr := plane.Serve(ctx, ln, mux, cfg.ShutdownGrace)
 	cancel()
 	wg.Wait()
 	return errors.Join(append(errs, serveErr)...)

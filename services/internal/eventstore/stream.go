@@ -144,6 +144,10 @@ func (c *Config) declared(replicas int, window time.Duration) jetstream.StreamCo
 		AllowDirect: true,
 		DenyDelete:  true,
 		DenyPurge:   true,
+		// A command whose facts belong to several aggregates (a key
+		// created with its links) appends them as one atomic batch
+		// (AppendAtomic).
+		AllowAtomicPublish: true,
 	}
 }
 
@@ -230,6 +234,9 @@ func (c *Config) Verify(got jetstream.StreamConfig) error {
 	}
 	if got.AllowDirect != want.AllowDirect {
 		differ("allow direct", want.AllowDirect, got.AllowDirect)
+	}
+	if got.AllowAtomicPublish != want.AllowAtomicPublish {
+		differ("allow atomic publish", want.AllowAtomicPublish, got.AllowAtomicPublish)
 	}
 	if got.Sealed {
 		differ("sealed", false, true)
@@ -339,6 +346,7 @@ func UpdateStream(ctx context.Context, js jetstream.JetStream, cfg Config) (*jet
 	next.Retention, next.Discard = want.Retention, want.Discard
 	next.MaxAge, next.MaxMsgs, next.MaxBytes, next.MaxMsgsPerSubject = want.MaxAge, want.MaxMsgs, want.MaxBytes, want.MaxMsgsPerSubject
 	next.AllowDirect, next.DenyDelete, next.DenyPurge = want.AllowDirect, want.DenyDelete, want.DenyPurge
+	next.AllowAtomicPublish = want.AllowAtomicPublish
 	stream, err := js.UpdateStream(ctx, next)
 	if err != nil {
 		return nil, fmt.Errorf("eventstore: update stream %s: %w", cfg.Stream, err)
@@ -363,5 +371,13 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, cfg Config) error
 	if err != nil {
 		return err
 	}
-	return cfg.Verify(info.Config)
+	err = cfg.Verify(info.Config)
+	if m := Mismatches(err); len(m) == 1 && m[0].Field == "allow atomic publish" {
+		// A stream made before atomic batches were declared (an old data
+		// dir of `infergate dev`), and otherwise as declared: its owner
+		// brings it up to date. Any other difference is left for an
+		// operator to see.
+		_, err = UpdateStream(ctx, js, cfg)
+	}
+	return err
 }

@@ -269,3 +269,40 @@ func TestReplicatedStream(t *testing.T) {
 		t.Errorf("replicas after the refused Open: %d", r)
 	}
 }
+
+// TestStreamBeforeAtomicBatches: a stream made before atomic batches were
+// declared is refused by Open, naming the field; `admin stream update`
+// (UpdateStream) turns them on, and so does EnsureStream, for a stream
+// that differs in nothing else (an old `infergate dev` data dir).
+func TestStreamBeforeAtomicBatches(t *testing.T) {
+	t.Parallel()
+	for _, fix := range []string{"update", "ensure"} {
+		t.Run(fix, func(t *testing.T) {
+			t.Parallel()
+			_, js := natstest.JetStream(t)
+			if _, err := eventstore.CreateStream(t.Context(), js, eventstore.Config{Replicas: 1}); err != nil {
+				t.Fatal(err)
+			}
+			old := streamConfig(t, js, eventstore.DefaultStream)
+			old.AllowAtomicPublish = false
+			if _, err := js.UpdateStream(t.Context(), old); err != nil {
+				t.Fatalf("turning atomic batches off (to make an old stream): %v", err)
+			}
+			_, err := eventstore.Open(t.Context(), js, eventstore.Config{})
+			if !errors.Is(err, eventstore.ErrStreamMismatch) || !strings.Contains(err.Error(), "allow atomic publish is false, expected true") {
+				t.Fatalf("Open of an old stream = %v, want the mismatch named", err)
+			}
+			if fix == "update" {
+				_, err = eventstore.UpdateStream(t.Context(), js, eventstore.Config{})
+			} else {
+				err = eventstore.EnsureStream(t.Context(), js, eventstore.Config{})
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := eventstore.Open(t.Context(), js, eventstore.Config{}); err != nil {
+				t.Fatalf("Open after %s: %v", fix, err)
+			}
+		})
+	}
+}

@@ -150,6 +150,13 @@ func checkRoles(t *testing.T, connect connector) {
 	if err != nil {
 		t.Fatalf("control plane: open the event store: %v", err)
 	}
+	// One atomic batch over two aggregates (a key created with its link).
+	if _, err := events.AppendAtomic(ctx, "atomic-1", []eventstore.Change{
+		{Aggregate: eventstore.Aggregate{Project: "p", Type: eventstore.TypeKey, Name: "batched"}, Events: keyEvent("batched")},
+		{Aggregate: eventstore.Aggregate{Project: "p", Type: eventstore.TypeDeployment, Name: "batched"}, Events: keyEvent("batched")},
+	}); err != nil {
+		t.Fatalf("control plane: append an atomic batch: %v", err)
+	}
 	res, err := events.Append(ctx, keyAgg, 0, keyEvent("alpha"))
 	if err != nil {
 		t.Fatalf("control plane: append: %v", err)
@@ -260,6 +267,17 @@ func checkGateway(t *testing.T, connect connector, tracker *receipts.Tracker, st
 			return err
 		}},
 		{"infergate.events.p.key.alpha", publish("infergate.events.p.key.alpha")},
+		{"infergate.events.p.key.forged-batch", func(ctx context.Context, gw *client) error {
+			store, err := eventstore.Open(ctx, gw.js, eventstore.Config{})
+			if err != nil {
+				return nil // not the check this is
+			}
+			_, err = store.AppendAtomic(ctx, "forged-batch", []eventstore.Change{
+				{Aggregate: eventstore.Aggregate{Project: "p", Type: eventstore.TypeKey, Name: "forged-batch"}, Events: keyEvent("forged-batch")},
+				{Aggregate: eventstore.Aggregate{Project: "p", Type: eventstore.TypeDeployment, Name: "forged-batch"}, Events: keyEvent("forged-batch")},
+			})
+			return err
+		}},
 		{"$JS.API.STREAM.DELETE." + natsauth.EventStream, func(ctx context.Context, gw *client) error {
 			return gw.js.DeleteStream(ctx, natsauth.EventStream)
 		}},

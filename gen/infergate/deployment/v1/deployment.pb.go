@@ -12,9 +12,11 @@ package deploymentv1
 
 import (
 	v1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	structpb "google.golang.org/protobuf/types/known/structpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -352,8 +354,12 @@ type CreateDeploymentResponse struct {
 	// built from the stream); a Get or List right after may not show it
 	// for a moment.
 	ReadModelBehind bool `protobuf:"varint,3,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The id of a task (GET /cloud/v1/tasks/{id}) that becomes FINISHED once
+	// every gateway serving the deployment has applied the change, or ERROR
+	// if that does not happen within its bound.
+	Tasks         []string `protobuf:"bytes,4,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateDeploymentResponse) Reset() {
@@ -405,6 +411,13 @@ func (x *CreateDeploymentResponse) GetReadModelBehind() bool {
 		return x.ReadModelBehind
 	}
 	return false
+}
+
+func (x *CreateDeploymentResponse) GetTasks() []string {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
 }
 
 // GetDeploymentRequest names a deployment.
@@ -777,6 +790,169 @@ func (x *UpdateDeploymentAuthResponse) GetReadModelBehind() bool {
 	return false
 }
 
+// UpdateDeploymentRequest changes a deployment the way the platform's PATCH
+// does. Set api_keys or auth_enabled, not both.
+type UpdateDeploymentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The deployment's project.
+	Project string `protobuf:"bytes,1,opt,name=project,proto3" json:"project,omitempty"`
+	// The deployment's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// When set, the complete set of key names to be linked afterwards, as a
+	// JSON array of strings: keys linked now and missing here are unlinked;
+	// [] unlinks every key and disables authentication, a non-empty set
+	// enables it.
+	ApiKeys *structpb.ListValue `protobuf:"bytes,3,opt,name=api_keys,json=apiKeys,proto3" json:"api_keys,omitempty"`
+	// When set (and api_keys is not), switches authentication on or off and
+	// keeps the linked keys.
+	AuthEnabled *bool `protobuf:"varint,4,opt,name=auth_enabled,json=authEnabled,proto3,oneof" json:"auth_enabled,omitempty"`
+	// How long to wait for the gateways; unset means the service's default.
+	PropagationTimeout *durationpb.Duration `protobuf:"bytes,5,opt,name=propagation_timeout,json=propagationTimeout,proto3" json:"propagation_timeout,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *UpdateDeploymentRequest) Reset() {
+	*x = UpdateDeploymentRequest{}
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateDeploymentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateDeploymentRequest) ProtoMessage() {}
+
+func (x *UpdateDeploymentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateDeploymentRequest.ProtoReflect.Descriptor instead.
+func (*UpdateDeploymentRequest) Descriptor() ([]byte, []int) {
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *UpdateDeploymentRequest) GetProject() string {
+	if x != nil {
+		return x.Project
+	}
+	return ""
+}
+
+func (x *UpdateDeploymentRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateDeploymentRequest) GetApiKeys() *structpb.ListValue {
+	if x != nil {
+		return x.ApiKeys
+	}
+	return nil
+}
+
+func (x *UpdateDeploymentRequest) GetAuthEnabled() bool {
+	if x != nil && x.AuthEnabled != nil {
+		return *x.AuthEnabled
+	}
+	return false
+}
+
+func (x *UpdateDeploymentRequest) GetPropagationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PropagationTimeout
+	}
+	return nil
+}
+
+// UpdateDeploymentResponse carries the deployment after the change.
+type UpdateDeploymentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The id of a task (GET /cloud/v1/tasks/{id}) that becomes FINISHED once
+	// every gateway serving the deployment has applied the change, or ERROR
+	// if that does not happen within its bound.
+	Tasks []string `protobuf:"bytes,1,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	// The deployment after the change.
+	Deployment *Deployment `protobuf:"bytes,2,opt,name=deployment,proto3" json:"deployment,omitempty"`
+	// Whether the gateways already enforce the change.
+	Propagation *v1.Propagation `protobuf:"bytes,3,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// True when the read model had not applied this change yet when the
+	// call returned.
+	ReadModelBehind bool `protobuf:"varint,4,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *UpdateDeploymentResponse) Reset() {
+	*x = UpdateDeploymentResponse{}
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateDeploymentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateDeploymentResponse) ProtoMessage() {}
+
+func (x *UpdateDeploymentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateDeploymentResponse.ProtoReflect.Descriptor instead.
+func (*UpdateDeploymentResponse) Descriptor() ([]byte, []int) {
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *UpdateDeploymentResponse) GetTasks() []string {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
+func (x *UpdateDeploymentResponse) GetDeployment() *Deployment {
+	if x != nil {
+		return x.Deployment
+	}
+	return nil
+}
+
+func (x *UpdateDeploymentResponse) GetPropagation() *v1.Propagation {
+	if x != nil {
+		return x.Propagation
+	}
+	return nil
+}
+
+func (x *UpdateDeploymentResponse) GetReadModelBehind() bool {
+	if x != nil {
+		return x.ReadModelBehind
+	}
+	return false
+}
+
 // LinkKeyRequest links a key to a deployment.
 type LinkKeyRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -794,7 +970,7 @@ type LinkKeyRequest struct {
 
 func (x *LinkKeyRequest) Reset() {
 	*x = LinkKeyRequest{}
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[9]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -806,7 +982,7 @@ func (x *LinkKeyRequest) String() string {
 func (*LinkKeyRequest) ProtoMessage() {}
 
 func (x *LinkKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[9]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -819,7 +995,7 @@ func (x *LinkKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkKeyRequest.ProtoReflect.Descriptor instead.
 func (*LinkKeyRequest) Descriptor() ([]byte, []int) {
-	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{9}
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LinkKeyRequest) GetProject() string {
@@ -868,7 +1044,7 @@ type LinkKeyResponse struct {
 
 func (x *LinkKeyResponse) Reset() {
 	*x = LinkKeyResponse{}
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[10]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -880,7 +1056,7 @@ func (x *LinkKeyResponse) String() string {
 func (*LinkKeyResponse) ProtoMessage() {}
 
 func (x *LinkKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[10]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -893,7 +1069,7 @@ func (x *LinkKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LinkKeyResponse.ProtoReflect.Descriptor instead.
 func (*LinkKeyResponse) Descriptor() ([]byte, []int) {
-	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{10}
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LinkKeyResponse) GetDeployment() *Deployment {
@@ -934,7 +1110,7 @@ type UnlinkKeyRequest struct {
 
 func (x *UnlinkKeyRequest) Reset() {
 	*x = UnlinkKeyRequest{}
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[11]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1122,7 @@ func (x *UnlinkKeyRequest) String() string {
 func (*UnlinkKeyRequest) ProtoMessage() {}
 
 func (x *UnlinkKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[11]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1135,7 @@ func (x *UnlinkKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkKeyRequest.ProtoReflect.Descriptor instead.
 func (*UnlinkKeyRequest) Descriptor() ([]byte, []int) {
-	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{11}
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnlinkKeyRequest) GetProject() string {
@@ -1008,7 +1184,7 @@ type UnlinkKeyResponse struct {
 
 func (x *UnlinkKeyResponse) Reset() {
 	*x = UnlinkKeyResponse{}
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[12]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1196,7 @@ func (x *UnlinkKeyResponse) String() string {
 func (*UnlinkKeyResponse) ProtoMessage() {}
 
 func (x *UnlinkKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[12]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1209,7 @@ func (x *UnlinkKeyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnlinkKeyResponse.ProtoReflect.Descriptor instead.
 func (*UnlinkKeyResponse) Descriptor() ([]byte, []int) {
-	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{12}
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UnlinkKeyResponse) GetDeployment() *Deployment {
@@ -1072,7 +1248,7 @@ type DeleteDeploymentRequest struct {
 
 func (x *DeleteDeploymentRequest) Reset() {
 	*x = DeleteDeploymentRequest{}
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[13]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1084,7 +1260,7 @@ func (x *DeleteDeploymentRequest) String() string {
 func (*DeleteDeploymentRequest) ProtoMessage() {}
 
 func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[13]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1097,7 +1273,7 @@ func (x *DeleteDeploymentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentRequest.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentRequest) Descriptor() ([]byte, []int) {
-	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{13}
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *DeleteDeploymentRequest) GetProject() string {
@@ -1131,13 +1307,17 @@ type DeleteDeploymentResponse struct {
 	// built from the stream); a Get or List right after may not show it
 	// for a moment.
 	ReadModelBehind bool `protobuf:"varint,2,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The id of a task (GET /cloud/v1/tasks/{id}) that becomes FINISHED once
+	// every gateway serving the deployment has applied the change, or ERROR
+	// if that does not happen within its bound.
+	Tasks         []string `protobuf:"bytes,3,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DeleteDeploymentResponse) Reset() {
 	*x = DeleteDeploymentResponse{}
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[14]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1329,7 @@ func (x *DeleteDeploymentResponse) String() string {
 func (*DeleteDeploymentResponse) ProtoMessage() {}
 
 func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[14]
+	mi := &file_infergate_deployment_v1_deployment_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1342,7 @@ func (x *DeleteDeploymentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteDeploymentResponse.ProtoReflect.Descriptor instead.
 func (*DeleteDeploymentResponse) Descriptor() ([]byte, []int) {
-	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{14}
+	return file_infergate_deployment_v1_deployment_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DeleteDeploymentResponse) GetPropagation() *v1.Propagation {
@@ -1179,11 +1359,18 @@ func (x *DeleteDeploymentResponse) GetReadModelBehind() bool {
 	return false
 }
 
+func (x *DeleteDeploymentResponse) GetTasks() []string {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
+}
+
 var File_infergate_deployment_v1_deployment_proto protoreflect.FileDescriptor
 
 const file_infergate_deployment_v1_deployment_proto_rawDesc = "" +
 	"\n" +
-	"(infergate/deployment/v1/deployment.proto\x12\x17infergate.deployment.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\xa1\x03\n" +
+	"(infergate/deployment/v1/deployment.proto\x12\x17infergate.deployment.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\xa1\x03\n" +
 	"\n" +
 	"Deployment\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
@@ -1208,13 +1395,14 @@ const file_infergate_deployment_v1_deployment_proto_rawDesc = "" +
 	"\aregions\x18\x05 \x03(\tR\aregions\x12!\n" +
 	"\fauth_enabled\x18\x06 \x01(\bR\vauthEnabled\x12\x19\n" +
 	"\bapi_keys\x18\a \x03(\tR\aapiKeys\x12J\n" +
-	"\x13propagation_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xd4\x01\n" +
+	"\x13propagation_timeout\x18\b \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xea\x01\n" +
 	"\x18CreateDeploymentResponse\x12C\n" +
 	"\n" +
 	"deployment\x18\x01 \x01(\v2#.infergate.deployment.v1.DeploymentR\n" +
 	"deployment\x12G\n" +
 	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
-	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\"D\n" +
+	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\x12\x14\n" +
+	"\x05tasks\x18\x04 \x03(\tR\x05tasks\"D\n" +
 	"\x14GetDeploymentRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"\\\n" +
@@ -1241,7 +1429,21 @@ const file_infergate_deployment_v1_deployment_proto_rawDesc = "" +
 	"deployment\x18\x01 \x01(\v2#.infergate.deployment.v1.DeploymentR\n" +
 	"deployment\x12G\n" +
 	"\vpropagation\x18\x02 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
-	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\"\xa8\x01\n" +
+	"\x11read_model_behind\x18\x03 \x01(\bR\x0freadModelBehind\"\x83\x02\n" +
+	"\x17UpdateDeploymentRequest\x12\x18\n" +
+	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x125\n" +
+	"\bapi_keys\x18\x03 \x01(\v2\x1a.google.protobuf.ListValueR\aapiKeys\x12&\n" +
+	"\fauth_enabled\x18\x04 \x01(\bH\x00R\vauthEnabled\x88\x01\x01\x12J\n" +
+	"\x13propagation_timeout\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeoutB\x0f\n" +
+	"\r_auth_enabled\"\xea\x01\n" +
+	"\x18UpdateDeploymentResponse\x12\x14\n" +
+	"\x05tasks\x18\x01 \x03(\tR\x05tasks\x12C\n" +
+	"\n" +
+	"deployment\x18\x02 \x01(\v2#.infergate.deployment.v1.DeploymentR\n" +
+	"deployment\x12G\n" +
+	"\vpropagation\x18\x03 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
+	"\x11read_model_behind\x18\x04 \x01(\bR\x0freadModelBehind\"\xa8\x01\n" +
 	"\x0eLinkKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x1e\n" +
 	"\n" +
@@ -1271,23 +1473,26 @@ const file_infergate_deployment_v1_deployment_proto_rawDesc = "" +
 	"\x17DeleteDeploymentRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12J\n" +
-	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\x8f\x01\n" +
+	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xa5\x01\n" +
 	"\x18DeleteDeploymentResponse\x12G\n" +
 	"\vpropagation\x18\x01 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
-	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind*\x94\x01\n" +
+	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind\x12\x14\n" +
+	"\x05tasks\x18\x03 \x03(\tR\x05tasks*\x94\x01\n" +
 	"\x10DeploymentStatus\x12!\n" +
 	"\x1dDEPLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bDEPLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1e\n" +
 	"\x1aDEPLOYMENT_STATUS_DEPLOYED\x10\x02\x12\x1c\n" +
-	"\x18DEPLOYMENT_STATUS_FAILED\x10\x032\xb3\x06\n" +
-	"\x11DeploymentService\x12w\n" +
-	"\x10CreateDeployment\x120.infergate.deployment.v1.CreateDeploymentRequest\x1a1.infergate.deployment.v1.CreateDeploymentResponse\x12n\n" +
-	"\rGetDeployment\x12-.infergate.deployment.v1.GetDeploymentRequest\x1a..infergate.deployment.v1.GetDeploymentResponse\x12t\n" +
-	"\x0fListDeployments\x12/.infergate.deployment.v1.ListDeploymentsRequest\x1a0.infergate.deployment.v1.ListDeploymentsResponse\x12\x83\x01\n" +
-	"\x14UpdateDeploymentAuth\x124.infergate.deployment.v1.UpdateDeploymentAuthRequest\x1a5.infergate.deployment.v1.UpdateDeploymentAuthResponse\x12\\\n" +
+	"\x18DEPLOYMENT_STATUS_FAILED\x10\x032\xd7\t\n" +
+	"\x11DeploymentService\x12\xad\x01\n" +
+	"\x10CreateDeployment\x120.infergate.deployment.v1.CreateDeploymentRequest\x1a1.infergate.deployment.v1.CreateDeploymentResponse\"4\x82\xd3\xe4\x93\x02.:\x01*\")/cloud/v3/inference/{project}/deployments\x12\xb4\x01\n" +
+	"\rGetDeployment\x12-.infergate.deployment.v1.GetDeploymentRequest\x1a..infergate.deployment.v1.GetDeploymentResponse\"D\x82\xd3\xe4\x93\x02>b\n" +
+	"deployment\x120/cloud/v3/inference/{project}/deployments/{name}\x12\xa7\x01\n" +
+	"\x0fListDeployments\x12/.infergate.deployment.v1.ListDeploymentsRequest\x1a0.infergate.deployment.v1.ListDeploymentsResponse\"1\x82\xd3\xe4\x93\x02+\x12)/cloud/v3/inference/{project}/deployments\x12\x83\x01\n" +
+	"\x14UpdateDeploymentAuth\x124.infergate.deployment.v1.UpdateDeploymentAuthRequest\x1a5.infergate.deployment.v1.UpdateDeploymentAuthResponse\x12\xb4\x01\n" +
+	"\x10UpdateDeployment\x120.infergate.deployment.v1.UpdateDeploymentRequest\x1a1.infergate.deployment.v1.UpdateDeploymentResponse\";\x82\xd3\xe4\x93\x025:\x01*20/cloud/v3/inference/{project}/deployments/{name}\x12\\\n" +
 	"\aLinkKey\x12'.infergate.deployment.v1.LinkKeyRequest\x1a(.infergate.deployment.v1.LinkKeyResponse\x12b\n" +
-	"\tUnlinkKey\x12).infergate.deployment.v1.UnlinkKeyRequest\x1a*.infergate.deployment.v1.UnlinkKeyResponse\x12w\n" +
-	"\x10DeleteDeployment\x120.infergate.deployment.v1.DeleteDeploymentRequest\x1a1.infergate.deployment.v1.DeleteDeploymentResponseBIZGgithub.com/infergate/infergate/gen/infergate/deployment/v1;deploymentv1b\x06proto3"
+	"\tUnlinkKey\x12).infergate.deployment.v1.UnlinkKeyRequest\x1a*.infergate.deployment.v1.UnlinkKeyResponse\x12\xb1\x01\n" +
+	"\x10DeleteDeployment\x120.infergate.deployment.v1.DeleteDeploymentRequest\x1a1.infergate.deployment.v1.DeleteDeploymentResponse\"8\x82\xd3\xe4\x93\x022*0/cloud/v3/inference/{project}/deployments/{name}BIZGgithub.com/infergate/infergate/gen/infergate/deployment/v1;deploymentv1b\x06proto3"
 
 var (
 	file_infergate_deployment_v1_deployment_proto_rawDescOnce sync.Once
@@ -1302,7 +1507,7 @@ func file_infergate_deployment_v1_deployment_proto_rawDescGZIP() []byte {
 }
 
 var file_infergate_deployment_v1_deployment_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_infergate_deployment_v1_deployment_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_infergate_deployment_v1_deployment_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_infergate_deployment_v1_deployment_proto_goTypes = []any{
 	(DeploymentStatus)(0),                // 0: infergate.deployment.v1.DeploymentStatus
 	(*Deployment)(nil),                   // 1: infergate.deployment.v1.Deployment
@@ -1314,54 +1519,63 @@ var file_infergate_deployment_v1_deployment_proto_goTypes = []any{
 	(*ListDeploymentsResponse)(nil),      // 7: infergate.deployment.v1.ListDeploymentsResponse
 	(*UpdateDeploymentAuthRequest)(nil),  // 8: infergate.deployment.v1.UpdateDeploymentAuthRequest
 	(*UpdateDeploymentAuthResponse)(nil), // 9: infergate.deployment.v1.UpdateDeploymentAuthResponse
-	(*LinkKeyRequest)(nil),               // 10: infergate.deployment.v1.LinkKeyRequest
-	(*LinkKeyResponse)(nil),              // 11: infergate.deployment.v1.LinkKeyResponse
-	(*UnlinkKeyRequest)(nil),             // 12: infergate.deployment.v1.UnlinkKeyRequest
-	(*UnlinkKeyResponse)(nil),            // 13: infergate.deployment.v1.UnlinkKeyResponse
-	(*DeleteDeploymentRequest)(nil),      // 14: infergate.deployment.v1.DeleteDeploymentRequest
-	(*DeleteDeploymentResponse)(nil),     // 15: infergate.deployment.v1.DeleteDeploymentResponse
-	(*timestamppb.Timestamp)(nil),        // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 17: google.protobuf.Duration
-	(*v1.Propagation)(nil),               // 18: infergate.propagation.v1.Propagation
+	(*UpdateDeploymentRequest)(nil),      // 10: infergate.deployment.v1.UpdateDeploymentRequest
+	(*UpdateDeploymentResponse)(nil),     // 11: infergate.deployment.v1.UpdateDeploymentResponse
+	(*LinkKeyRequest)(nil),               // 12: infergate.deployment.v1.LinkKeyRequest
+	(*LinkKeyResponse)(nil),              // 13: infergate.deployment.v1.LinkKeyResponse
+	(*UnlinkKeyRequest)(nil),             // 14: infergate.deployment.v1.UnlinkKeyRequest
+	(*UnlinkKeyResponse)(nil),            // 15: infergate.deployment.v1.UnlinkKeyResponse
+	(*DeleteDeploymentRequest)(nil),      // 16: infergate.deployment.v1.DeleteDeploymentRequest
+	(*DeleteDeploymentResponse)(nil),     // 17: infergate.deployment.v1.DeleteDeploymentResponse
+	(*timestamppb.Timestamp)(nil),        // 18: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 19: google.protobuf.Duration
+	(*v1.Propagation)(nil),               // 20: infergate.propagation.v1.Propagation
+	(*structpb.ListValue)(nil),           // 21: google.protobuf.ListValue
 }
 var file_infergate_deployment_v1_deployment_proto_depIdxs = []int32{
 	0,  // 0: infergate.deployment.v1.Deployment.status:type_name -> infergate.deployment.v1.DeploymentStatus
-	16, // 1: infergate.deployment.v1.Deployment.created_at:type_name -> google.protobuf.Timestamp
-	17, // 2: infergate.deployment.v1.CreateDeploymentRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	18, // 1: infergate.deployment.v1.Deployment.created_at:type_name -> google.protobuf.Timestamp
+	19, // 2: infergate.deployment.v1.CreateDeploymentRequest.propagation_timeout:type_name -> google.protobuf.Duration
 	1,  // 3: infergate.deployment.v1.CreateDeploymentResponse.deployment:type_name -> infergate.deployment.v1.Deployment
-	18, // 4: infergate.deployment.v1.CreateDeploymentResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	20, // 4: infergate.deployment.v1.CreateDeploymentResponse.propagation:type_name -> infergate.propagation.v1.Propagation
 	1,  // 5: infergate.deployment.v1.GetDeploymentResponse.deployment:type_name -> infergate.deployment.v1.Deployment
 	1,  // 6: infergate.deployment.v1.ListDeploymentsResponse.deployments:type_name -> infergate.deployment.v1.Deployment
-	17, // 7: infergate.deployment.v1.UpdateDeploymentAuthRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	19, // 7: infergate.deployment.v1.UpdateDeploymentAuthRequest.propagation_timeout:type_name -> google.protobuf.Duration
 	1,  // 8: infergate.deployment.v1.UpdateDeploymentAuthResponse.deployment:type_name -> infergate.deployment.v1.Deployment
-	18, // 9: infergate.deployment.v1.UpdateDeploymentAuthResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	17, // 10: infergate.deployment.v1.LinkKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	1,  // 11: infergate.deployment.v1.LinkKeyResponse.deployment:type_name -> infergate.deployment.v1.Deployment
-	18, // 12: infergate.deployment.v1.LinkKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	17, // 13: infergate.deployment.v1.UnlinkKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	1,  // 14: infergate.deployment.v1.UnlinkKeyResponse.deployment:type_name -> infergate.deployment.v1.Deployment
-	18, // 15: infergate.deployment.v1.UnlinkKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	17, // 16: infergate.deployment.v1.DeleteDeploymentRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	18, // 17: infergate.deployment.v1.DeleteDeploymentResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	2,  // 18: infergate.deployment.v1.DeploymentService.CreateDeployment:input_type -> infergate.deployment.v1.CreateDeploymentRequest
-	4,  // 19: infergate.deployment.v1.DeploymentService.GetDeployment:input_type -> infergate.deployment.v1.GetDeploymentRequest
-	6,  // 20: infergate.deployment.v1.DeploymentService.ListDeployments:input_type -> infergate.deployment.v1.ListDeploymentsRequest
-	8,  // 21: infergate.deployment.v1.DeploymentService.UpdateDeploymentAuth:input_type -> infergate.deployment.v1.UpdateDeploymentAuthRequest
-	10, // 22: infergate.deployment.v1.DeploymentService.LinkKey:input_type -> infergate.deployment.v1.LinkKeyRequest
-	12, // 23: infergate.deployment.v1.DeploymentService.UnlinkKey:input_type -> infergate.deployment.v1.UnlinkKeyRequest
-	14, // 24: infergate.deployment.v1.DeploymentService.DeleteDeployment:input_type -> infergate.deployment.v1.DeleteDeploymentRequest
-	3,  // 25: infergate.deployment.v1.DeploymentService.CreateDeployment:output_type -> infergate.deployment.v1.CreateDeploymentResponse
-	5,  // 26: infergate.deployment.v1.DeploymentService.GetDeployment:output_type -> infergate.deployment.v1.GetDeploymentResponse
-	7,  // 27: infergate.deployment.v1.DeploymentService.ListDeployments:output_type -> infergate.deployment.v1.ListDeploymentsResponse
-	9,  // 28: infergate.deployment.v1.DeploymentService.UpdateDeploymentAuth:output_type -> infergate.deployment.v1.UpdateDeploymentAuthResponse
-	11, // 29: infergate.deployment.v1.DeploymentService.LinkKey:output_type -> infergate.deployment.v1.LinkKeyResponse
-	13, // 30: infergate.deployment.v1.DeploymentService.UnlinkKey:output_type -> infergate.deployment.v1.UnlinkKeyResponse
-	15, // 31: infergate.deployment.v1.DeploymentService.DeleteDeployment:output_type -> infergate.deployment.v1.DeleteDeploymentResponse
-	25, // [25:32] is the sub-list for method output_type
-	18, // [18:25] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	20, // 9: infergate.deployment.v1.UpdateDeploymentAuthResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	21, // 10: infergate.deployment.v1.UpdateDeploymentRequest.api_keys:type_name -> google.protobuf.ListValue
+	19, // 11: infergate.deployment.v1.UpdateDeploymentRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	1,  // 12: infergate.deployment.v1.UpdateDeploymentResponse.deployment:type_name -> infergate.deployment.v1.Deployment
+	20, // 13: infergate.deployment.v1.UpdateDeploymentResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	19, // 14: infergate.deployment.v1.LinkKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	1,  // 15: infergate.deployment.v1.LinkKeyResponse.deployment:type_name -> infergate.deployment.v1.Deployment
+	20, // 16: infergate.deployment.v1.LinkKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	19, // 17: infergate.deployment.v1.UnlinkKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	1,  // 18: infergate.deployment.v1.UnlinkKeyResponse.deployment:type_name -> infergate.deployment.v1.Deployment
+	20, // 19: infergate.deployment.v1.UnlinkKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	19, // 20: infergate.deployment.v1.DeleteDeploymentRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	20, // 21: infergate.deployment.v1.DeleteDeploymentResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	2,  // 22: infergate.deployment.v1.DeploymentService.CreateDeployment:input_type -> infergate.deployment.v1.CreateDeploymentRequest
+	4,  // 23: infergate.deployment.v1.DeploymentService.GetDeployment:input_type -> infergate.deployment.v1.GetDeploymentRequest
+	6,  // 24: infergate.deployment.v1.DeploymentService.ListDeployments:input_type -> infergate.deployment.v1.ListDeploymentsRequest
+	8,  // 25: infergate.deployment.v1.DeploymentService.UpdateDeploymentAuth:input_type -> infergate.deployment.v1.UpdateDeploymentAuthRequest
+	10, // 26: infergate.deployment.v1.DeploymentService.UpdateDeployment:input_type -> infergate.deployment.v1.UpdateDeploymentRequest
+	12, // 27: infergate.deployment.v1.DeploymentService.LinkKey:input_type -> infergate.deployment.v1.LinkKeyRequest
+	14, // 28: infergate.deployment.v1.DeploymentService.UnlinkKey:input_type -> infergate.deployment.v1.UnlinkKeyRequest
+	16, // 29: infergate.deployment.v1.DeploymentService.DeleteDeployment:input_type -> infergate.deployment.v1.DeleteDeploymentRequest
+	3,  // 30: infergate.deployment.v1.DeploymentService.CreateDeployment:output_type -> infergate.deployment.v1.CreateDeploymentResponse
+	5,  // 31: infergate.deployment.v1.DeploymentService.GetDeployment:output_type -> infergate.deployment.v1.GetDeploymentResponse
+	7,  // 32: infergate.deployment.v1.DeploymentService.ListDeployments:output_type -> infergate.deployment.v1.ListDeploymentsResponse
+	9,  // 33: infergate.deployment.v1.DeploymentService.UpdateDeploymentAuth:output_type -> infergate.deployment.v1.UpdateDeploymentAuthResponse
+	11, // 34: infergate.deployment.v1.DeploymentService.UpdateDeployment:output_type -> infergate.deployment.v1.UpdateDeploymentResponse
+	13, // 35: infergate.deployment.v1.DeploymentService.LinkKey:output_type -> infergate.deployment.v1.LinkKeyResponse
+	15, // 36: infergate.deployment.v1.DeploymentService.UnlinkKey:output_type -> infergate.deployment.v1.UnlinkKeyResponse
+	17, // 37: infergate.deployment.v1.DeploymentService.DeleteDeployment:output_type -> infergate.deployment.v1.DeleteDeploymentResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_infergate_deployment_v1_deployment_proto_init() }
@@ -1369,13 +1583,14 @@ func file_infergate_deployment_v1_deployment_proto_init() {
 	if File_infergate_deployment_v1_deployment_proto != nil {
 		return
 	}
+	file_infergate_deployment_v1_deployment_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_infergate_deployment_v1_deployment_proto_rawDesc), len(file_infergate_deployment_v1_deployment_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -11,6 +11,7 @@ package keyv1
 
 import (
 	v1 "github.com/infergate/infergate/gen/infergate/propagation/v1"
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -149,9 +150,16 @@ type CreateKeyRequest struct {
 	// An optional description, at most 300 characters.
 	Description string `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// When the key expires; must be in the future. Unset: never expires.
-	ExpiresAt     *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Deployments of the same project to link the new key to, by name. The
+	// key and its links are one change: an unknown deployment creates
+	// nothing (NOT_FOUND), and no reader ever sees the key without them.
+	DeploymentNames []string `protobuf:"bytes,5,rep,name=deployment_names,json=deploymentNames,proto3" json:"deployment_names,omitempty"`
+	// How long to wait for the gateways to apply the links; unset means the
+	// service's default (2 s). Only used with deployment_names.
+	PropagationTimeout *durationpb.Duration `protobuf:"bytes,6,opt,name=propagation_timeout,json=propagationTimeout,proto3" json:"propagation_timeout,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *CreateKeyRequest) Reset() {
@@ -212,6 +220,20 @@ func (x *CreateKeyRequest) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *CreateKeyRequest) GetDeploymentNames() []string {
+	if x != nil {
+		return x.DeploymentNames
+	}
+	return nil
+}
+
+func (x *CreateKeyRequest) GetPropagationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.PropagationTimeout
+	}
+	return nil
+}
+
 // CreateKeyResponse carries the new key and, once only, its secret.
 type CreateKeyResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -231,8 +253,16 @@ type CreateKeyResponse struct {
 	// built from the stream); a Get or List right after may not show it
 	// for a moment.
 	ReadModelBehind bool `protobuf:"varint,4,opt,name=read_model_behind,json=readModelBehind,proto3" json:"read_model_behind,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// With deployment_names: whether the gateways already accept the key on
+	// those deployments. Unset when the key was linked to nothing.
+	Propagation *v1.Propagation `protobuf:"bytes,5,opt,name=propagation,proto3" json:"propagation,omitempty"`
+	// With deployment_names: the id of a task (GET /cloud/v1/tasks/{id})
+	// that becomes FINISHED once every gateway serving those deployments
+	// has applied the change, or ERROR if that does not happen within its
+	// bound. Empty when the key was linked to nothing.
+	Tasks         []string `protobuf:"bytes,6,rep,name=tasks,proto3" json:"tasks,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CreateKeyResponse) Reset() {
@@ -291,6 +321,20 @@ func (x *CreateKeyResponse) GetReadModelBehind() bool {
 		return x.ReadModelBehind
 	}
 	return false
+}
+
+func (x *CreateKeyResponse) GetPropagation() *v1.Propagation {
+	if x != nil {
+		return x.Propagation
+	}
+	return nil
+}
+
+func (x *CreateKeyResponse) GetTasks() []string {
+	if x != nil {
+		return x.Tasks
+	}
+	return nil
 }
 
 // GetKeyRequest names a key.
@@ -762,7 +806,7 @@ var File_infergate_key_v1_key_proto protoreflect.FileDescriptor
 
 const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\n" +
-	"\x1ainfergate/key/v1/key.proto\x12\x10infergate.key.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\x9a\x02\n" +
+	"\x1ainfergate/key/v1/key.proto\x12\x10infergate.key.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a*infergate/propagation/v1/propagation.proto\"\x9a\x02\n" +
 	"\x03Key\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
@@ -773,18 +817,22 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"created_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x12)\n" +
 	"\x10deployment_names\x18\x06 \x03(\tR\x0fdeploymentNames\x12\x12\n" +
 	"\x04hint\x18\a \x01(\tR\x04hint\x12\x0e\n" +
-	"\x02id\x18\b \x01(\tR\x02id\"\x9d\x01\n" +
+	"\x02id\x18\b \x01(\tR\x02id\"\x94\x02\n" +
 	"\x10CreateKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x129\n" +
 	"\n" +
-	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x9c\x01\n" +
+	"expires_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12)\n" +
+	"\x10deployment_names\x18\x05 \x03(\tR\x0fdeploymentNames\x12J\n" +
+	"\x13propagation_timeout\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\xfb\x01\n" +
 	"\x11CreateKeyResponse\x12'\n" +
 	"\x03key\x18\x01 \x01(\v2\x15.infergate.key.v1.KeyR\x03key\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\tR\x06secret\x12\x1a\n" +
 	"\breplayed\x18\x03 \x01(\bR\breplayed\x12*\n" +
-	"\x11read_model_behind\x18\x04 \x01(\bR\x0freadModelBehind\"=\n" +
+	"\x11read_model_behind\x18\x04 \x01(\bR\x0freadModelBehind\x12G\n" +
+	"\vpropagation\x18\x05 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12\x14\n" +
+	"\x05tasks\x18\x06 \x03(\tR\x05tasks\"=\n" +
 	"\rGetKeyRequest\x12\x18\n" +
 	"\aproject\x18\x01 \x01(\tR\aproject\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\"9\n" +
@@ -811,14 +859,14 @@ const file_infergate_key_v1_key_proto_rawDesc = "" +
 	"\x13propagation_timeout\x18\x03 \x01(\v2\x19.google.protobuf.DurationR\x12propagationTimeout\"\x88\x01\n" +
 	"\x11DeleteKeyResponse\x12G\n" +
 	"\vpropagation\x18\x01 \x01(\v2%.infergate.propagation.v1.PropagationR\vpropagation\x12*\n" +
-	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind2\xae\x03\n" +
+	"\x11read_model_behind\x18\x02 \x01(\bR\x0freadModelBehind2\xc8\x05\n" +
 	"\n" +
-	"KeyService\x12T\n" +
-	"\tCreateKey\x12\".infergate.key.v1.CreateKeyRequest\x1a#.infergate.key.v1.CreateKeyResponse\x12K\n" +
-	"\x06GetKey\x12\x1f.infergate.key.v1.GetKeyRequest\x1a .infergate.key.v1.GetKeyResponse\x12Q\n" +
-	"\bListKeys\x12!.infergate.key.v1.ListKeysRequest\x1a\".infergate.key.v1.ListKeysResponse\x12T\n" +
-	"\tUpdateKey\x12\".infergate.key.v1.UpdateKeyRequest\x1a#.infergate.key.v1.UpdateKeyResponse\x12T\n" +
-	"\tDeleteKey\x12\".infergate.key.v1.DeleteKeyRequest\x1a#.infergate.key.v1.DeleteKeyResponseB;Z9github.com/infergate/infergate/gen/infergate/key/v1;keyv1b\x06proto3"
+	"KeyService\x12\x87\x01\n" +
+	"\tCreateKey\x12\".infergate.key.v1.CreateKeyRequest\x1a#.infergate.key.v1.CreateKeyResponse\"1\x82\xd3\xe4\x93\x02+:\x01*\"&/cloud/v3/inference/{project}/api_keys\x12\x87\x01\n" +
+	"\x06GetKey\x12\x1f.infergate.key.v1.GetKeyRequest\x1a .infergate.key.v1.GetKeyResponse\":\x82\xd3\xe4\x93\x024b\x03key\x12-/cloud/v3/inference/{project}/api_keys/{name}\x12\x81\x01\n" +
+	"\bListKeys\x12!.infergate.key.v1.ListKeysRequest\x1a\".infergate.key.v1.ListKeysResponse\".\x82\xd3\xe4\x93\x02(\x12&/cloud/v3/inference/{project}/api_keys\x12\x93\x01\n" +
+	"\tUpdateKey\x12\".infergate.key.v1.UpdateKeyRequest\x1a#.infergate.key.v1.UpdateKeyResponse\"=\x82\xd3\xe4\x93\x027:\x01*b\x03key2-/cloud/v3/inference/{project}/api_keys/{name}\x12\x8b\x01\n" +
+	"\tDeleteKey\x12\".infergate.key.v1.DeleteKeyRequest\x1a#.infergate.key.v1.DeleteKeyResponse\"5\x82\xd3\xe4\x93\x02/*-/cloud/v3/inference/{project}/api_keys/{name}B;Z9github.com/infergate/infergate/gen/infergate/key/v1;keyv1b\x06proto3"
 
 var (
 	file_infergate_key_v1_key_proto_rawDescOnce sync.Once
@@ -853,27 +901,29 @@ var file_infergate_key_v1_key_proto_depIdxs = []int32{
 	11, // 0: infergate.key.v1.Key.expires_at:type_name -> google.protobuf.Timestamp
 	11, // 1: infergate.key.v1.Key.created_at:type_name -> google.protobuf.Timestamp
 	11, // 2: infergate.key.v1.CreateKeyRequest.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 3: infergate.key.v1.CreateKeyResponse.key:type_name -> infergate.key.v1.Key
-	0,  // 4: infergate.key.v1.GetKeyResponse.key:type_name -> infergate.key.v1.Key
-	0,  // 5: infergate.key.v1.ListKeysResponse.keys:type_name -> infergate.key.v1.Key
-	0,  // 6: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
-	12, // 7: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
-	13, // 8: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
-	1,  // 9: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
-	3,  // 10: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
-	5,  // 11: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
-	7,  // 12: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
-	9,  // 13: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
-	2,  // 14: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
-	4,  // 15: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
-	6,  // 16: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
-	8,  // 17: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
-	10, // 18: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
-	14, // [14:19] is the sub-list for method output_type
-	9,  // [9:14] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 3: infergate.key.v1.CreateKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	0,  // 4: infergate.key.v1.CreateKeyResponse.key:type_name -> infergate.key.v1.Key
+	13, // 5: infergate.key.v1.CreateKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	0,  // 6: infergate.key.v1.GetKeyResponse.key:type_name -> infergate.key.v1.Key
+	0,  // 7: infergate.key.v1.ListKeysResponse.keys:type_name -> infergate.key.v1.Key
+	0,  // 8: infergate.key.v1.UpdateKeyResponse.key:type_name -> infergate.key.v1.Key
+	12, // 9: infergate.key.v1.DeleteKeyRequest.propagation_timeout:type_name -> google.protobuf.Duration
+	13, // 10: infergate.key.v1.DeleteKeyResponse.propagation:type_name -> infergate.propagation.v1.Propagation
+	1,  // 11: infergate.key.v1.KeyService.CreateKey:input_type -> infergate.key.v1.CreateKeyRequest
+	3,  // 12: infergate.key.v1.KeyService.GetKey:input_type -> infergate.key.v1.GetKeyRequest
+	5,  // 13: infergate.key.v1.KeyService.ListKeys:input_type -> infergate.key.v1.ListKeysRequest
+	7,  // 14: infergate.key.v1.KeyService.UpdateKey:input_type -> infergate.key.v1.UpdateKeyRequest
+	9,  // 15: infergate.key.v1.KeyService.DeleteKey:input_type -> infergate.key.v1.DeleteKeyRequest
+	2,  // 16: infergate.key.v1.KeyService.CreateKey:output_type -> infergate.key.v1.CreateKeyResponse
+	4,  // 17: infergate.key.v1.KeyService.GetKey:output_type -> infergate.key.v1.GetKeyResponse
+	6,  // 18: infergate.key.v1.KeyService.ListKeys:output_type -> infergate.key.v1.ListKeysResponse
+	8,  // 19: infergate.key.v1.KeyService.UpdateKey:output_type -> infergate.key.v1.UpdateKeyResponse
+	10, // 20: infergate.key.v1.KeyService.DeleteKey:output_type -> infergate.key.v1.DeleteKeyResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_infergate_key_v1_key_proto_init() }

@@ -64,7 +64,9 @@ func main() {
 				// Writes wait for the gateways' receipts.
 				Propagation:        p.Tracker,
 				PropagationTimeout: cfg.PropagationTimeout,
-				Upstreams:          upstreams,
+				// Changes answer with tasks the plane's TaskService serves.
+				Tasks:     p.Tasks,
+				Upstreams: upstreams,
 			}, p.HandlerOptions()...)
 			if err != nil {
 				return controlplane.Service{}, err

@@ -17,6 +17,7 @@ import (
 
 	"connectrpc.com/connect"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	deploymentv1 "github.com/infergate/infergate/gen/infergate/deployment/v1"
@@ -30,6 +31,7 @@ import (
 	"github.com/infergate/infergate/services/internal/propagation"
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/rpcerr"
+	"github.com/infergate/infergate/services/internal/tasks"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
@@ -69,6 +71,9 @@ type Config struct {
 	// Resolver resolves upstream host names for that check; default
 	// net.DefaultResolver.
 	Resolver upstreampolicy.Resolver
+	// Tasks records the task each create, update and delete answers with;
+	// default a registry of the service's own on Propagation.
+	Tasks *tasks.Registry
 }
 
 func (c *Config) setDefaults() {
@@ -86,6 +91,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Tasks == nil {
+		c.Tasks = tasks.New(tasks.Config{Waiter: c.Propagation})
 	}
 }
 
@@ -161,6 +169,13 @@ type changed struct {
 	deployment  *deploymentv1.Deployment
 	propagation *propagationv1.Propagation
 	behind      bool
+	// regions the deployment is served in, for its task.
+	regions []string
+}
+
+// task starts the task that follows the change to the gateways.
+func (s *Server) task(typ, project string, c changed) []string {
+	return []string{s.cfg.Tasks.Start(typ, project, c.regions, c.propagation)}
 }
 
 // change runs one command on a deployment and waits for the read model and
@@ -218,7 +233,7 @@ func (s *Server) change(ctx context.Context, header http.Header, procedure, proj
 			live, checked = l, setOf(links)
 		}
 	}
-	out := changed{behind: !command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout)}
+	out := changed{behind: !command.WaitRead(ctx, s.cfg.Projector, res.Sequence, s.cfg.ReadYourWritesTimeout), regions: d.Regions}
 	out.propagation = s.cfg.Propagation.Wait(ctx, res.Sequence, d.Regions, wait)
 	if d.Live {
 		out.deployment = s.decidedProto(ctx, project, d, live, checked, out.behind)
@@ -306,7 +321,10 @@ func (s *Server) CreateDeployment(ctx context.Context, req *connect.Request[depl
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&deploymentv1.CreateDeploymentResponse{Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind}), nil
+	return connect.NewResponse(&deploymentv1.CreateDeploymentResponse{
+		Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind,
+		Tasks: s.task(tasks.CreateDeployment, m.GetProject(), c),
+	}), nil
 }
 
 // GetDeployment returns one deployment.
@@ -364,6 +382,56 @@ func (s *Server) UpdateDeploymentAuth(ctx context.Context, req *connect.Request[
 	return connect.NewResponse(&deploymentv1.UpdateDeploymentAuthResponse{Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind}), nil
 }
 
+// UpdateDeployment is the platform's PATCH: api_keys is the whole linked
+// set ([] unlinks all and disables auth), auth_enabled alone toggles auth
+// and keeps the links, both together are invalid.
+func (s *Server) UpdateDeployment(ctx context.Context, req *connect.Request[deploymentv1.UpdateDeploymentRequest]) (*connect.Response[deploymentv1.UpdateDeploymentResponse], error) {
+	m := req.Msg
+	keys, err := keyNames(m.GetApiKeys())
+	errs := []error{
+		aggregate.ValidateProject("project", m.GetProject()),
+		aggregate.ValidateDeploymentName("name", m.GetName()),
+		err,
+		aggregate.ValidateNames("api_keys", keys, aggregate.ValidateKeyName),
+	}
+	if m.ApiKeys != nil && m.AuthEnabled != nil {
+		errs = append(errs, &aggregate.FieldError{Field: "api_keys", Problem: "cannot be set together with auth_enabled: api_keys sets the linked keys and the toggle (an empty list disables authentication)"})
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	c, err := s.change(ctx, req.Header(), req.Spec().Procedure, m.GetProject(), m.GetName(), keys, m.ApiKeys != nil, m.GetPropagationTimeout(),
+		func(meta aggregate.Meta, d aggregate.Deployment, live aggregate.LiveKeys) ([]*eventv1.Event, error) {
+			switch {
+			case m.ApiKeys != nil:
+				return d.UpdateAuth(meta, len(keys) > 0, keys, live)
+			case m.AuthEnabled != nil:
+				return d.SetAuth(meta, m.GetAuthEnabled())
+			}
+			return d.SetAuth(meta, d.AuthEnabled) // nothing to change; NOT_FOUND if it is gone
+		})
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return connect.NewResponse(&deploymentv1.UpdateDeploymentResponse{
+		Deployment: c.deployment, Propagation: c.propagation, ReadModelBehind: c.behind,
+		Tasks: s.task(tasks.UpdateDeployment, m.GetProject(), c),
+	}), nil
+}
+
+// keyNames reads api_keys, a JSON array that must hold only strings.
+func keyNames(list *structpb.ListValue) ([]string, error) {
+	var names []string
+	for i, v := range list.GetValues() {
+		s, ok := v.GetKind().(*structpb.Value_StringValue)
+		if !ok {
+			return nil, &aggregate.FieldError{Field: fmt.Sprintf("api_keys[%d]", i), Problem: "must be a key name (a string)"}
+		}
+		names = append(names, s.StringValue)
+	}
+	return names, nil
+}
+
 // LinkKey links one key.
 func (s *Server) LinkKey(ctx context.Context, req *connect.Request[deploymentv1.LinkKeyRequest]) (*connect.Response[deploymentv1.LinkKeyResponse], error) {
 	m := req.Msg
@@ -409,7 +477,10 @@ func (s *Server) DeleteDeployment(ctx context.Context, req *connect.Request[depl
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	return connect.NewResponse(&deploymentv1.DeleteDeploymentResponse{Propagation: c.propagation, ReadModelBehind: c.behind}), nil
+	return connect.NewResponse(&deploymentv1.DeleteDeploymentResponse{
+		Propagation: c.propagation, ReadModelBehind: c.behind,
+		Tasks: s.task(tasks.DeleteDeployment, m.GetProject(), c),
+	}), nil
 }
 
 func (s *Server) validateLink(project, deployment, key string) error {

@@ -32,7 +32,7 @@ const usage = `infergate — API-key authentication for OpenAI-compatible infere
 Usage:
   infergate dev [--demo] [flags]           run everything in one process
   infergate dev --regions eu,us [--region-max-staleness 30s]   the hub, and per region a leaf NATS server, mirror and gateway
-  infergate keys create NAME [--description D] [--expires-in 720h | --expires-at RFC3339]
+  infergate keys create NAME [--description D] [--expires-in 720h | --expires-at RFC3339] [--deployments a,b]
   infergate keys list | get NAME | update NAME --description D | delete NAME
   infergate keys usage NAME [--since -24h] [--until T] [--deployment D] [--series [--step 1h]]   requests, errors and tokens
   infergate deployments create NAME --model M --upstream URL [--regions a,b] [--auth] [--keys a,b]

@@ -30,6 +30,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		description string
 		expiresIn   time.Duration
 		expiresAt   string
+		deployments string
 		pos         []string
 		err         error
 	)
@@ -38,6 +39,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fs.StringVar(&description, "description", "", "what the key is for (at most 300 characters)")
 		fs.DurationVar(&expiresIn, "expires-in", 0, "expire after this long, e.g. 720h (default: never)")
 		fs.StringVar(&expiresAt, "expires-at", "", "expire at this RFC 3339 time (default: never)")
+		fs.StringVar(&deployments, "deployments", "", "deployments to link the key to, comma-separated, in the same change")
 		pos, err = parse(fs, args, "NAME")
 	case "update":
 		fs.StringVar(&description, "description", "", "the new description")
@@ -64,7 +66,7 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	switch sub {
 	case "create":
-		req := &keyv1.CreateKeyRequest{Project: c.project, Name: pos[0], Description: description}
+		req := &keyv1.CreateKeyRequest{Project: c.project, Name: pos[0], Description: description, DeploymentNames: splitList(deployments)}
 		switch {
 		case expiresIn != 0 && expiresAt != "":
 			return fmt.Errorf("use --expires-in or --expires-at, not both")
@@ -99,6 +101,9 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		}
 		printKeys(stdout, res.Msg.GetKey())
 		fmt.Fprintf(stdout, "\nSecret (send it as the X-API-Key header):\n  %s\n", res.Msg.GetSecret())
+		if p := res.Msg.GetPropagation(); p != nil {
+			fmt.Fprintf(stdout, "\n%s\n", describePropagation(p))
+		}
 		noteReadModel(stderr, res.Msg.GetReadModelBehind())
 		return nil
 	case "list":

@@ -181,7 +181,7 @@ func ensureDemo(ctx context.Context, st *Stack, token, upstream string) (*Demo, 
 func printBanner(cfg Config, st *Stack) {
 	w := cfg.Out
 	fmt.Fprintf(w, "infergate dev — everything in one process (data in %s)\n\n", cfg.DataDir)
-	fmt.Fprintf(w, "  control plane  %s   (Connect, gRPC, gRPC-Web)\n", st.APIURL)
+	fmt.Fprintf(w, "  control plane  %s   (Connect, gRPC, gRPC-Web, REST: %s/openapi.json)\n", st.APIURL, st.APIURL)
 	fmt.Fprintf(w, "  gateway        %s   (region %s; http://model-<deployment>.<project>.%s:%s or /d/<project>/<deployment>/…)\n",
 		st.GatewayURL, cfg.Region, cfg.BaseDomain, st.gatewayPort)
 	fmt.Fprintf(w, "  console        %s   (sign in with the admin token)\n", st.ConsoleURL)

@@ -27,6 +27,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/audit/v1/auditv1connect"
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
+	"github.com/infergate/infergate/gen/infergate/task/v1/taskv1connect"
 	"github.com/infergate/infergate/gen/infergate/usage/v1/usagev1connect"
 	"github.com/infergate/infergate/services/audit"
 	"github.com/infergate/infergate/services/deployments"
@@ -279,6 +280,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 
 	kpath, kh, err := keys.NewHandler(keys.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, Propagation: plane.Tracker,
+		Tasks: plane.Tasks,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
@@ -289,7 +291,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	upstreams := upstreampolicy.MustParse(upstreampolicy.Loopback)
 	dpath, dh, err := deployments.NewHandler(deployments.Config{
 		Events: plane.Events, Reads: plane.Reads, Projector: plane.Projector, Log: cfg.Log, GatewayURL: st.GatewayURL,
-		Propagation: plane.Tracker, Upstreams: upstreams,
+		Propagation: plane.Tracker, Upstreams: upstreams, Tasks: plane.Tasks,
 	}, plane.HandlerOptions()...)
 	if err != nil {
 		return err
@@ -343,9 +345,10 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
-	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, upath: uh, console.Path: cons},
+	tpath, th := plane.TaskService()
+	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, tpath: th, upath: uh, console.Path: cons},
 		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName,
-		usagev1connect.UsageServiceName)
+		taskv1connect.TaskServiceName, usagev1connect.UsageServiceName)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -193,6 +193,13 @@ func TestCLIRoundTrip(t *testing.T) {
 	if !e2eHasRow(r.stdout, "cli-dep", demomodel.ModelID, "DEPLOYED", "off") {
 		t.Errorf("deployments get: no row for cli-dep, DEPLOYED, auth off:\n%s", r.stdout)
 	}
+	// keys create --deployments: created already linked, in one change,
+	// with the receipt.
+	r = c.ok(t, e2eWithFlags, "keys", "create", "linked-key", "--deployments", "cli-dep", "-p", project)
+	if !e2eHasRow(r.stdout, "linked-key", "cli-dep") || !strings.Contains(r.stdout, "applied at 1/1") {
+		t.Errorf("keys create --deployments: want the key linked to cli-dep and the receipt:\n%s", r.stdout)
+	}
+	c.ok(t, e2eWithFlags, "keys", "delete", "linked-key", "-p", project)
 	r = c.ok(t, e2eWithFlags, "deployments", "list", "-p", project)
 	if !strings.HasPrefix(r.stdout, "NAME") || !e2eHasRow(r.stdout, "cli-dep", "DEPLOYED") {
 		t.Errorf("deployments list: not a table with cli-dep:\n%s", r.stdout)

@@ -179,6 +179,9 @@ func (s *stack) createStream(replicas int, dupWindow time.Duration) {
 		AllowDirect:       true,
 		DenyDelete:        true,
 		DenyPurge:         true,
+		// Declared since link at creation (issue 15): a key and its links
+		// are one atomic batch.
+		AllowAtomicPublish: true,
 	})
 	if err != nil {
 		s.t.Fatalf("create the event stream: %v", err)

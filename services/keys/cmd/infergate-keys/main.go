@@ -29,6 +29,8 @@ func main() {
 				// Writes wait for the gateways' receipts.
 				Propagation:        p.Tracker,
 				PropagationTimeout: cfg.PropagationTimeout,
+				// Changes answer with tasks the plane's TaskService serves.
+				Tasks: p.Tasks,
 			}, p.HandlerOptions()...)
 			if err != nil {
 				return controlplane.Service{}, err

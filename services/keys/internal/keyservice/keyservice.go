@@ -6,7 +6,10 @@ package keyservice
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -23,6 +26,7 @@ import (
 	"github.com/infergate/infergate/services/internal/propagation"
 	"github.com/infergate/infergate/services/internal/readmodel"
 	"github.com/infergate/infergate/services/internal/rpcerr"
+	"github.com/infergate/infergate/services/internal/tasks"
 )
 
 var _ keyv1connect.KeyServiceHandler = (*Server)(nil)
@@ -50,6 +54,9 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock; default time.Now.
 	Now func() time.Time
+	// Tasks records the task a create with links answers with; default a
+	// registry of the service's own on Propagation.
+	Tasks *tasks.Registry
 }
 
 func (c *Config) setDefaults() {
@@ -67,6 +74,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Tasks == nil {
+		c.Tasks = tasks.New(tasks.Config{Waiter: c.Propagation})
 	}
 }
 
@@ -141,31 +151,184 @@ func (s *Server) CreateKey(ctx context.Context, req *connect.Request[keyv1.Creat
 		t := m.GetExpiresAt().AsTime()
 		nk.ExpiresAt = &t
 	}
-	if err := aggregate.ValidateNewKey(m.GetProject(), nk, meta.Now); err != nil {
+	links := slices.Clone(m.GetDeploymentNames())
+	slices.Sort(links)
+	links = slices.Compact(links)
+	if err := errors.Join(
+		aggregate.ValidateNewKey(m.GetProject(), nk, meta.Now),
+		aggregate.ValidateNames("deployment_names", links, aggregate.ValidateDeploymentName),
+		maxLinks(links),
+	); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	timeout, err := command.PropagationTimeout(m.GetPropagationTimeout(), s.cfg.PropagationTimeout)
+	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	agg := keyAggregate(m.GetProject(), m.GetName())
-	res, err := s.cfg.Events.Decide(ctx, agg, command.MsgID(req.Header(), meta, req.Spec().Procedure, agg), 0,
-		func(records []eventstore.Record) ([]*eventv1.Event, error) {
-			return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Create(meta, nk)
-		})
+	msgID := command.MsgID(req.Header(), meta, req.Spec().Procedure, agg)
+	var (
+		res     eventstore.DecideResult
+		regions []string
+	)
+	if len(links) == 0 {
+		res, err = s.cfg.Events.Decide(ctx, agg, msgID, 0,
+			func(records []eventstore.Record) ([]*eventv1.Event, error) {
+				return aggregate.KeyFrom(m.GetName(), eventstore.Events(records)).Create(meta, nk)
+			})
+	} else {
+		res, regions, err = s.createLinked(ctx, meta, agg, msgID, nk, links)
+	}
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
 	// Committed: from here on nothing turns the call into an error.
+	k := foldKey(m.GetName(), res)
 	out := &keyv1.CreateKeyResponse{
-		// A key just created is linked to nothing yet.
-		Key:             toProto(m.GetProject(), foldKey(m.GetName(), res), nil),
+		// A key just created is linked to what it was created with.
+		Key:             toProto(m.GetProject(), k, links),
 		ReadModelBehind: s.behind(ctx, res.Sequence),
+	}
+	if len(links) > 0 {
+		if res.Duplicate {
+			out.Key.DeploymentNames = s.deploymentNames(ctx, m.GetProject(), k)
+		}
+		out.Propagation = s.cfg.Propagation.Wait(ctx, res.Sequence, regions, timeout)
+		out.Tasks = []string{s.cfg.Tasks.Start(tasks.CreateAPIKey, m.GetProject(), regions, out.Propagation)}
 	}
 	if res.Duplicate {
 		out.Replayed = true
 		s.cfg.Log.InfoContext(ctx, "key create replayed", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
 	} else {
 		out.Secret = secret
-		s.cfg.Log.InfoContext(ctx, "key created", "project", m.GetProject(), "key", m.GetName(), "actor", meta.Actor, "sequence", res.Sequence)
+		s.cfg.Log.InfoContext(ctx, "key created", "project", m.GetProject(), "key", m.GetName(), "deployments", len(links), "actor", meta.Actor, "sequence", res.Sequence)
 	}
 	return connect.NewResponse(out), nil
+}
+
+// maxLinks bounds the deployments one create links (one atomic batch).
+func maxLinks(links []string) error {
+	if len(links) >= eventstore.MaxAtomicChanges {
+		return &aggregate.FieldError{Field: "deployment_names", Problem: fmt.Sprintf("at most %d deployments", eventstore.MaxAtomicChanges-1)}
+	}
+	return nil
+}
+
+// createLinked creates a key and links it to deployments as one change:
+// the KeyCreated on the key's subject and a KeyLinked on each deployment's
+// subject (links belong to the deployment aggregate, and are decided by
+// its own rule, aggregate.Deployment.Link), appended as one atomic batch
+// in which every aggregate keeps its own optimistic check. An unknown
+// deployment fails the command before anything is appended; a deployment
+// deleted or changed meanwhile fails the whole batch, which is decided
+// again. It returns the regions whose gateways must apply the change
+// (empty: every region).
+func (s *Server) createLinked(ctx context.Context, meta aggregate.Meta, agg eventstore.Aggregate, msgID string, nk aggregate.NewKey, links []string) (eventstore.DecideResult, []string, error) {
+	if msgID == "" {
+		msgID = meta.NewID()
+	}
+	const attempts = 5
+	for attempt := range attempts {
+		records, version, err := s.cfg.Events.Load(ctx, agg)
+		if err != nil {
+			return eventstore.DecideResult{}, nil, err
+		}
+		for i, r := range records {
+			if r.MsgID == msgID {
+				res := eventstore.DecideResult{Sequence: s.lastOfBatch(ctx, meta.Project, msgID, links, r.Sequence), Duplicate: true, Records: records[: i+1 : i+1]}
+				return res, s.regionsOf(ctx, meta.Project, links), nil
+			}
+		}
+		created, err := aggregate.KeyFrom(nk.Name, eventstore.Events(records)).Create(meta, nk)
+		if err != nil {
+			return eventstore.DecideResult{}, nil, err
+		}
+		live := aggregate.LiveKeys{nk.Name: created[0].GetKeyCreated().GetKeyId()}
+		changes := []eventstore.Change{{Aggregate: agg, ExpectedVersion: version, Events: created}}
+		var regions []string
+		everywhere := false
+		for _, name := range links {
+			dagg := eventstore.Aggregate{Project: meta.Project, Type: eventstore.TypeDeployment, Name: name}
+			drecs, dversion, err := s.cfg.Events.Load(ctx, dagg)
+			if err != nil {
+				return eventstore.DecideResult{}, nil, err
+			}
+			d := aggregate.DeploymentFrom(name, eventstore.Events(drecs))
+			if !d.Live {
+				return eventstore.DecideResult{}, nil, fmt.Errorf("%w: deployment_names: deployment %q", aggregate.ErrNotFound, name)
+			}
+			linked, err := d.Link(meta, nk.Name, live)
+			if err != nil {
+				return eventstore.DecideResult{}, nil, err
+			}
+			changes = append(changes, eventstore.Change{Aggregate: dagg, ExpectedVersion: dversion, Events: linked})
+			everywhere = everywhere || len(d.Regions) == 0
+			regions = append(regions, d.Regions...)
+		}
+		if everywhere {
+			regions = nil
+		}
+		res, err := s.cfg.Events.AppendAtomic(ctx, msgID, changes)
+		if err == nil && res.Duplicate {
+			// Stored by an earlier attempt that raced this one: answer
+			// from the key as that attempt left it.
+			dup := eventstore.DecideResult{Sequence: s.lastOfBatch(ctx, meta.Project, msgID, links, res.Sequence), Duplicate: true}
+			if records, _, err := s.cfg.Events.Load(ctx, agg); err == nil {
+				for i, r := range records {
+					if r.MsgID == msgID {
+						dup.Records = records[: i+1 : i+1]
+					}
+				}
+			}
+			return dup, regions, nil
+		}
+		if err == nil {
+			return eventstore.DecideResult{Sequence: res.Sequence, Records: records, Events: created}, regions, nil
+		}
+		if !errors.Is(err, eventstore.ErrConflict) {
+			return eventstore.DecideResult{}, nil, err
+		}
+		select {
+		case <-ctx.Done():
+			return eventstore.DecideResult{}, nil, ctx.Err()
+		case <-time.After(time.Duration(1+attempt) * time.Millisecond):
+		}
+	}
+	return eventstore.DecideResult{}, nil, fmt.Errorf("%w: %w: %s and %d deployments after %d attempts", eventstore.ErrTooManyConflicts, eventstore.ErrConflict, agg, len(links), attempts)
+}
+
+// lastOfBatch is the sequence of the last message a stored create-with-
+// links appended (the links follow the key, under the message ids
+// msgID/1, msgID/2, … in the order of links), so a replayed answer waits
+// for the same change as the first one did. first is the key's message.
+func (s *Server) lastOfBatch(ctx context.Context, project, msgID string, links []string, first uint64) uint64 {
+	last := first
+	for i, name := range links {
+		recs, _, err := s.cfg.Events.LoadAfter(ctx, eventstore.Aggregate{Project: project, Type: eventstore.TypeDeployment, Name: name}, first)
+		if err != nil {
+			continue
+		}
+		for _, r := range recs {
+			if r.MsgID == msgID+"/"+strconv.Itoa(i+1) {
+				last = max(last, r.Sequence)
+			}
+		}
+	}
+	return last
+}
+
+// regionsOf are the regions a replayed create's links reach, as far as the
+// read model knows them (empty: every region).
+func (s *Server) regionsOf(ctx context.Context, project string, links []string) []string {
+	var regions []string
+	for _, name := range links {
+		d, err := s.cfg.Reads.GetDeployment(ctx, project, name)
+		if err != nil || len(d.Regions) == 0 {
+			return nil
+		}
+		regions = append(regions, d.Regions...)
+	}
+	return regions
 }
 
 // GetKey returns one key.

@@ -48,6 +48,9 @@ const (
 	// DeploymentServiceUpdateDeploymentAuthProcedure is the fully-qualified name of the
 	// DeploymentService's UpdateDeploymentAuth RPC.
 	DeploymentServiceUpdateDeploymentAuthProcedure = "/infergate.deployment.v1.DeploymentService/UpdateDeploymentAuth"
+	// DeploymentServiceUpdateDeploymentProcedure is the fully-qualified name of the DeploymentService's
+	// UpdateDeployment RPC.
+	DeploymentServiceUpdateDeploymentProcedure = "/infergate.deployment.v1.DeploymentService/UpdateDeployment"
 	// DeploymentServiceLinkKeyProcedure is the fully-qualified name of the DeploymentService's LinkKey
 	// RPC.
 	DeploymentServiceLinkKeyProcedure = "/infergate.deployment.v1.DeploymentService/LinkKey"
@@ -74,6 +77,12 @@ type DeploymentServiceClient interface {
 	// atomically. Saving the state the deployment already has changes
 	// nothing.
 	UpdateDeploymentAuth(context.Context, *connect.Request[v1.UpdateDeploymentAuthRequest]) (*connect.Response[v1.UpdateDeploymentAuthResponse], error)
+	// UpdateDeployment is the platform's PATCH of a deployment: api_keys, when
+	// given, is the whole set of linked keys ([] unlinks every key and
+	// disables authentication; a non-empty set enables it); auth_enabled
+	// alone switches authentication and keeps the links; both at once are
+	// INVALID_ARGUMENT. One atomic change, as UpdateDeploymentAuth.
+	UpdateDeployment(context.Context, *connect.Request[v1.UpdateDeploymentRequest]) (*connect.Response[v1.UpdateDeploymentResponse], error)
 	// LinkKey links one key to the deployment. Linking a linked key is a
 	// no-op.
 	LinkKey(context.Context, *connect.Request[v1.LinkKeyRequest]) (*connect.Response[v1.LinkKeyResponse], error)
@@ -119,6 +128,12 @@ func NewDeploymentServiceClient(httpClient connect.HTTPClient, baseURL string, o
 			connect.WithSchema(deploymentServiceMethods.ByName("UpdateDeploymentAuth")),
 			connect.WithClientOptions(opts...),
 		),
+		updateDeployment: connect.NewClient[v1.UpdateDeploymentRequest, v1.UpdateDeploymentResponse](
+			httpClient,
+			baseURL+DeploymentServiceUpdateDeploymentProcedure,
+			connect.WithSchema(deploymentServiceMethods.ByName("UpdateDeployment")),
+			connect.WithClientOptions(opts...),
+		),
 		linkKey: connect.NewClient[v1.LinkKeyRequest, v1.LinkKeyResponse](
 			httpClient,
 			baseURL+DeploymentServiceLinkKeyProcedure,
@@ -146,6 +161,7 @@ type deploymentServiceClient struct {
 	getDeployment        *connect.Client[v1.GetDeploymentRequest, v1.GetDeploymentResponse]
 	listDeployments      *connect.Client[v1.ListDeploymentsRequest, v1.ListDeploymentsResponse]
 	updateDeploymentAuth *connect.Client[v1.UpdateDeploymentAuthRequest, v1.UpdateDeploymentAuthResponse]
+	updateDeployment     *connect.Client[v1.UpdateDeploymentRequest, v1.UpdateDeploymentResponse]
 	linkKey              *connect.Client[v1.LinkKeyRequest, v1.LinkKeyResponse]
 	unlinkKey            *connect.Client[v1.UnlinkKeyRequest, v1.UnlinkKeyResponse]
 	deleteDeployment     *connect.Client[v1.DeleteDeploymentRequest, v1.DeleteDeploymentResponse]
@@ -169,6 +185,11 @@ func (c *deploymentServiceClient) ListDeployments(ctx context.Context, req *conn
 // UpdateDeploymentAuth calls infergate.deployment.v1.DeploymentService.UpdateDeploymentAuth.
 func (c *deploymentServiceClient) UpdateDeploymentAuth(ctx context.Context, req *connect.Request[v1.UpdateDeploymentAuthRequest]) (*connect.Response[v1.UpdateDeploymentAuthResponse], error) {
 	return c.updateDeploymentAuth.CallUnary(ctx, req)
+}
+
+// UpdateDeployment calls infergate.deployment.v1.DeploymentService.UpdateDeployment.
+func (c *deploymentServiceClient) UpdateDeployment(ctx context.Context, req *connect.Request[v1.UpdateDeploymentRequest]) (*connect.Response[v1.UpdateDeploymentResponse], error) {
+	return c.updateDeployment.CallUnary(ctx, req)
 }
 
 // LinkKey calls infergate.deployment.v1.DeploymentService.LinkKey.
@@ -202,6 +223,12 @@ type DeploymentServiceHandler interface {
 	// atomically. Saving the state the deployment already has changes
 	// nothing.
 	UpdateDeploymentAuth(context.Context, *connect.Request[v1.UpdateDeploymentAuthRequest]) (*connect.Response[v1.UpdateDeploymentAuthResponse], error)
+	// UpdateDeployment is the platform's PATCH of a deployment: api_keys, when
+	// given, is the whole set of linked keys ([] unlinks every key and
+	// disables authentication; a non-empty set enables it); auth_enabled
+	// alone switches authentication and keeps the links; both at once are
+	// INVALID_ARGUMENT. One atomic change, as UpdateDeploymentAuth.
+	UpdateDeployment(context.Context, *connect.Request[v1.UpdateDeploymentRequest]) (*connect.Response[v1.UpdateDeploymentResponse], error)
 	// LinkKey links one key to the deployment. Linking a linked key is a
 	// no-op.
 	LinkKey(context.Context, *connect.Request[v1.LinkKeyRequest]) (*connect.Response[v1.LinkKeyResponse], error)
@@ -243,6 +270,12 @@ func NewDeploymentServiceHandler(svc DeploymentServiceHandler, opts ...connect.H
 		connect.WithSchema(deploymentServiceMethods.ByName("UpdateDeploymentAuth")),
 		connect.WithHandlerOptions(opts...),
 	)
+	deploymentServiceUpdateDeploymentHandler := connect.NewUnaryHandler(
+		DeploymentServiceUpdateDeploymentProcedure,
+		svc.UpdateDeployment,
+		connect.WithSchema(deploymentServiceMethods.ByName("UpdateDeployment")),
+		connect.WithHandlerOptions(opts...),
+	)
 	deploymentServiceLinkKeyHandler := connect.NewUnaryHandler(
 		DeploymentServiceLinkKeyProcedure,
 		svc.LinkKey,
@@ -271,6 +304,8 @@ func NewDeploymentServiceHandler(svc DeploymentServiceHandler, opts ...connect.H
 			deploymentServiceListDeploymentsHandler.ServeHTTP(w, r)
 		case DeploymentServiceUpdateDeploymentAuthProcedure:
 			deploymentServiceUpdateDeploymentAuthHandler.ServeHTTP(w, r)
+		case DeploymentServiceUpdateDeploymentProcedure:
+			deploymentServiceUpdateDeploymentHandler.ServeHTTP(w, r)
 		case DeploymentServiceLinkKeyProcedure:
 			deploymentServiceLinkKeyHandler.ServeHTTP(w, r)
 		case DeploymentServiceUnlinkKeyProcedure:
@@ -300,6 +335,10 @@ func (UnimplementedDeploymentServiceHandler) ListDeployments(context.Context, *c
 
 func (UnimplementedDeploymentServiceHandler) UpdateDeploymentAuth(context.Context, *connect.Request[v1.UpdateDeploymentAuthRequest]) (*connect.Response[v1.UpdateDeploymentAuthResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("infergate.deployment.v1.DeploymentService.UpdateDeploymentAuth is not implemented"))
+}
+
+func (UnimplementedDeploymentServiceHandler) UpdateDeployment(context.Context, *connect.Request[v1.UpdateDeploymentRequest]) (*connect.Response[v1.UpdateDeploymentResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("infergate.deployment.v1.DeploymentService.UpdateDeployment is not implemented"))
 }
 
 func (UnimplementedDeploymentServiceHandler) LinkKey(context.Context, *connect.Request[v1.LinkKeyRequest]) (*connect.Response[v1.LinkKeyResponse], error) {
