@@ -108,6 +108,7 @@ func BenchmarkRegionPropagation(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+	cancel()
 	for len(w.tracker.Gateways()) < 2 {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -131,16 +132,30 @@ func BenchmarkRegionPropagation(b *testing.B) {
 			b.Fatal(err)
 		}
 		acked := time.Now()
-		got := make(chan time.Duration, 2)
+		// Each change's own bound: a wait that ended on it would be no
+		// figure at all, and fails the run.
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		type result struct {
+			took time.Duration
+			err  error
+		}
+		got := make(chan result, 2)
 		for _, g := range w.gateways {
 			go func() {
-				_ = g.WaitApplied(wctx, res.Sequence)
-				got <- time.Since(acked)
+				err := g.WaitApplied(wctx, res.Sequence)
+				got <- result{time.Since(acked), err}
 			}()
 		}
 		p := w.tracker.Wait(ctx, res.Sequence, []string{"eu", "us"}, 2*time.Second)
 		confirmed = append(confirmed, time.Since(acked))
-		applied = append(applied, <-got, <-got)
+		for range 2 {
+			r := <-got
+			if r.err != nil {
+				b.Fatalf("change %d not applied: %v", res.Sequence, r.err)
+			}
+			applied = append(applied, r.took)
+		}
+		cancel()
 		if !p.GetConfirmed() || p.GetGatewaysApplied() != 2 {
 			unconfirmed++
 		}
@@ -205,8 +220,8 @@ func BenchmarkRegionCatchUp(b *testing.B) {
 	if err := w.links["eu"].Heal(); err != nil {
 		b.Fatal(err)
 	}
-	// When the first record arrives: the mirror's consumer on the hub is
-	// set up again on nats-server's own retry schedule (docs/benchmarks.md).
+	// When the first record arrives: the region resumes the mirror's feed
+	// on the hub once the link is back (docs/benchmarks.md).
 	resumed := make(chan time.Duration, 1)
 	before := eu.Applied()
 	go func() {

@@ -14,7 +14,8 @@ import (
 // A region keeps a mirror of the hub's stream in its leaf server's own
 // JetStream domain (SPEC §7, docs/multi-region.md): same name, same
 // sequence numbers, no subjects of its own, fed by JetStream through the
-// leaf-node link. Its gateways read only the mirror.
+// leaf-node link from a durable consumer on the hub (FeedConsumer). Its
+// gateways read only the mirror.
 //
 // Stream identity through a mirror: receipts are compared with the hub
 // stream's identity, so a reader of a mirror reports the identity of the
@@ -53,6 +54,10 @@ type MirrorConfig struct {
 	Config
 	// OriginDomain is the hub's JetStream domain; default "hub".
 	OriginDomain string
+	// Region is the region's JetStream domain, where the mirror lives:
+	// it names the hub's consumer that feeds the mirror (Feed). Required
+	// by CreateMirror.
+	Region string
 }
 
 func (c *MirrorConfig) setDefaults() {
@@ -65,7 +70,7 @@ func (c *MirrorConfig) declared(origin Identity) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
 		Name:        c.Stream,
 		Description: "infergate events: a region's mirror of the hub's stream",
-		Mirror:      &jetstream.StreamSource{Name: c.Stream, Domain: c.OriginDomain},
+		Mirror:      Feed(c.Stream, c.Region).Source(c.OriginDomain),
 		Storage:     c.storage(),
 		Replicas:    cmp.Or(c.Replicas, DefaultReplicas),
 		Retention:   jetstream.LimitsPolicy,
@@ -136,16 +141,19 @@ func mirrorDomain(src *jetstream.StreamSource) string {
 }
 
 // CreateMirror creates the region's mirror of the hub's stream in the
-// domain js addresses (the region's leaf server), with the identity of the
-// origin's current life (read through hub, a JetStream context on the hub's
-// domain) in its metadata. A mirror of that life already there is left as
-// it is; a mirror of a previous life (the hub's stream was recreated) is
-// deleted and created again, since JetStream would keep its old records.
+// domain js addresses (the region's leaf server, cfg.Region), with the
+// identity of the origin's current life (read through hub, a JetStream
+// context on the hub's domain, as the stream's owner) in its metadata, and
+// the durable consumer on the hub that feeds it (FeedConsumer). A mirror
+// of that life with its feed already there is left as it is (its feed made
+// again if lost); a mirror of a previous life (the hub's stream was
+// recreated), or one fed otherwise, is deleted and created again, since
+// JetStream would keep its old records.
 // This is what `infergate admin stream create-mirror --domain <region>`
 // runs: the mirror, like the hub's stream, is declared once, here.
 func CreateMirror(ctx context.Context, js, hub jetstream.JetStream, cfg MirrorConfig) (*jetstream.StreamInfo, error) {
 	cfg.setDefaults()
-	if err := cfg.Validate(); err != nil {
+	if err := errors.Join(cfg.Validate(), ValidRegion(cfg.Region)); err != nil {
 		return nil, err
 	}
 	origin, err := hub.Stream(ctx, cfg.Stream)
@@ -158,19 +166,30 @@ func CreateMirror(ctx context.Context, js, hub jetstream.JetStream, cfg MirrorCo
 	}
 	life := Identity{Stream: cfg.Stream, Created: oinfo.Created}.truncated()
 	want := cfg.declared(life)
+	feed := Feed(cfg.Stream, cfg.Region)
 	if cur, err := js.Stream(ctx, cfg.Stream); err == nil {
 		got := cur.CachedInfo().Config
 		if cfg.verifyMirror(got) != nil {
 			return nil, fmt.Errorf("eventstore: create mirror: %s exists and is not this region's mirror: %w", cfg.Stream, cfg.verifyMirror(got))
 		}
-		if was, _ := originOf(got); was.Equal(life) {
+		if was, _ := originOf(got); was.Equal(life) && feed.Feeds(got) {
+			// The feed made again if it was lost: from the first record,
+			// which the mirror skips up to what it holds.
+			if err := feed.Ensure(ctx, hub, false); err != nil {
+				return nil, err
+			}
 			return cur.CachedInfo(), nil
 		}
+		// A mirror of a previous life, or fed otherwise (made before
+		// mirrors had a feed): replaced.
 		if err := js.DeleteStream(ctx, cfg.Stream); err != nil {
 			return nil, fmt.Errorf("eventstore: create mirror: delete the mirror of a previous life: %w", err)
 		}
 	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return nil, fmt.Errorf("eventstore: create mirror: %w", err)
+	}
+	if err := feed.Ensure(ctx, hub, true); err != nil {
+		return nil, err
 	}
 	stream, err := js.CreateStream(ctx, want)
 	if err != nil {
@@ -272,4 +291,82 @@ func (s *Store) mirrorState(ctx context.Context, asked time.Time, info *jetstrea
 	st.CurrentAt = asked.Add(-mi.Active)
 	st.Behind = mi.Lag
 	return st, nil
+}
+
+// FeedConsumer is the hub's durable consumer that feeds a region's mirror
+// of a hub stream (nats-server's durable sourcing). CreateMirror makes it
+// on the hub, as the stream's owner; the mirror only asks it to resume
+// (CONSUMER.RESET) and receives its deliveries on one subject. Versus the
+// ephemeral consumer a mirror otherwise creates for itself:
+//
+//   - it outlives a cut link (an ephemeral one is deleted after 10 s
+//     without interest), and once the link is back the mirror resumes it
+//     within seconds (at the leaf connection's return, or at its next
+//     heartbeat) instead of waiting out nats-server's consumer-create
+//     timeout and retry backoff (docs/benchmarks.md, "Catch-up after a
+//     100,000-record partition");
+//   - the region's leaf user needs no right to create consumers on the
+//     hub — a consumer may deliver to any subject, so that right would
+//     let a region push a stream's records into another subject — only
+//     to reset this one and to receive its deliveries.
+type FeedConsumer struct {
+	// Stream is the hub stream; Name the consumer; Deliver the subject it
+	// delivers to, which only the region's leaf user may receive.
+	Stream, Name, Deliver string
+}
+
+// feedMaxAckPending bounds the records in flight between a flow-control
+// acknowledgement and the next: a mirror acknowledges through flow
+// control, so this is the feed's window over the link.
+const feedMaxAckPending = 20_000
+
+// Feed names the consumer feeding region's mirror of stream.
+func Feed(stream, region string) FeedConsumer {
+	return FeedConsumer{Stream: stream, Name: "MIRROR_" + region, Deliver: "infergate.mirror." + region + "." + stream}
+}
+
+// Source is the mirror's source: the hub's stream in originDomain, fed by
+// f.
+func (f FeedConsumer) Source(originDomain string) *jetstream.StreamSource {
+	return &jetstream.StreamSource{Name: f.Stream, Domain: originDomain,
+		Consumer: &jetstream.StreamConsumerSource{Name: f.Name, DeliverSubject: f.Deliver}}
+}
+
+// Ensure makes the consumer on the hub if it is not there; fresh (a new
+// mirror, which holds nothing yet) makes it anew from the stream's first
+// record, since a mirror resumes a durable consumer where it stands.
+func (f FeedConsumer) Ensure(ctx context.Context, hub jetstream.JetStream, fresh bool) error {
+	if fresh {
+		if err := hub.DeleteConsumer(ctx, f.Stream, f.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return fmt.Errorf("eventstore: the mirror's feed %s on the hub: %w", f.Name, err)
+		}
+	}
+	_, err := hub.CreateOrUpdatePushConsumer(ctx, f.Stream, jetstream.ConsumerConfig{
+		Durable:        f.Name,
+		Description:    "infergate: feeds a region's mirror (admin stream create-mirror)",
+		DeliverSubject: f.Deliver,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+		AckPolicy:      jetstream.AckFlowControlPolicy,
+		FlowControl:    true,
+		IdleHeartbeat:  time.Second,
+		MaxAckPending:  feedMaxAckPending,
+	})
+	if err != nil {
+		return fmt.Errorf("eventstore: the mirror's feed %s on the hub: %w", f.Name, err)
+	}
+	return nil
+}
+
+// Feeds reports whether a mirror is fed by f.
+func (f FeedConsumer) Feeds(got jetstream.StreamConfig) bool {
+	c := got.Mirror
+	return c != nil && c.Consumer != nil && c.Consumer.Name == f.Name && c.Consumer.DeliverSubject == f.Deliver
+}
+
+// ValidRegion reports a region name that cannot name a feed.
+func ValidRegion(region string) error {
+	if region == "" || strings.ContainsAny(region, ".*>/\\ \t\r\n") {
+		return fmt.Errorf("eventstore: mirror: region %q: want the region's JetStream domain, a NATS subject token", region)
+	}
+	return nil
 }

@@ -179,3 +179,73 @@ func seqs(recs []eventstore.Record) []uint64 {
 	}
 	return out
 }
+
+// TestMirrorFeed: a region's mirror is fed by its durable consumer on the
+// hub (eventstore.Feed). Run again, CreateMirror keeps the mirror and
+// makes the feed again if it was lost, and the mirror goes on from what
+// it holds; a mirror fed otherwise (made before feeds) is replaced by one
+// with its feed, holding the same records.
+func TestMirrorFeed(t *testing.T) {
+	t.Parallel()
+	hub := natstest.Hub(t)
+	hubJS := natstest.JetStreamOn(t, hub)
+	events := natstest.EventStore(t, hubJS)
+	ctx := t.Context()
+	appendOne := func(i int) {
+		t.Helper()
+		if _, err := events.Append(ctx, keyAgg(fmt.Sprintf("f%d", i)), 0, []*eventv1.Event{updated(fmt.Sprint(i))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendOne(1)
+	leaf := natstest.Leaf(t, "eu", hub.LeafURL())
+	mirror, _ := natstest.Mirror(t, leaf)
+	feed := eventstore.Feed(eventstore.DefaultStream, "eu")
+	if _, err := hubJS.PushConsumer(ctx, eventstore.DefaultStream, feed.Name); err != nil {
+		t.Fatalf("the mirror's feed on the hub: %v", err)
+	}
+	caughtUp := func(m *eventstore.Store, last uint64) {
+		t.Helper()
+		waitUntil(t, fmt.Sprintf("the mirror at %d", last), func() bool {
+			st, err := m.State(ctx)
+			return err == nil && st.LastSeq == last
+		})
+	}
+	caughtUp(mirror, 1)
+
+	// The feed lost (an operator deleted it): made again, from the
+	// first record, and the mirror skips what it holds.
+	if err := hubJS.DeleteConsumer(ctx, eventstore.DefaultStream, feed.Name); err != nil {
+		t.Fatal(err)
+	}
+	mirror, _ = natstest.Mirror(t, leaf)
+	appendOne(2)
+	caughtUp(mirror, 2)
+	recs, _, err := mirror.Load(ctx, keyAgg("f1"))
+	if err != nil || len(recs) != 1 || recs[0].Sequence != 1 {
+		t.Errorf("after the feed was made again the mirror holds %v (%v) for f1, want [1]", seqs(recs), err)
+	}
+
+	// A mirror fed by its own ephemeral consumer, as create-mirror made
+	// them before feeds: replaced.
+	leafJS := natstest.JetStreamOn(t, leaf)
+	info, err := leafJS.Stream(ctx, eventstore.DefaultStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := info.CachedInfo().Config
+	if err := leafJS.DeleteStream(ctx, eventstore.DefaultStream); err != nil {
+		t.Fatal(err)
+	}
+	old.Mirror = &jetstream.StreamSource{Name: eventstore.DefaultStream, Domain: eventstore.DefaultHubDomain}
+	if _, err := leafJS.CreateStream(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	mirror, _ = natstest.Mirror(t, leaf)
+	got, err := leafJS.Stream(ctx, eventstore.DefaultStream)
+	if err != nil || !feed.Feeds(got.CachedInfo().Config) {
+		t.Fatalf("create-mirror on a mirror without a feed: %v, %+v; want it fed by %s", err, got.CachedInfo().Config.Mirror, feed.Name)
+	}
+	appendOne(3)
+	caughtUp(mirror, 3)
+}

@@ -141,7 +141,9 @@ func (p *Proxy) accept(ln net.Listener) {
 }
 
 // pipe copies src to dst, each chunk held back by the delay; closing one
-// side closes both.
+// side closes both. The delay is scheduled, not added: each chunk is
+// stamped when read and written when its stamp plus the delay is due, so
+// chunks queued behind one another do not add their waits up.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	defer dst.Close()
 	defer src.Close()
@@ -152,11 +154,14 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	q := make(chan chunk, 1024)
 	go func() {
 		defer close(q)
+		buf := make([]byte, 32<<10)
 		for {
-			b := make([]byte, 32<<10)
-			n, err := src.Read(b)
+			n, err := src.Read(buf)
 			if n > 0 {
-				q <- chunk{b[:n], time.Now()}
+				// A copy of the bytes read, not a fresh 32 KiB buffer per
+				// read: a link carrying small messages would otherwise
+				// churn the heap, and GC pauses would show as delay.
+				q <- chunk{append([]byte(nil), buf[:n]...), time.Now()}
 			}
 			if err != nil {
 				return

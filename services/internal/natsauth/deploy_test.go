@@ -23,9 +23,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natsauth"
 	"github.com/infergate/infergate/services/internal/receipts"
+	"github.com/infergate/infergate/services/internal/snapshots"
 )
 
 // deployDir is the repository's deploy/nats, which these tests run.
@@ -34,18 +36,14 @@ const deployDir = "../../../deploy/nats"
 // The identities the deploy configs define, by the environment variable
 // that holds each one's public key.
 var deployUsers = map[string]natsauth.Identity{
-	"INFERGATE_NKEY_CONTROL_PLANE": controlPlane,
-	"INFERGATE_NKEY_AUDIT":         auditor,
-	"INFERGATE_NKEY_GW_1":          gateway1,
-	"INFERGATE_NKEY_GW_2":          gateway2,
-	"INFERGATE_NKEY_LEAF_US":       {Role: natsauth.Leaf, Region: "us"},
-	"INFERGATE_NKEY_GW_US_1":       natsauth.GatewayIdentity("us", "gw-us-1"),
+	"INFERGATE_NKEY_CONTROL_PLANE":   controlPlane,
+	"INFERGATE_NKEY_AUDIT":           auditor,
+	"INFERGATE_NKEY_GW_1":            gateway1,
+	"INFERGATE_NKEY_GW_2":            gateway2,
+	"INFERGATE_NKEY_LEAF_US":         {Role: natsauth.Leaf, Region: "us"},
+	"INFERGATE_NKEY_GW_US_1":         natsauth.GatewayIdentity("us", "gw-us-1"),
+	"INFERGATE_NKEY_REGION_ADMIN_US": {Role: natsauth.RegionAdmin, Region: "us"},
 }
-
-// regionAdmin is a test-only user with every permission on the leaf
-// server, which creates the region's mirror (the deploy files leave who
-// owns it to the operator). It reuses the control plane's seed.
-var regionAdmin = natsauth.Identity{Role: natsauth.ControlPlane}
 
 // TestDeployConfigs runs deploy/nats as it is: a 3-node hub cluster from
 // nats-server.conf with TLS on client, route and leaf connections (a CA
@@ -72,11 +70,6 @@ func TestDeployConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("INFERGATE_LEAF_SEED", strings.TrimSpace(string(leafSeed)))
-	adminPub, err := regionAdmin.Ensure(seeds)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("INFERGATE_NKEY_REGION_ADMIN", adminPub)
 
 	// Three hub nodes, each from nats-server.conf with its own name, ports
 	// and store, routed to the others.
@@ -119,15 +112,13 @@ func TestDeployConfigs(t *testing.T) {
 	for j, m := range nodes {
 		leafSubs = append(leafSubs, [2]string{fmt.Sprintf("nats-leaf://nats-%d:7422", j+1), fmt.Sprintf("nats-leaf://127.0.0.1:%d", m.leaf)})
 	}
-	// A test-only admin on the leaf, for the region's mirror below.
-	leafSubs = append(leafSubs, [2]string{"authorization {\n  users: [\n", "authorization {\n  users: [\n    {nkey: $INFERGATE_NKEY_REGION_ADMIN}\n"})
 	leaf, leafOpts := runConfig(t, filepath.Join(dir, "leaf.conf"), readFile(t, filepath.Join(deployDir, "leaf.conf")), leafSubs)
 	waitFor(t, "the leaf server connected to the hub over TLS", func() bool { return leaf.NumLeafNodes() == 1 })
 
 	// The files' users are natsauth's identities, permission for
 	// permission.
 	checkUsers(t, "nats-server.conf", hubOpts, seeds)
-	checkUsers(t, "leaf.conf", leafOpts, seeds, regionAdmin)
+	checkUsers(t, "leaf.conf", leafOpts, seeds)
 
 	hubURL := fmt.Sprintf("tls://127.0.0.1:%d", nodes[0].client)
 	if nc, err := nats.Connect(hubURL, nats.RootCAs(caFile)); err == nil {
@@ -203,15 +194,30 @@ func TestDeployConfigs(t *testing.T) {
 	}
 	gw.deniedPublish(t, "infergate.usage.us.gw-us-2")
 
-	// The region's mirror of the hub's stream, made by the region's admin
-	// (a user the test adds: who owns the mirror is not the deploy files'
-	// concern), fed through the leaf connection as the leaf user; the
-	// region's gateway reads it there.
-	admin := connectTo(leaf.ClientURL(), seeds, nats.RootCAs(caFile))(t, regionAdmin)
-	// The origin's life is read on the hub, as the control plane.
-	if _, err := eventstore.CreateMirror(t.Context(), admin.js, cp.js, eventstore.MirrorConfig{}); err != nil {
+	// The region's mirrors of the hub's stream and snapshot bucket, made
+	// by the region's admin on the leaf server and the control plane on
+	// the hub (their feeds), as create-mirror does, and fed through the
+	// leaf connection as the leaf user; the region's gateway reads them
+	// there.
+	admin := connectTo(leaf.ClientURL(), seeds, nats.RootCAs(caFile))(t, deployUsers["INFERGATE_NKEY_REGION_ADMIN_US"])
+	if _, err := eventstore.CreateMirror(t.Context(), admin.js, cp.js, eventstore.MirrorConfig{Region: "us"}); err != nil {
 		t.Fatalf("create the region's mirror: %v", err)
 	}
+	if _, err := snapshots.CreateMirror(t.Context(), admin.js, cp.js, snapshots.MirrorConfig{Region: "us"}); err != nil {
+		t.Fatalf("create the region's snapshot mirror: %v", err)
+	}
+	admin.noViolations(t)
+	admin.denied(t, "$JS.API.STREAM.PURGE."+natsauth.EventStream, func(ctx context.Context) error {
+		s, err := admin.js.Stream(ctx, natsauth.EventStream)
+		if err != nil {
+			return nil // not the check this is
+		}
+		return s.Purge(ctx)
+	})
+	admin.denied(t, "$JS.API.CONSUMER.CREATE."+natsauth.EventStream, func(ctx context.Context) error {
+		_, err := admin.js.OrderedConsumer(ctx, natsauth.EventStream, jetstream.OrderedConsumerConfig{})
+		return err
+	})
 	hubLast, err := events.LastSequence(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -235,6 +241,20 @@ func TestDeployConfigs(t *testing.T) {
 	if err != nil || len(recs) == 0 || recs[len(recs)-1].Sequence != hubLast {
 		t.Errorf("the region's gateway reads the mirror: %v, %v", recs, err)
 	}
+	// And starts from the snapshot the control plane saved on the hub
+	// (checkRoles), copied into the region.
+	snaps, err := snapshots.Open(t.Context(), gw.js, snapshots.Config{ReadOnly: true})
+	if err != nil {
+		t.Fatalf("the region's gateway opens the snapshot mirror: %v", err)
+	}
+	waitFor(t, "the region's gateway restores the hub's snapshot from the region's copy", func() bool {
+		st, err := mirror.State(t.Context())
+		if err != nil {
+			return false
+		}
+		info, err := snaps.Restore(t.Context(), authmap.New(), st)
+		return err == nil && info.Sequence > 0
+	})
 	gw.noViolations(t)
 }
 

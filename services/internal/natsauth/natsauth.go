@@ -6,7 +6,11 @@
 //   - a gateway reads the event stream and the snapshot bucket and
 //     publishes its receipts on its own subject only;
 //   - audit reads the event stream only;
-//   - a region's leaf server forwards its gateways' receipts to the hub.
+//   - a region's leaf server forwards its gateways' receipts to the hub
+//     and feeds the region's mirrors (of the event stream and of the
+//     snapshot bucket) from their durable consumers on the hub;
+//   - a region's admin creates those mirrors on the region's leaf server
+//     (`infergate admin stream create-mirror`), nothing else.
 //
 // Identities are NATS nkey users: the server holds only public keys and
 // the permissions below; each process holds its own seed file. The same
@@ -26,6 +30,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
+	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/receipts"
 	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/usage"
@@ -54,6 +59,8 @@ const (
 	Audit        Role = "audit"
 	// Leaf is a region's leaf server connecting to the hub (deploy/nats).
 	Leaf Role = "leaf"
+	// RegionAdmin creates the region's mirrors on its leaf server.
+	RegionAdmin Role = "region-admin"
 )
 
 // ErrInvalid wraps every problem with an identity.
@@ -85,7 +92,7 @@ func (i Identity) Validate() error {
 	case Gateway:
 		token("region", i.Region)
 		token("id", i.ID)
-	case Leaf:
+	case Leaf, RegionAdmin:
 		token("region", i.Region)
 	default:
 		errs = append(errs, fmt.Errorf("%w: role %q", ErrInvalid, i.Role))
@@ -98,7 +105,7 @@ func (i Identity) Name() string {
 	switch i.Role {
 	case Gateway:
 		return string(i.Role) + "." + i.Region + "." + i.ID
-	case Leaf:
+	case Leaf, RegionAdmin:
 		return string(i.Role) + "." + i.Region
 	}
 	return string(i.Role)
@@ -147,15 +154,23 @@ func readObjects(bucket string) []string {
 
 // writeObjects is what saving snapshots takes: creating the bucket,
 // reading it, putting an object (its chunks and metadata on $O.<bucket>)
-// and purging the chunks of the object it replaces.
+// and purging the chunks of the object it replaces; and what feeding the
+// regions' mirrors of it takes: making their durable consumers
+// (eventstore.FeedConsumer; one token, the consumer's name, after the
+// stream: no filtered consumers).
 func writeObjects(bucket string) []string {
 	s := "OBJ_" + bucket
 	return append(readObjects(bucket),
 		"$JS.API.STREAM.CREATE."+s,
 		"$JS.API.STREAM.PURGE."+s,
 		"$O."+bucket+".>",
+		"$JS.API.CONSUMER.CREATE."+s+".*",
+		"$JS.API.CONSUMER.DELETE."+s+".*",
 	)
 }
+
+// mirrored are the hub streams a region mirrors.
+var mirrored = []string{EventStream, "OBJ_" + snapshots.DefaultBucket}
 
 // manageStream is what creating, updating and reading stream s takes.
 func manageStream(s string) []string {
@@ -196,15 +211,31 @@ func (i Identity) Permissions() *server.Permissions {
 		// hears receipts: reading them is reading.
 		return perms(readStream("$JS.API", EventStream), []string{inbox, advisories, receipts.SubjectPrefix + ".>"})
 	case Leaf:
-		// Seen from the leaf: it may send its region's receipts, its
-		// mirror's reads of the hub's stream and the mirror's flow control
-		// replies; and receive its gateways' replies, and the mirror
-		// consumer's create replies ($JSC.R) and deliveries ($JS.M).
-		pub := append(readStream("$JS."+hubDomain+".API", EventStream),
-			"$JS.FC."+EventStream+".>",
-			receipts.SubjectPrefix+"."+i.Region+".>",
-			usage.Subject(i.Region, ">"))
-		return perms(pub, []string{"_INBOX." + string(Gateway) + "." + i.Region + ".>", "$JSC.R.>", "$JS.M.>"})
+		// Seen from the leaf: it may send its region's receipts and usage
+		// flushes and its gateways' checks of the hub stream's life; for each mirror, ask
+		// the region's durable consumer on the hub to resume and answer
+		// its flow control; and receive its gateways' replies, the resume
+		// replies ($JSC.R) and that consumer's deliveries. It may create
+		// no consumer on the hub: a consumer may deliver to any subject.
+		pub := []string{"$JS." + hubDomain + ".API.STREAM.INFO." + EventStream, receipts.SubjectPrefix + "." + i.Region + ".>",
+			usage.Subject(i.Region, ">")}
+		sub := []string{"_INBOX." + string(Gateway) + "." + i.Region + ".>", "$JSC.R.>"}
+		for _, s := range mirrored {
+			f := eventstore.Feed(s, i.Region)
+			pub = append(pub, "$JS."+hubDomain+".API.CONSUMER.RESET."+s+"."+f.Name, "$JS.FC."+s+".>")
+			sub = append(sub, f.Deliver)
+		}
+		return perms(pub, sub)
+	case RegionAdmin:
+		// On the region's leaf server: create, inspect and replace (a
+		// mirror of a previous life of the hub's stream) the region's
+		// mirrors. Not update them (a mirror's source cannot change),
+		// purge them, or read them through consumers.
+		var pub []string
+		for _, s := range mirrored {
+			pub = append(pub, "$JS.API.STREAM.INFO."+s, "$JS.API.STREAM.CREATE."+s, "$JS.API.STREAM.DELETE."+s)
+		}
+		return perms(pub, []string{inbox})
 	}
 	return nil
 }

@@ -161,6 +161,9 @@ func (s *Server) LeafNodes() int { return s.srv.NumLeafNodes() }
 // ClientURL is the nats:// URL clients connect to.
 func (s *Server) ClientURL() string { return s.srv.ClientURL() }
 
+// Domain is the server's JetStream domain ("" for none).
+func (s *Server) Domain() string { return s.srv.JetStreamConfig().Domain }
+
 // Connect opens a client connection to the server.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	nc, err := nats.Connect(s.ClientURL(), opts...)

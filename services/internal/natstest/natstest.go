@@ -18,6 +18,7 @@ import (
 
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/snapshots"
 )
 
 // Start starts a server on a free port with its store in a temporary
@@ -183,11 +184,12 @@ func Leaf(t testing.TB, region, leafURL string) *natsembed.Server {
 	return s
 }
 
-// Mirror creates the region's mirror of the hub's stream on leaf (as
-// `infergate admin stream create-mirror` would) and opens a store on it,
-// checking the origin's life through the hub's domain. It returns the
-// store and its connection to the leaf server (a region's gateway sends
-// its receipts on it).
+// Mirror creates the region's mirrors of the hub's stream and snapshot
+// bucket on leaf (as `infergate admin stream create-mirror` does) and
+// opens a store on the stream's, checking the origin's life through the
+// hub's domain. It returns the store and its connection to the leaf
+// server (a region's gateway sends its receipts on it, and reads the
+// region's snapshots: snapshots.Open).
 func Mirror(t testing.TB, leaf *natsembed.Server) (*eventstore.Store, *nats.Conn) {
 	t.Helper()
 	nc := Connect(t, leaf)
@@ -199,12 +201,15 @@ func Mirror(t testing.TB, leaf *natsembed.Server) (*eventstore.Store, *nats.Conn
 	if err != nil {
 		t.Fatalf("natstest: %v", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// The hub's JetStream API may not answer through a link just up until
 	// the link's interest has spread: retry until the bound.
 	for {
-		_, err := eventstore.CreateMirror(ctx, js, hub, eventstore.MirrorConfig{})
+		_, err := eventstore.CreateMirror(ctx, js, hub, eventstore.MirrorConfig{Region: leaf.Domain()})
+		if err == nil {
+			_, err = snapshots.CreateMirror(ctx, js, hub, snapshots.MirrorConfig{Region: leaf.Domain()})
+		}
 		if err == nil {
 			break
 		}

@@ -47,6 +47,9 @@ func StartProcess(t *testing.T, bin string, env []string, args ...string) *Proce
 	return p
 }
 
+// Signal sends sig to the process (SIGSTOP freezes it, SIGCONT resumes it).
+func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
 // Stop sends SIGTERM and fails the test unless the process exits 0 soon.
 func (p *Process) Stop() {
 	p.t.Helper()

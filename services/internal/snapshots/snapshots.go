@@ -196,8 +196,11 @@ func infoOf(oi *jetstream.ObjectInfo) (Info, error) {
 // usable says why a snapshot cannot start a map following stream; nil
 // when it can.
 func usable(info Info, stream eventstore.StreamState) error {
+	// Lives compared as identities (to the microsecond): a region's
+	// mirror reports the hub stream's life it copies at that precision.
+	saved := eventstore.StreamState{Stream: info.Stream, Created: info.StreamCreated}.Identity()
 	switch {
-	case info.Stream != stream.Stream || !info.StreamCreated.Equal(stream.Created):
+	case !saved.Equal(stream.Identity()):
 		return fmt.Errorf("%w: saved from stream %s created %s, not %s created %s", ErrNotUsable,
 			info.Stream, info.StreamCreated.Format(time.RFC3339Nano), stream.Stream, stream.Created.Format(time.RFC3339Nano))
 	case info.Sequence > stream.LastSeq:

@@ -104,3 +104,33 @@ func TestSaveRestore(t *testing.T) {
 		t.Errorf("Latest after a second save = %+v, %v", latest, err)
 	}
 }
+
+// TestRestoreOnTheLifeAMirrorReports: a region's mirror reports the hub
+// stream's life to the microsecond (eventstore.OpenMirror); a snapshot the
+// hub's snapshotter saved with the life to the nanosecond is of that same
+// life, and restores there. Another life (a microsecond apart) does not.
+func TestRestoreOnTheLifeAMirrorReports(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.JetStream(t)
+	store, err := snapshots.Open(t.Context(), js, snapshots.Config{Memory: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	created := time.Date(2026, 12, 1, 0, 30, 13, 788161729, time.UTC)
+	hub := eventstore.StreamState{Stream: "EVENTS", Created: created, FirstSeq: 1, LastSeq: 10}
+	m := authmap.New()
+	m.Apply(7, keyCreated("alpha", "ig_x"))
+	if _, err := store.Save(t.Context(), m, hub); err != nil {
+		t.Fatal(err)
+	}
+	region := hub
+	region.Created = created.Truncate(time.Microsecond)
+	if info, err := store.Restore(t.Context(), authmap.New(), region); err != nil || info.Sequence != 7 {
+		t.Errorf("restore on the life a region's mirror reports: %+v, %v", info, err)
+	}
+	other := hub
+	other.Created = created.Add(time.Microsecond)
+	if _, err := store.Restore(t.Context(), authmap.New(), other); !errors.Is(err, snapshots.ErrNotUsable) {
+		t.Errorf("restore on another life: %v, want ErrNotUsable", err)
+	}
+}

@@ -59,7 +59,7 @@ func run() error {
 	fs.StringVar(&logLevel, "log-level", env("INFERGATE_LOG_LEVEL", "info"), "debug, info, warn or error (env INFERGATE_LOG_LEVEL)")
 	fs.DurationVar(&grace, "shutdown-grace", 30*time.Second, "how long open requests (streams) may take at shutdown")
 	snapshotBucket := fs.String("snapshot-bucket", env("INFERGATE_SNAPSHOT_BUCKET", snapshots.DefaultBucket),
-		`object store bucket to start the auth map from (the latest usable snapshot, which the control plane saves); "" for none (env INFERGATE_SNAPSHOT_BUCKET)`)
+		`object store bucket to start the auth map from (the latest usable snapshot, which the control plane saves; in a region, on its leaf server, the region's copy made by admin stream create-mirror); "" for none (env INFERGATE_SNAPSHOT_BUCKET)`)
 	fastPath := fs.Bool("http1-fastpath", env("INFERGATE_HTTP1_FASTPATH", "true") != "false",
 		"serve common HTTP/1.1 requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
 	upstreamAllow := fs.String("upstream-allow", env("INFERGATE_UPSTREAM_ALLOW", ""),

@@ -16,13 +16,14 @@ import (
 
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natsauth"
+	"github.com/infergate/infergate/services/internal/snapshots"
 )
 
 const streamUsage = `usage:
   infergate admin stream create --replicas N [--duplicate-window D] [--memory] [--stream events|usage]
   infergate admin stream update [--replicas N] [--duplicate-window D] [--stream events|usage]
   infergate admin stream info [--stream events|usage]
-  infergate admin stream create-mirror --domain REGION [--hub-nats-url URL | --hub-domain hub] [--replicas N] [--memory]
+  infergate admin stream create-mirror --domain REGION [--hub-nats-url URL --hub-nats-nkey FILE | --hub-domain hub] [--replicas N] [--snapshot-max-bytes N] [--memory]
 flags of each: --nats-url (env INFERGATE_NATS_URL), --nats-nkey (env INFERGATE_NATS_NKEY), --nats-ca (env INFERGATE_NATS_CA), -o table|json`
 
 // runAdmin runs `infergate admin …`: the operator's commands that talk to
@@ -115,7 +116,12 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // adminConnect connects to NATS as the stream's owner: the control plane's
 // NATS user (natsauth), the one identity that may create and update it.
 func adminConnect(url, nkey, ca string) (*nats.Conn, error) {
-	auth, err := natsauth.Identity{Role: natsauth.ControlPlane}.ClientOptions(nkey, ca)
+	return connectAs(natsauth.Identity{Role: natsauth.ControlPlane}, url, nkey, ca)
+}
+
+// connectAs connects to NATS as id.
+func connectAs(id natsauth.Identity, url, nkey, ca string) (*nats.Conn, error) {
+	auth, err := id.ClientOptions(nkey, ca)
 	if err != nil {
 		return nil, err
 	}
@@ -126,18 +132,26 @@ func adminConnect(url, nkey, ca string) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// runCreateMirror creates a region's mirror of the hub's stream in the
-// region's JetStream domain, with the hub stream's current life in its
-// metadata; run again after the hub's stream was recreated, it replaces
-// the mirror of the previous life (eventstore.CreateMirror). It needs a
-// NATS user that may manage streams in the region's domain.
+// runCreateMirror creates a region's mirrors of the hub's stream and of
+// its snapshot bucket in the region's JetStream domain, and on the hub the
+// durable consumers that feed them; the stream's mirror holds the hub
+// stream's current life in its metadata, and run again after the hub's
+// stream was recreated it replaces the mirror of the previous life
+// (eventstore.CreateMirror, snapshots.CreateMirror). On the region's leaf
+// server it connects as the region's admin (natsauth.RegionAdmin); on the
+// hub as the control plane, which owns the stream.
 func runCreateMirror(ctx context.Context, fs *flag.FlagSet, args []string, natsURL, natsNkey, natsCA, output *string, stdout io.Writer) error {
-	var cfg eventstore.MirrorConfig
-	domain := fs.String("domain", "", "the region's JetStream domain (its leaf server's), where the mirror lives; required")
+	var (
+		cfg   eventstore.MirrorConfig
+		snaps snapshots.MirrorConfig
+	)
+	domain := fs.String("domain", "", "the region's JetStream domain (its leaf server's), where the mirrors live; required")
 	fs.StringVar(&cfg.OriginDomain, "hub-domain", eventstore.DefaultHubDomain, "the hub's JetStream domain, where the stream is")
-	hubURL := fs.String("hub-nats-url", "", "the hub's NATS URLs, to read the stream's life there as the control plane (--nats-url is then the region's leaf server); default: through --nats-url and the hub's domain")
-	fs.IntVar(&cfg.Replicas, "replicas", 1, "replicas of the mirror in the region")
-	fs.BoolVar(&cfg.Memory, "memory", false, "keep the mirror in memory (tests and demos only)")
+	hubURL := fs.String("hub-nats-url", "", "the hub's NATS URLs, where the mirrors' feeds are made and the stream's life is read, as the control plane (--nats-url is then the region's leaf server); default: through --nats-url and the hub's domain, which a leaf server's users may not do")
+	hubNkey := fs.String("hub-nats-nkey", os.Getenv("INFERGATE_HUB_NATS_NKEY"), "with --hub-nats-url: nkey seed file of the control plane's NATS user on the hub (env INFERGATE_HUB_NATS_NKEY); --nats-nkey is then the region admin's, on its leaf server")
+	fs.IntVar(&cfg.Replicas, "replicas", 1, "replicas of the mirrors in the region")
+	fs.Int64Var(&snaps.MaxBytes, "snapshot-max-bytes", snapshots.DefaultMirrorMaxBytes, "bound of the region's copy of the snapshot bucket, which drops its oldest snapshots past it (a mirror does not copy the hub's purges); a few times the latest snapshot's size")
+	fs.BoolVar(&cfg.Memory, "memory", false, "keep the mirrors in memory (tests and demos only)")
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
@@ -145,9 +159,12 @@ func runCreateMirror(ctx context.Context, fs *flag.FlagSet, args []string, natsU
 		fmt.Fprintln(fs.Output(), "--domain is required: the region's JetStream domain")
 		return errUsage
 	}
+	if snaps.MaxBytes <= 0 {
+		return fmt.Errorf("--snapshot-max-bytes must be positive, not %d", snaps.MaxBytes)
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	nc, err := adminConnect(*natsURL, *natsNkey, *natsCA)
+	nc, err := connectAs(natsauth.Identity{Role: natsauth.RegionAdmin, Region: *domain}, *natsURL, *natsNkey, *natsCA)
 	if err != nil {
 		return err
 	}
@@ -161,7 +178,7 @@ func runCreateMirror(ctx context.Context, fs *flag.FlagSet, args []string, natsU
 		return err
 	}
 	if *hubURL != "" {
-		hnc, err := adminConnect(*hubURL, *natsNkey, *natsCA)
+		hnc, err := adminConnect(*hubURL, *hubNkey, *natsCA)
 		if err != nil {
 			return err
 		}
@@ -173,26 +190,37 @@ func runCreateMirror(ctx context.Context, fs *flag.FlagSet, args []string, natsU
 			return err
 		}
 	}
+	cfg.Region = *domain
 	info, err := eventstore.CreateMirror(ctx, region, hub, cfg)
 	if err != nil {
 		return err
 	}
+	snaps.Region, snaps.OriginDomain, snaps.Replicas, snaps.Memory = *domain, cfg.OriginDomain, cfg.Replicas, cfg.Memory
+	sinfo, err := snapshots.CreateMirror(ctx, region, hub, snaps)
+	if err != nil {
+		return err
+	}
 	v := struct {
-		Mirror   string `json:"mirror"`
-		Domain   string `json:"domain"`
-		Of       string `json:"of"`
-		Life     string `json:"origin_created"`
-		LastSeq  uint64 `json:"last_seq"`
-		Replicas int    `json:"replicas"`
+		Mirror         string `json:"mirror"`
+		Domain         string `json:"domain"`
+		Of             string `json:"of"`
+		Life           string `json:"origin_created"`
+		LastSeq        uint64 `json:"last_seq"`
+		Replicas       int    `json:"replicas"`
+		Feed           string `json:"feed"`
+		Snapshots      string `json:"snapshots_mirror"`
+		SnapshotsBound int64  `json:"snapshots_max_bytes"`
 	}{info.Config.Name, *domain, info.Config.Name + " in domain " + cfg.OriginDomain,
-		info.Config.Metadata[eventstore.MetaOriginCreated], info.State.LastSeq, info.Config.Replicas}
+		info.Config.Metadata[eventstore.MetaOriginCreated], info.State.LastSeq, info.Config.Replicas,
+		eventstore.Feed(info.Config.Name, *domain).Name, sinfo.Config.Name, sinfo.Config.MaxBytes}
 	if *output == "json" {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 2, 2, ' ', 0)
-	fmt.Fprintf(tw, "mirror\t%s (domain %s)\nof\t%s, created %s\nlast sequence\t%d\nreplicas\t%d\n", v.Mirror, v.Domain, v.Of, v.Life, v.LastSeq, v.Replicas)
+	fmt.Fprintf(tw, "mirror\t%s (domain %s)\nof\t%s, created %s\nlast sequence\t%d\nreplicas\t%d\nfed by\tconsumer %s on the hub\nsnapshots\t%s (domain %s), at most %d bytes\n",
+		v.Mirror, v.Domain, v.Of, v.Life, v.LastSeq, v.Replicas, v.Feed, v.Snapshots, v.Domain, v.SnapshotsBound)
 	return tw.Flush()
 }
 

@@ -5,6 +5,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -177,5 +179,75 @@ func TestAdminStreamAsTheControlPlane(t *testing.T) {
 	}
 	if out, err := stream(t.Context(), cp.SeedFile(keys), "info"); err != nil {
 		t.Errorf("info as the control plane: %v\n%s", err, out)
+	}
+}
+
+// TestAdminStreamCreateMirror: on servers with users, as in deploy/nats,
+// `admin stream create-mirror` makes a region's mirrors of the event
+// stream and of the snapshot bucket as the region's admin on its leaf
+// server (natsauth.RegionAdmin, who may do nothing else) and their feeds
+// on the hub as the control plane; run again, it keeps them.
+func TestAdminStreamCreateMirror(t *testing.T) {
+	t.Parallel()
+	keys := t.TempDir()
+	cp := natsauth.Identity{Role: natsauth.ControlPlane}
+	leafID := natsauth.Identity{Role: natsauth.Leaf, Region: "eu"}
+	admin := natsauth.Identity{Role: natsauth.RegionAdmin, Region: "eu"}
+	hubUsers, err := natsauth.Users(keys, cp, leafID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), Domain: eventstore.DefaultHubDomain, LeafPort: -1, Users: hubUsers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(hub.Shutdown)
+	leafUsers, err := natsauth.Users(keys, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, err := os.ReadFile(leafID.SeedFile(keys))
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, _ := url.Parse(hub.LeafURL())
+	leaf, err := natsembed.Start(natsembed.Config{StoreDir: t.TempDir(), Domain: "eu", Users: leafUsers,
+		LeafRemotes: []*url.URL{u}, LeafNkeySeed: strings.TrimSpace(string(seed))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(leaf.Shutdown)
+	for deadline := time.Now().Add(10 * time.Second); leaf.LeafNodes() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the leaf server did not link to the hub")
+		}
+	}
+	admin0 := func(args ...string) (string, error) {
+		var out bytes.Buffer
+		err := run(t.Context(), append([]string{"admin", "stream"}, args...), &out, &out)
+		return out.String(), err
+	}
+	if out, err := admin0("create", "--replicas", "1", "--memory", "--nats-url", hub.ClientURL(), "--nats-nkey", cp.SeedFile(keys)); err != nil {
+		t.Fatalf("create the hub's stream: %v\n%s", err, out)
+	}
+	for range 2 {
+		out, err := admin0("create-mirror", "--domain", "eu", "--memory",
+			"--nats-url", leaf.ClientURL(), "--nats-nkey", admin.SeedFile(keys),
+			"--hub-nats-url", hub.ClientURL(), "--hub-nats-nkey", cp.SeedFile(keys))
+		if err != nil {
+			t.Fatalf("create-mirror: %v\n%s", err, out)
+		}
+		for _, want := range []string{"INFERGATE_EVENTS (domain eu)", "consumer MIRROR_eu on the hub", "OBJ_INFERGATE_SNAPSHOTS (domain eu)"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("create-mirror printed\n%s\nwithout %q", out, want)
+			}
+		}
+	}
+	// The region admin's seed on the hub is no one's.
+	short, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	if err := run(short, []string{"admin", "stream", "info", "--nats-url", hub.ClientURL(), "--nats-nkey", admin.SeedFile(keys)}, &out, &out); err == nil {
+		t.Errorf("the region admin read the hub's stream:\n%s", out.String())
 	}
 }

@@ -209,6 +209,7 @@ func printBanner(cfg Config, st *Stack) {
 		}
 		fmt.Fprintf(w, "  links          %s/regions   (GET: each region's link and gateway status)\n", st.RegionsURL)
 		fmt.Fprintf(w, "  cut a region   curl -X POST %s/regions/%s/cut    (heal: .../heal)\n", st.RegionsURL, st.Regions[0].Name)
+		fmt.Fprintf(w, "  restart a region's gateway   curl -X POST %s/regions/%s/restart   (from the region's snapshot and mirror)\n", st.RegionsURL, st.Regions[0].Name)
 	}
 	fmt.Fprintf(w, "\nCtrl-C stops it; the data stays in %s.\n", cfg.DataDir)
 }

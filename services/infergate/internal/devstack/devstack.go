@@ -228,7 +228,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	defer plane.Close()
-	snapshotter, err := openSnapshotter(ctx, plane, cfg.Log)
+	snapshotter, err := openSnapshotter(ctx, plane, len(cfg.Regions) > 0, cfg.Log)
 	if err != nil {
 		return err
 	}
@@ -384,12 +384,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return front.Serve(ctx, gwLn, 5*time.Second)
 	})
 	for _, r := range st.Regions {
-		run("gateway "+r.Name, func() error { return r.gateway.Run(ctx) })
-		run("gateway server "+r.Name, func() error {
-			front := gateway.NewFront(httpserver.New(r.ln.Addr().String(), r.gateway.Handler()), !cfg.NoHTTP1FastPath, r.gateway.Bounds())
-			front.Use(r.gateway)
-			return front.Serve(ctx, r.ln, 5*time.Second)
-		})
+		run("gateway "+r.Name, func() error { return r.run(ctx, !cfg.NoHTTP1FastPath) })
 	}
 	if regionsLn != nil {
 		run("regions control", func() error {
@@ -460,13 +455,19 @@ func bindAs(ctx context.Context, connect func(natsauth.Identity) (*nats.Conn, er
 }
 
 // openSnapshotter opens the snapshot bucket as the control plane, the one
-// writer of snapshots.
-func openSnapshotter(ctx context.Context, plane *controlplane.Plane, log *slog.Logger) (*snapshots.Snapshotter, error) {
+// writer of snapshots. With regions it saves one within seconds of every
+// change (a demo's history is short), so a region's restarted gateway can
+// be seen starting from the region's copy.
+func openSnapshotter(ctx context.Context, plane *controlplane.Plane, regions bool, log *slog.Logger) (*snapshots.Snapshotter, error) {
 	store, err := snapshots.Open(ctx, plane.JS, snapshots.Config{})
 	if err != nil {
 		return nil, err
 	}
-	return snapshots.NewSnapshotter(snapshots.SnapshotterConfig{Events: plane.Events, Store: store, Log: log})
+	cfg := snapshots.SnapshotterConfig{Events: plane.Events, Store: store, Log: log}
+	if regions {
+		cfg.Every, cfg.Check = 1, 2*time.Second
+	}
+	return snapshots.NewSnapshotter(cfg)
 }
 
 // waitReady returns once the read model and the gateway have caught up.
@@ -478,7 +479,7 @@ func (st *Stack) waitReady(ctx context.Context, plane *controlplane.Plane) error
 	defer tick.Stop()
 	ready := func() bool {
 		for _, r := range st.Regions {
-			if !r.gateway.Ready() {
+			if !r.Gateway().Ready() {
 				return false
 			}
 		}

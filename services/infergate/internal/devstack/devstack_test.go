@@ -99,12 +99,13 @@ func TestRunRegions(t *testing.T) {
 	if len(st.Regions) != 2 || !strings.Contains(out.String(), st.Regions[1].GatewayURL) || !strings.Contains(out.String(), st.RegionsURL+"/regions/eu/cut") {
 		t.Fatalf("banner without the regions:\n%s", out.String())
 	}
+	last := st.Gateway.Applied()
 	for _, r := range st.Regions {
 		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := r.Gateway.WaitApplied(wctx, st.Gateway.Applied())
+		err := r.Gateway().WaitApplied(wctx, last)
 		cancel()
-		if !r.Gateway.Ready() || err != nil {
-			t.Errorf("region %s: ready %v, %v; the hub's gateway applied %d", r.Name, r.Gateway.Ready(), err, st.Gateway.Applied())
+		if !r.Gateway().Ready() || err != nil {
+			t.Errorf("region %s: ready %v, %v; the hub's gateway applied %d", r.Name, r.Gateway().Ready(), err, last)
 		}
 	}
 	// A request through the us region's gateway is counted at the hub:
@@ -143,8 +144,29 @@ func TestRunRegions(t *testing.T) {
 		}
 	}
 	eu := st.Regions[0]
+	// The hub's snapshotter saves the demo's map and JetStream copies it
+	// into each region.
+	waitFor(t, "eu holds the hub's snapshot of the demo", func() bool {
+		info, err := eu.Snapshot(ctx)
+		return err == nil && info.Sequence == last
+	})
 	post("/regions/eu/cut")
 	waitFor(t, "eu cut off", func() bool { return !eu.Linked() })
+	// Restarted during the cut, eu's gateway starts from eu's snapshot
+	// and mirror, and serves on the same address.
+	post("/regions/eu/restart")
+	waitFor(t, "eu's new gateway ready", func() bool { return eu.Gateway().Ready() })
+	if got := eu.Gateway().Status().SnapshotSequence; got != last {
+		t.Errorf("eu's restarted gateway started from snapshot %d; want eu's copy, at %d", got, last)
+	}
+	resp, err = http.Get(strings.Replace(eu.GatewayURL, "localhost", "127.0.0.1", 1) + "/readyz")
+	if err != nil {
+		t.Fatalf("eu's restarted gateway: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("eu's restarted gateway /readyz: %s", resp.Status)
+	}
 	post("/regions/eu/heal")
 	waitFor(t, "eu linked again", eu.Linked)
 	cancel()

@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -21,36 +22,126 @@ import (
 
 	"github.com/infergate/infergate/services/gateway"
 	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/httpserver"
 	"github.com/infergate/infergate/services/internal/linkproxy"
 	"github.com/infergate/infergate/services/internal/natsauth"
 	"github.com/infergate/infergate/services/internal/natsembed"
+	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
 )
 
 // With Config.Regions the stack is the topology of docs/multi-region.md
 // on one machine: the embedded server is the hub (JetStream domain
 // "hub"), and each region has its own leaf NATS server (its own domain,
-// a mirror of the event stream) linked to the hub through a proxy the
-// stack controls, and one gateway reading only that mirror. The regions'
-// control address cuts and heals each region's link.
+// mirrors of the event stream and of the snapshot bucket) linked to the
+// hub through a proxy the stack controls, and one gateway reading only
+// those. The regions' control address cuts and heals each region's link
+// and restarts its gateway.
 
 // Region is one region of a stack started with Config.Regions.
 type Region struct {
 	Name       string
 	GatewayURL string
 	NATSURL    string
-	Gateway    *gateway.Gateway
 
-	link    *linkproxy.Proxy
-	leaf    *natsembed.Server
-	conns   []*nats.Conn
-	ln      net.Listener
-	gateway *gateway.Gateway
+	link  *linkproxy.Proxy
+	leaf  *natsembed.Server
+	conns []*nats.Conn
+	ln    net.Listener
+	// gwCfg makes the region's gateway, again at each restart.
+	gwCfg gateway.Config
+	// snaps is the region's copy of the hub's snapshot bucket.
+	snaps   *snapshots.Store
+	gateway atomic.Pointer[gateway.Gateway]
+	// restarts asks run for a new gateway; it answers on the channel sent.
+	restarts chan chan error
+}
+
+// Gateway is the region's gateway now (a restart makes a new one).
+func (r *Region) Gateway() *gateway.Gateway { return r.gateway.Load() }
+
+// Restart stops the region's gateway and starts a new one on the same
+// address, as a restarted process would: it builds its map from the
+// region's latest snapshot and mirror, without the hub.
+func (r *Region) Restart(ctx context.Context) error {
+	done := make(chan error, 1)
+	select {
+	case r.restarts <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run serves the region's gateway on its address until ctx ends, with a
+// new gateway at each Restart.
+func (r *Region) run(ctx context.Context, fastPath bool) error {
+	for {
+		g := r.Gateway()
+		gctx, stop := context.WithCancel(ctx)
+		errc := make(chan error, 2)
+		go func() { errc <- g.Run(gctx) }()
+		go func() {
+			front := gateway.NewFront(httpserver.New(r.ln.Addr().String(), g.Handler()), fastPath, g.Bounds())
+			front.Use(g)
+			errc <- front.Serve(gctx, r.ln, time.Second)
+		}()
+		var done chan error
+		select {
+		case <-ctx.Done():
+		case done = <-r.restarts:
+		case err := <-errc:
+			stop()
+			<-errc
+			if ctx.Err() == nil && !errors.Is(err, context.Canceled) {
+				return err
+			}
+			return nil
+		}
+		stop()
+		<-errc
+		<-errc
+		if done == nil {
+			return nil
+		}
+		// The same address: the listener was closed with the front.
+		_ = r.ln.Close()
+		err := r.newGateway(r.ln.Addr().String())
+		done <- err
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// newGateway makes a new gateway for the region, listening on addr.
+func (r *Region) newGateway(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("region %s gateway: %w", r.Name, err)
+	}
+	g, err := gateway.New(r.gwCfg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	r.ln = ln
+	r.gateway.Store(g)
+	return nil
 }
 
 // Cut cuts the region's leaf-node link to the hub; Heal restores it.
 func (r *Region) Cut()        { r.link.Cut() }
 func (r *Region) Heal() error { return r.link.Heal() }
+
+// Snapshot is the latest snapshot in the region's copy of the bucket;
+// snapshots.ErrNone when there is none yet.
+func (r *Region) Snapshot(ctx context.Context) (snapshots.Info, error) { return r.snaps.Latest(ctx) }
 
 // Linked reports whether the region's leaf server is linked to the hub.
 func (r *Region) Linked() bool { return r.leaf.LeafNodes() > 0 }
@@ -83,8 +174,9 @@ func hubUsers(keysDir string, regions []string) ([]*server.NkeyUser, error) {
 }
 
 // startRegion starts region's leaf server linked to the hub through a
-// proxy, creates its mirror (the stack owns it, as it owns the hub's
-// stream) and its gateway, which reads only the mirror.
+// proxy, creates its mirrors of the event stream and of the snapshot
+// bucket as the region's admin (the stack owns them, as it owns the hub's
+// stream) and its gateway, which reads only those.
 func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub jetstream.JetStream, name string) (_ *Region, err error) {
 	r := &Region{Name: name}
 	defer func() {
@@ -101,14 +193,10 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 		return nil, err
 	}
 	gwID := natsauth.GatewayIdentity(name, regionGatewayID(name))
-	gwPub, err := gwID.Ensure(keysDir)
-	if err != nil {
-		return nil, err
-	}
-	// The region's owner, who creates its mirror: the stack, as the
-	// control plane's key with every permission on the leaf server only.
-	plane := natsauth.Identity{Role: natsauth.ControlPlane}
-	planePub, err := plane.Ensure(keysDir)
+	// The region's admin, who creates its mirrors (their feeds on the hub
+	// are made through hub, as the control plane).
+	adminID := natsauth.Identity{Role: natsauth.RegionAdmin, Region: name}
+	users, err := natsauth.Users(keysDir, gwID, adminID)
 	if err != nil {
 		return nil, err
 	}
@@ -116,7 +204,7 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	r.leaf, err = natsembed.Start(natsembed.Config{
 		StoreDir: filepath.Join(cfg.DataDir, "nats-"+name), ServerName: "leaf-" + name, Domain: name,
 		LeafRemotes: []*url.URL{u}, LeafNkeySeed: strings.TrimSpace(string(seed)),
-		Users: []*server.NkeyUser{gwID.User(gwPub), {Nkey: planePub}},
+		Users: users,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
@@ -139,7 +227,7 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 		}
 		return nc, err
 	}
-	admin, err := connect(plane)
+	admin, err := connect(adminID)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +235,10 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	if err != nil {
 		return nil, err
 	}
-	if _, err := eventstore.CreateMirror(ctx, adminJS, hub, eventstore.MirrorConfig{}); err != nil {
+	if _, err := eventstore.CreateMirror(ctx, adminJS, hub, eventstore.MirrorConfig{Region: name}); err != nil {
+		return nil, fmt.Errorf("region %s: %w", name, err)
+	}
+	if _, err := snapshots.CreateMirror(ctx, adminJS, hub, snapshots.MirrorConfig{Region: name}); err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
 	}
 	gwNC, err := connect(gwID)
@@ -166,24 +257,25 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	if err != nil {
 		return nil, fmt.Errorf("region %s: %w", name, err)
 	}
-	if r.ln, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
-		return nil, fmt.Errorf("region %s gateway: %w", name, err)
+	if r.snaps, err = snapshots.Open(ctx, gwJS, snapshots.Config{ReadOnly: true}); err != nil {
+		return nil, fmt.Errorf("region %s: %w", name, err)
 	}
-	r.GatewayURL = "http://" + cfg.BaseDomain + ":" + port(r.ln.Addr())
-	r.gateway, err = gateway.New(gateway.Config{
-		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name),
+	r.gwCfg = gateway.Config{
+		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name), Snapshots: r.snaps,
 		Log: cfg.Log, Upstreams: upstreampolicy.MustParse(upstreampolicy.Loopback), MaxStaleness: cfg.RegionMaxStaleness,
 		Usage: gateway.Usage{FlushInterval: cfg.UsageFlushInterval},
-	})
-	if err != nil {
+	}
+	if err := r.newGateway("127.0.0.1:0"); err != nil {
 		return nil, err
 	}
-	r.Gateway = r.gateway
+	r.GatewayURL = "http://" + cfg.BaseDomain + ":" + port(r.ln.Addr())
+	r.restarts = make(chan chan error)
 	return r, nil
 }
 
 // regionsControl serves the regions' link switches:
-// POST /regions/<name>/cut, POST /regions/<name>/heal, GET /regions.
+// POST /regions/<name>/cut, POST /regions/<name>/heal,
+// POST /regions/<name>/restart (the region's gateway), GET /regions.
 func regionsControl(regions []*Region, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	find := func(w http.ResponseWriter, req *http.Request) *Region {
@@ -211,16 +303,32 @@ func regionsControl(regions []*Region, log *slog.Logger) http.Handler {
 			fmt.Fprintf(w, "region %s linked to the hub again\n", r.Name)
 		}
 	})
-	mux.HandleFunc("GET /regions", func(w http.ResponseWriter, _ *http.Request) {
+	mux.HandleFunc("POST /regions/{name}/restart", func(w http.ResponseWriter, req *http.Request) {
+		if r := find(w, req); r != nil {
+			ctx, cancel := context.WithTimeout(req.Context(), 30*time.Second)
+			defer cancel()
+			if err := r.Restart(ctx); err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			log.Warn("region's gateway restarted", "region", r.Name)
+			fmt.Fprintf(w, "region %s's gateway restarted: it starts from the region's snapshot and mirror (GET /regions: ready, snapshot_sequence)\n", r.Name)
+		}
+	})
+	mux.HandleFunc("GET /regions", func(w http.ResponseWriter, req *http.Request) {
 		type view struct {
-			Region  string         `json:"region"`
-			Linked  bool           `json:"linked"`
-			Gateway string         `json:"gateway"`
-			Status  gateway.Status `json:"status"`
+			Region  string `json:"region"`
+			Linked  bool   `json:"linked"`
+			Gateway string `json:"gateway"`
+			// Snapshot is the sequence of the latest snapshot in the
+			// region's copy of the bucket (0: none yet).
+			Snapshot uint64         `json:"snapshot_sequence"`
+			Status   gateway.Status `json:"status"`
 		}
 		var out []view
 		for _, r := range regions {
-			out = append(out, view{r.Name, r.Linked(), r.GatewayURL, r.gateway.Status()})
+			snap, _ := r.Snapshot(req.Context())
+			out = append(out, view{r.Name, r.Linked(), r.GatewayURL, snap.Sequence, r.Gateway().Status()})
 		}
 		w.Header().Set("Content-Type", "application/json")
 		enc := json.NewEncoder(w)
