@@ -23,8 +23,9 @@ func (m *Map) Clone() *Map {
 		dels:     append([]uint32(nil), m.dels...),
 		// Both maps append to their rotations: they must not share spare
 		// capacity.
-		rots:    slices.Clone(m.rots),
-		lastRot: maps.Clone(m.lastRot),
+		rots:     slices.Clone(m.rots),
+		lastRot:  maps.Clone(m.lastRot),
+		depNames: append([][2]string(nil), m.depNames...),
 	}
 	for p, id := range m.projects {
 		c.projects[p] = id
