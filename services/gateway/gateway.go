@@ -22,12 +22,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/infergate/infergate/services/gateway/internal/bounds"
 	"github.com/infergate/infergate/services/gateway/internal/metrics"
 	"github.com/infergate/infergate/services/gateway/internal/proxy"
 	"github.com/infergate/infergate/services/gateway/internal/route"
+	"github.com/infergate/infergate/services/gateway/internal/tally"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/follow"
@@ -87,7 +89,27 @@ type Config struct {
 	// bounds"); zero fields take their defaults. Serve the gateway with a
 	// Front made with the same.
 	Bounds Bounds
+	// Usage is how the gateway counts and publishes usage
+	// (docs/usage.md).
+	Usage Usage
 }
+
+// Usage configures usage counting.
+type Usage struct {
+	// FlushInterval is how often counts are published to the usage
+	// stream; 0: DefaultUsageFlushInterval; negative: usage is not
+	// counted.
+	FlushInterval time.Duration
+	// MaxPending bounds the rows (deployment, key, minute) kept while
+	// NATS is away; 0: 100,000 (~10 MB).
+	MaxPending int
+	// Cells is how many (deployment, key) pairs one interval's counter
+	// table holds; 0: 16,384 (1 MiB a table, three tables).
+	Cells int
+}
+
+// DefaultUsageFlushInterval is how often a gateway publishes its counts.
+const DefaultUsageFlushInterval = tally.DefaultInterval
 
 // Bounds are the data plane's time bounds, on both front ends.
 type Bounds = bounds.Bounds
@@ -170,6 +192,9 @@ type Gateway struct {
 	// snapshotSeq is the sequence of the snapshot the map started from;
 	// 0: none.
 	snapshotSeq atomic.Uint64
+	// usage counts requests and flushes the counts (nil: not counted).
+	usage   *tally.Counter
+	flusher *tally.Flusher
 }
 
 // New returns a gateway; it serves nothing but 503s until Run has caught
@@ -221,8 +246,27 @@ func New(cfg Config) (*Gateway, error) {
 		OnApplied:    onApplied,
 		OnReady:      onReady,
 	})
+	if cfg.Usage.FlushInterval >= 0 {
+		g.usage = tally.NewCounter(cfg.Usage.Cells, g.authMap.Load())
+		var js jetstream.JetStream
+		if cfg.NATS != nil {
+			js, _ = jetstream.New(cfg.NATS)
+		}
+		g.flusher = tally.NewFlusher(tally.FlusherConfig{
+			Counter: g.usage, Map: g.authMap.Load, JS: js, Region: cfg.Region, ID: cfg.ID,
+			Interval: cfg.Usage.FlushInterval, MaxPending: cfg.Usage.MaxPending, Log: cfg.Log,
+		})
+	}
 	g.metrics = metrics.New(g.streamMetrics)
+	if g.flusher != nil {
+		g.metrics.UsageStats(func() metrics.Usage {
+			st := g.flusher.Stats()
+			return metrics.Usage{Published: st.Published, Failures: st.Failures, Merged: st.Merged, Dropped: st.Dropped,
+				PendingRows: st.PendingRows, Overflow: st.Overflow, OtherMap: st.OtherMap}
+		})
+	}
 	g.proxy = proxy.New(proxy.Config{
+		Usage:     g.usage,
 		Map:       g.authMap.Load,
 		Region:    cfg.Region,
 		Ready:     g.follower.Ready,
@@ -274,7 +318,21 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if g.reporter != nil {
 		wg.Go(func() { _ = g.reporter.Run(ctx) })
 	}
+	if g.flusher != nil {
+		wg.Go(func() { _ = g.flusher.Run(ctx) })
+	}
 	return g.follower.Run(ctx)
+}
+
+// FlushUsage publishes what the gateway counted and has not published
+// yet, now, within ctx; a process calls it after its server has stopped,
+// so the last requests' counts are not lost. Without usage counting it
+// does nothing.
+func (g *Gateway) FlushUsage(ctx context.Context) error {
+	if g.flusher == nil {
+		return nil
+	}
+	return g.flusher.Flush(ctx)
 }
 
 // Handler is the gateway's whole HTTP surface: deployments by host and by

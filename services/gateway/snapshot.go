@@ -34,6 +34,12 @@ func (c mapConsumer) Reset(ctx context.Context, to eventstore.Identity) error {
 	seq := c.g.restore(ctx, m, to)
 	c.g.authMap.Store(m)
 	c.g.snapshotSeq.Store(seq)
+	if c.g.flusher != nil {
+		// Usage is counted by the map's numbers: count against the new
+		// map from now on (what the old one counted is kept for the
+		// next flush).
+		c.g.flusher.MapChanged(m)
+	}
 	return nil
 }
 

@@ -76,6 +76,9 @@ type Map struct {
 	nkeys    uint32
 	projects map[string]uint32
 	projName []string
+	// depNames are the project and name of every deployment life, by
+	// its number (depState.num), for usage reports.
+	depNames [][2]string
 	// dels are the numbers of the deleted keys, in the order they were
 	// deleted: a key's deleted flag is the one part of its record that
 	// changes, and Save reads the records without holding mu.
@@ -279,6 +282,14 @@ func (m *Map) stagedDep(st *stage, project, name, id string) *depState {
 	return &c
 }
 
+// newDep is a new life of deployment project/name, with its number.
+func (m *Map) newDep(project, name string, pid uint32) *depState {
+	d := newDepState(project, name, pid)
+	d.num = uint32(len(m.depNames))
+	m.depNames = append(m.depNames, [2]string{project, name})
+	return d
+}
+
 // replaceDep stages d as the deployment's new life.
 func replaceDep(st *stage, d *depState) {
 	for i, s := range st.deps {
@@ -378,7 +389,7 @@ func (m *Map) stageEvent(st *stage, e *eventv1.Event) {
 	case *eventv1.Event_DeploymentCreated:
 		c := p.DeploymentCreated
 		pid := m.projectID(project)
-		d := newDepState(m.projName[pid], c.GetName(), pid)
+		d := m.newDep(m.projName[pid], c.GetName(), pid)
 		d.live = true
 		d.status = eventv1.DeploymentStatus_DEPLOYMENT_STATUS_DEPLOYING
 		d.id = c.GetDeploymentId()
@@ -424,7 +435,7 @@ func (m *Map) stageEvent(st *stage, e *eventv1.Event) {
 		if d := m.stagedDep(st, project, aggName, p.DeploymentDeleted.GetDeploymentId()); d != nil {
 			// Keep a tombstone in the table, without what it held.
 			t := newDepState(d.project, d.name, d.projectID)
-			t.id = d.id
+			t.id, t.num = d.id, d.num
 			*d = *t
 		}
 	}
@@ -450,6 +461,32 @@ type Decision struct {
 	// never to be modified. Nil when the request is refused, or when the
 	// deployment's upstream URL is unusable.
 	Upstream *url.URL
+	// Deployment and Key say whose request it was, for usage counts: the
+	// deployment's and the key's numbers in this map plus one (0: none;
+	// Names turns them into names). Key is set only when the deployment
+	// checks keys and the key is one of its project's, whatever the
+	// answer (a refused key is counted as refused).
+	Deployment, Key uint32
+}
+
+// Names returns the project, deployment name and key name ("" for none)
+// of a Decision's Deployment and Key numbers. ok is false when the
+// numbers are not of this map.
+func (m *Map) Names(deployment, key uint32) (project, depName, keyName string, ok bool) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if deployment == 0 || int(deployment) > len(m.depNames) || key > m.nkeys {
+		return "", "", "", false
+	}
+	dn := m.depNames[deployment-1]
+	if key != 0 {
+		k := m.rec(key - 1)
+		if m.projName[k.project] != dn[0] {
+			return "", "", "", false
+		}
+		keyName = k.name
+	}
+	return dn[0], dn[1], keyName, true
 }
 
 // keyRef is the key a question is about.
@@ -541,6 +578,12 @@ func (m *Map) decide(h uint64, project, deployment, region string, key *keyRef, 
 		dec := Decision{Result: r.Result(), Reason: r}
 		if r.Allowed() {
 			dec.Upstream = d.upstream
+		}
+		if d != nil && d.live {
+			dec.Deployment = d.num + 1
+			if d.auth && key.found && key.info.project == d.projectID {
+				dec.Key = key.info.num + 1
+			}
 		}
 		return dec
 	}

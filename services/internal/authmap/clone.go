@@ -23,10 +23,11 @@ func (m *Map) Clone() *Map {
 		dels:     append([]uint32(nil), m.dels...),
 		// Both maps append to their rotations: they must not share spare
 		// capacity.
-		rots:    slices.Clone(m.rots),
-		lastRot: maps.Clone(m.lastRot),
-		exps:    slices.Clone(m.exps),
-		expNow:  maps.Clone(m.expNow),
+		rots:     slices.Clone(m.rots),
+		lastRot:  maps.Clone(m.lastRot),
+		depNames: append([][2]string(nil), m.depNames...),
+		exps:     slices.Clone(m.exps),
+		expNow:   maps.Clone(m.expNow),
 	}
 	for p, id := range m.projects {
 		c.projects[p] = id

@@ -22,10 +22,13 @@ type depState struct {
 	auth       bool
 	status     eventv1.DeploymentStatus
 	projectID  uint32
-	names      [64]byte // project then name, when they fit
-	links      linkSet
-	upstream   *url.URL // nil when the URL in the event is unusable
-	regions    []string // empty: every region
+	// num is the life's number (Map.depNames), which a Decision carries
+	// so that usage is counted without a string in sight.
+	num      uint32
+	names    [64]byte // project then name, when they fit
+	links    linkSet
+	upstream *url.URL // nil when the URL in the event is unusable
+	regions  []string // empty: every region
 
 	project string
 	name    string

@@ -298,6 +298,8 @@ func (m *Map) install(s *snapshotData) error {
 		m.publishKey(num)
 	}
 	for _, d := range s.deps {
+		d.num = uint32(len(m.depNames))
+		m.depNames = append(m.depNames, [2]string{d.project, d.name})
 		m.deps.put(d)
 	}
 	m.applied.Store(s.sequence)

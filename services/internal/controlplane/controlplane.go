@@ -69,6 +69,9 @@ type Config struct {
 	// NoReadModel skips the read model and its projector, for a service
 	// that answers from the stream alone (audit).
 	NoReadModel bool
+	// Usage opens the usage projection (Plane.Usage), in the read
+	// model's database when there is one; run it with RunUsage.
+	Usage bool
 }
 
 // Env returns the environment variable name, or def when it is unset.
@@ -131,6 +134,8 @@ type Plane struct {
 	Log     *slog.Logger
 	// JS is the plane's JetStream context (the snapshotter's bucket).
 	JS jetstream.JetStream
+	// Usage is the usage projection; nil unless Config.Usage.
+	Usage readmodel.UsageStore
 	// Tasks are the tasks this process's changes answer with (REST's
 	// task ids), followed on Tracker; TaskService serves them.
 	Tasks *tasks.Registry
@@ -208,6 +213,13 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 	if p.Reads != nil {
 		p.Projector = readmodel.NewProjector(p.Events, p.Reads, p.Log)
 	}
+	if cfg.Usage {
+		if pg, ok := p.Reads.(*postgres.Store); ok {
+			p.Usage = pg.Usage()
+		} else {
+			p.Usage = readmodel.NewUsageMemory()
+		}
+	}
 	if p.Tracker, err = receipts.NewTracker(nc, p.Events.Identity); err != nil {
 		return err
 	}
@@ -215,6 +227,36 @@ func (p *Plane) openStores(ctx context.Context, nc *nats.Conn, cfg Config) error
 	p.Tasks = tasks.New(tasks.Config{Waiter: p.Tracker})
 	p.closers = append(p.closers, p.Tasks.Close)
 	return nil
+}
+
+// RunUsage binds the usage stream — waiting for its owner to create it
+// (`infergate admin stream create --stream usage`), so a control plane
+// upgraded before the stream exists still starts — and projects it into
+// Usage until ctx ends. A stream that differs from its declaration is an
+// error.
+func (p *Plane) RunUsage(ctx context.Context) error {
+	if p.Usage == nil {
+		return errors.New("controlplane: no usage projection (Config.Usage)")
+	}
+	warned := false
+	for {
+		stream, err := eventstore.Open(ctx, p.JS, eventstore.UsageConfig())
+		if err == nil {
+			return readmodel.NewUsageProjector(stream, p.Usage, p.Log).Run(ctx)
+		}
+		if errors.Is(err, eventstore.ErrStreamMismatch) {
+			return err
+		}
+		if !warned {
+			p.Log.Warn("usage stream not available yet; usage answers stay empty until it is", "err", err)
+			warned = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(5 * time.Second):
+		}
+	}
 }
 
 // TaskService returns the path and handler of infergate.task.v1.TaskService

@@ -80,6 +80,10 @@ type Record struct {
 	MsgID     string
 	Aggregate Aggregate
 	Events    []*eventv1.Event
+	// Data is the message as stored, on a stream whose messages are not
+	// event batches (the usage stream: Config.Raw); nil on the event
+	// stream.
+	Data []byte
 }
 
 // Store appends events to and reads them from the stream.
@@ -294,6 +298,9 @@ func (s *Store) LoadAfter(ctx context.Context, agg Aggregate, after uint64) ([]R
 }
 
 func (s *Store) decode(seq uint64, t time.Time, subject, msgID string, data []byte) (Record, error) {
+	if s.cfg.Raw {
+		return Record{Sequence: seq, Time: t, Subject: subject, MsgID: msgID, Data: data}, nil
+	}
 	var b eventv1.Batch
 	if err := proto.Unmarshal(data, &b); err != nil {
 		return Record{}, fmt.Errorf("%w: sequence %d on %s: %w", ErrCorrupt, seq, subject, err)

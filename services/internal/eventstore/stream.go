@@ -35,7 +35,20 @@ const (
 	// MinDuplicateWindow is the shortest duplicate window: within it a
 	// retried append with the same message id stores nothing.
 	MinDuplicateWindow = 2 * time.Minute
+
+	// UsageStream is the gateways' usage stream (docs/usage.md): not
+	// events, and not the source of truth of anything but usage counts.
+	// Its configuration has the same owner and the same declaration as
+	// the event stream's, on its own subjects; UsageConfig names it.
+	UsageStream        = "INFERGATE_USAGE"
+	UsageSubjectPrefix = "infergate.usage"
 )
+
+// UsageConfig is the Config of the usage stream: its name, its subjects
+// and Raw (its messages are usage flushes, not event batches).
+func UsageConfig() Config {
+	return Config{Stream: UsageStream, SubjectPrefix: UsageSubjectPrefix, Raw: true}
+}
 
 // Config names the stream and says what its configuration is, or is
 // expected to be.
@@ -61,10 +74,16 @@ type Config struct {
 	// CachedAggregates is how many aggregates' records Load keeps to read
 	// only what is new next time; 0 means 10,000, negative disables.
 	CachedAggregates int
+	// Raw: the stream's messages are not event batches; Follow delivers
+	// each one's data in Record.Data (the usage stream).
+	Raw bool
 }
 
 func (c *Config) setDefaults() {
 	c.Stream = cmp.Or(c.Stream, DefaultStream)
+	if c.Stream == UsageStream {
+		c.SubjectPrefix, c.Raw = cmp.Or(c.SubjectPrefix, UsageSubjectPrefix), true
+	}
 	c.SubjectPrefix = cmp.Or(c.SubjectPrefix, DefaultSubjectPrefix)
 	if c.CachedAggregates == 0 {
 		c.CachedAggregates = 10_000
@@ -102,9 +121,13 @@ func (c *Config) storage() jetstream.StorageType {
 // declared is the declaration: the stream's whole configuration, with the
 // given replica count and duplicate window.
 func (c *Config) declared(replicas int, window time.Duration) jetstream.StreamConfig {
+	desc := "infergate events: the source of truth"
+	if c.Raw {
+		desc = "infergate usage: the gateways' request counts"
+	}
 	return jetstream.StreamConfig{
 		Name:        c.Stream,
-		Description: "infergate events: the source of truth",
+		Description: desc,
 		Subjects:    []string{c.SubjectPrefix + ".>"},
 		Storage:     c.storage(),
 		Replicas:    replicas,

@@ -186,6 +186,13 @@ func TestDeployConfigs(t *testing.T) {
 		return slices.ContainsFunc(tracker.Gateways(), func(g receipts.Gateway) bool { return g.ID == usGW.ID && g.Region == "us" })
 	})
 	gw.deniedPublish(t, "infergate.gateways.us.gw-us-2")
+	// Its usage counts reach the hub's usage stream through the leaf
+	// connection, acknowledged; another gateway's usage subject is denied.
+	if _, err := gw.js.Publish(t.Context(), usGW.UsageSubject(), []byte("flush"), jetstream.WithMsgID("us.gw-us-1.boot.1"),
+		jetstream.WithExpectStream(natsauth.UsageStream)); err != nil {
+		t.Errorf("the region's gateway publishes usage to the hub: %v", err)
+	}
+	gw.deniedPublish(t, "infergate.usage.us.gw-us-2")
 
 	// The region's mirrors of the hub's stream and snapshot bucket, made
 	// by the region's admin on the leaf server and the control plane on

@@ -33,10 +33,14 @@ import (
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/receipts"
 	"github.com/infergate/infergate/services/internal/snapshots"
+	"github.com/infergate/infergate/services/internal/usage"
 )
 
 // EventStream is the JetStream stream the permissions are about.
 const EventStream = "INFERGATE_EVENTS"
+
+// UsageStream is the gateways' usage stream (eventstore.UsageStream).
+const UsageStream = "INFERGATE_USAGE"
 
 // eventSubjects are the event stream's subjects.
 const eventSubjects = "infergate.events.>"
@@ -116,6 +120,9 @@ func (i Identity) ReceiptSubject() string {
 	return receipts.SubjectPrefix + "." + i.Region + "." + i.ID
 }
 
+// UsageSubject is the one usage subject a gateway may publish on.
+func (i Identity) UsageSubject() string { return usage.Subject(i.Region, i.ID) }
+
 // readStream is what reading stream s takes through the JetStream API as
 // nats.go calls it: stream info; an ordered (pull) consumer, created,
 // pulled from, looked at and deleted on reset; and single messages by
@@ -187,26 +194,31 @@ func (i Identity) Permissions() *server.Permissions {
 	case ControlPlane:
 		pub := append([]string{eventSubjects}, manageStream(EventStream)...)
 		pub = append(pub, writeObjects(snapshots.DefaultBucket)...)
-		return perms(pub, []string{inbox, advisories, receipts.SubjectPrefix + ".>"})
+		// The usage stream: created and updated as the event stream is
+		// (by its one owner), read by the usage projection; never
+		// published to (only gateways count usage).
+		pub = append(pub, manageStream(UsageStream)...)
+		return perms(pub, []string{inbox, advisories, "$JS.EVENT.ADVISORY.STREAM.*." + UsageStream, receipts.SubjectPrefix + ".>"})
 	case Gateway:
 		pub := append(readStream("$JS.API", EventStream), readObjects(snapshots.DefaultBucket)...)
 		// A region's gateway reads its mirror ($JS.API on its leaf server)
 		// and checks through the hub's domain that the mirror copies the
 		// hub stream's current life (eventstore.OpenMirror).
-		pub = append(pub, "$JS."+hubDomain+".API.STREAM.INFO."+EventStream, i.ReceiptSubject())
+		pub = append(pub, "$JS."+hubDomain+".API.STREAM.INFO."+EventStream, i.ReceiptSubject(), i.UsageSubject())
 		return perms(pub, []string{inbox, advisories})
 	case Audit:
 		// The audit process shares the control plane's plumbing, which
 		// hears receipts: reading them is reading.
 		return perms(readStream("$JS.API", EventStream), []string{inbox, advisories, receipts.SubjectPrefix + ".>"})
 	case Leaf:
-		// Seen from the leaf: it may send its region's receipts and its
-		// gateways' checks of the hub stream's life; for each mirror, ask
+		// Seen from the leaf: it may send its region's receipts and usage
+		// flushes and its gateways' checks of the hub stream's life; for each mirror, ask
 		// the region's durable consumer on the hub to resume and answer
 		// its flow control; and receive its gateways' replies, the resume
 		// replies ($JSC.R) and that consumer's deliveries. It may create
 		// no consumer on the hub: a consumer may deliver to any subject.
-		pub := []string{"$JS." + hubDomain + ".API.STREAM.INFO." + EventStream, receipts.SubjectPrefix + "." + i.Region + ".>"}
+		pub := []string{"$JS." + hubDomain + ".API.STREAM.INFO." + EventStream, receipts.SubjectPrefix + "." + i.Region + ".>",
+			usage.Subject(i.Region, ">")}
 		sub := []string{"_INBOX." + string(Gateway) + "." + i.Region + ".>", "$JSC.R.>"}
 		for _, s := range mirrored {
 			f := eventstore.Feed(s, i.Region)

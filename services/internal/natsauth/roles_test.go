@@ -182,12 +182,27 @@ func checkRoles(t *testing.T, connect connector) {
 		t.Fatal(err)
 	}
 	t.Cleanup(tracker.Close)
+	// The usage stream has the same owner.
+	if err := eventstore.EnsureStream(ctx, cp.js, eventstore.UsageConfig()); err != nil {
+		t.Fatalf("control plane: create the usage stream: %v", err)
+	}
+	usageStore, err := eventstore.Open(ctx, cp.js, eventstore.UsageConfig())
+	if err != nil {
+		t.Fatalf("control plane: open the usage stream: %v", err)
+	}
 	cp.noViolations(t)
 
 	t.Run("roles", func(t *testing.T) {
 		checkGateway(t, connect, tracker, state, res.Sequence)
 		checkAudit(t, connect, res.Sequence)
 	})
+
+	// The usage stream holds what gateway1 published on its own subject
+	// and nothing else, and the control plane (the usage projection)
+	// reads it; it may not publish usage itself.
+	checkUsageRead(t, usageStore, gateway1.UsageSubject())
+	cp.noViolations(t)
+	cp.deniedPublish(t, gateway1.UsageSubject())
 
 	// After all that, the stream holds what the control plane appended and
 	// nothing else.
@@ -222,6 +237,12 @@ func checkGateway(t *testing.T, connect connector, tracker *receipts.Tracker, st
 		rctx, cancel := context.WithCancel(ctx)
 		defer cancel()
 		go func() { _ = rep.Run(rctx) }()
+		// Its usage counts go to the usage stream on its own subject,
+		// acknowledged by JetStream.
+		if _, err := gw.js.Publish(ctx, gateway1.UsageSubject(), []byte("flush"), jetstream.WithMsgID("eu.gw-1.boot.1"),
+			jetstream.WithExpectStream(natsauth.UsageStream)); err != nil {
+			t.Errorf("publish usage: %v", err)
+		}
 		waitFor(t, "the control plane hears gw-1's receipt", func() bool {
 			for _, g := range tracker.Gateways() {
 				if g.ID == gateway1.ID && g.Sequence == seq {
@@ -288,6 +309,16 @@ func checkGateway(t *testing.T, connect connector, tracker *receipts.Tracker, st
 			return err
 		}},
 		{"infergate.gateways.eu.gw-2", publish("infergate.gateways.eu.gw-2")}, // another gateway's receipts
+		{"infergate.usage.eu.gw-2", publish("infergate.usage.eu.gw-2")},       // another gateway's usage
+		{"$JS.API.STREAM.UPDATE." + natsauth.UsageStream, func(ctx context.Context, gw *client) error {
+			_, err := gw.js.UpdateStream(ctx, jetstream.StreamConfig{Name: natsauth.UsageStream, Subjects: []string{"infergate.usage.>"}, MaxMsgs: 1})
+			return err
+		}},
+		{"$JS.API.CONSUMER.CREATE." + natsauth.UsageStream, func(ctx context.Context, gw *client) error {
+			// Gateways publish usage; they do not read anyone's.
+			_, err := gw.js.OrderedConsumer(ctx, natsauth.UsageStream, jetstream.OrderedConsumerConfig{})
+			return err
+		}},
 	}
 	for _, d := range denied {
 		t.Run("gateway denied "+d.subject, func(t *testing.T) {
@@ -341,7 +372,34 @@ func checkAudit(t *testing.T, connect connector, seq uint64) {
 			return au.js.DeleteStream(ctx, natsauth.EventStream)
 		})
 		au.deniedPublish(t, "infergate.gateways.eu.gw-1")
+		au.deniedPublish(t, gateway1.UsageSubject())
+		au.denied(t, "$JS.API.CONSUMER.CREATE."+natsauth.UsageStream, func(ctx context.Context) error {
+			_, err := au.js.OrderedConsumer(ctx, natsauth.UsageStream, jetstream.OrderedConsumerConfig{})
+			return err
+		})
 	})
+}
+
+// checkUsageRead follows the usage stream as the usage projection does
+// and finds exactly one message, on subject.
+func checkUsageRead(t *testing.T, store *eventstore.Store, subject string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	st, err := store.State(ctx)
+	if err != nil || st.LastSeq != 1 {
+		t.Fatalf("usage stream: last sequence %d (%v), want 1", st.LastSeq, err)
+	}
+	errDone := errors.New("done")
+	err = store.Follow(ctx, 1, func(r eventstore.Record) error {
+		if r.Subject != subject || string(r.Data) != "flush" {
+			t.Errorf("usage record on %s: %q", r.Subject, r.Data)
+		}
+		return errDone
+	})
+	if !errors.Is(err, errDone) {
+		t.Errorf("follow the usage stream: %v", err)
+	}
 }
 
 // publish is an operation that publishes on subject with core NATS.

@@ -127,6 +127,11 @@ func Start(ctx context.Context, cfg Config) (_ *Stack, err error) {
 	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
 		return nil, err
 	}
+	// And the usage stream its gateways publish their counts to, so the
+	// figures include usage counting as a real gateway does it.
+	if err := eventstore.EnsureStream(ctx, js, eventstore.UsageConfig()); err != nil {
+		return nil, err
+	}
 	if s.Plane, err = controlplane.OpenWith(ctx, nc, tokens, controlplane.Config{}, cfg.Log); err != nil {
 		return nil, err
 	}

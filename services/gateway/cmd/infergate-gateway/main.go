@@ -66,6 +66,10 @@ func run() error {
 		"upstream addresses allowed despite the default policy (which refuses loopback, link-local and unspecified addresses): CIDRs, addresses and host names, comma-separated (env INFERGATE_UPSTREAM_ALLOW)")
 	maxStaleness := fs.String("max-staleness", env("INFERGATE_MAX_STALENESS", gateway.DefaultMaxStaleness.String()),
 		"how long the gateway may serve auth-enabled deployments from a map it cannot confirm is current (NATS or the hub away, the process frozen) before it answers 503 gateway_stale; 0: forever, trading revocation for availability (env INFERGATE_MAX_STALENESS)")
+	usageEvery := fs.String("usage-flush-interval", env("INFERGATE_USAGE_FLUSH_INTERVAL", gateway.DefaultUsageFlushInterval.String()),
+		"how often the gateway publishes its usage counts to the usage stream INFERGATE_USAGE; negative: count nothing (env INFERGATE_USAGE_FLUSH_INTERVAL; docs/usage.md)")
+	usagePending := fs.String("usage-max-pending", env("INFERGATE_USAGE_MAX_PENDING", "0"),
+		"usage rows (key, deployment, minute) kept while NATS is away; past it counts merge into an earlier minute or are dropped, counted in /metrics; 0: 100000 (env INFERGATE_USAGE_MAX_PENDING)")
 	bnds, bndsErr := boundFlags(fs, env)
 	hubDomain := fs.String("hub-domain", env("INFERGATE_HUB_DOMAIN", ""),
 		`read the region's mirror of the event stream on this gateway's (leaf) NATS server, and check through the hub's JetStream domain, named here (e.g. "hub"), that it copies the hub stream's current life; "": read the hub's stream itself (env INFERGATE_HUB_DOMAIN; docs/multi-region.md)`)
@@ -79,6 +83,10 @@ func run() error {
 	}
 	if staleness == 0 {
 		staleness = -1 // gateway.Config: negative is "never"
+	}
+	usageCfg, err := usageFlags(*usageEvery, *usagePending)
+	if err != nil {
+		return err
 	}
 	upstreams, err := upstreampolicy.Parse(*upstreamAllow)
 	if err != nil {
@@ -134,6 +142,7 @@ func run() error {
 		return errors.Join(fmt.Errorf("connect to NATS at %s: %w", natsURL, err), <-serveErr)
 	}
 	defer nc.Close()
+	var gwDone *gateway.Gateway
 	runErr := func() error {
 		store, err := openStore(ctx, nc, *hubDomain, log)
 		if err != nil {
@@ -153,10 +162,12 @@ func run() error {
 		gw, err := gateway.New(gateway.Config{
 			Events: store, NATS: nc, Region: region, BaseDomain: baseDomain, ID: id, Log: log,
 			Snapshots: snaps, Upstreams: upstreams, MaxStaleness: staleness, Bounds: *bnds,
+			Usage: usageCfg,
 		})
 		if err != nil {
 			return err
 		}
+		gwDone = gw
 		handler.set(gw.Handler())
 		front.Use(gw)
 		if err := gw.Run(ctx); !errors.Is(err, context.Canceled) {
@@ -167,6 +178,14 @@ func run() error {
 	signalled := ctx.Err() != nil
 	stop()
 	wg.Wait()
+	if gwDone != nil {
+		// The server has stopped: publish the counts of its last requests.
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if ferr := gwDone.FlushUsage(fctx); ferr != nil {
+			log.Warn("usage: last counts not published", "err", ferr)
+		}
+		cancel()
+	}
 	err = errors.Join(runErr, <-serveErr)
 	if signalled {
 		// Asked to stop: whatever it was waiting for ended because of it.
@@ -176,6 +195,22 @@ func run() error {
 		return nil
 	}
 	return err
+}
+
+// usageFlags reads --usage-flush-interval and --usage-max-pending.
+func usageFlags(every, pending string) (gateway.Usage, error) {
+	var (
+		u    gateway.Usage
+		errs []error
+		err  error
+	)
+	if u.FlushInterval, err = time.ParseDuration(every); err != nil || u.FlushInterval == 0 {
+		errs = append(errs, fmt.Errorf("--usage-flush-interval %q: want a duration such as 10s, or negative to count nothing", every))
+	}
+	if u.MaxPending, err = strconv.Atoi(pending); err != nil || u.MaxPending < 0 {
+		errs = append(errs, fmt.Errorf("--usage-max-pending %q: want a number of rows, 0 for the default", pending))
+	}
+	return u, errors.Join(errs...)
 }
 
 // boundFlags declares the data plane's time bounds (docs/gateway.md,

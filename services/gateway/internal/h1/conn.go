@@ -46,6 +46,8 @@ type Conn struct {
 	bodyLeft int64
 	// closeAfter: close the connection after the current response.
 	closeAfter bool
+	// tap is the request's Tap while Forward relays its response.
+	tap io.Writer
 	// deadline is the read deadline set on nc; zero: none.
 	deadline time.Time
 	// wroteAt is when the write deadline was last set.

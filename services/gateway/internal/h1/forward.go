@@ -54,6 +54,8 @@ var (
 // been sent nothing and the handler answers (502).
 func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	c.take()
+	c.tap = req.Tap
+	defer func() { c.tap = nil }()
 	start := time.Now()
 	bp := getBuf()
 	defer func() { putBuf(bp) }()
@@ -256,6 +258,7 @@ func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error
 		// The body's next bytes, as the client gets them.
 		data := buf[at+hole : at+hole+k]
 		if k > 0 {
+			c.tapBody(data)
 			if framed {
 				size := strconv.AppendInt(buf[at:at], int64(k), 16)
 				size = append(size, "\r\n"...)
@@ -292,6 +295,13 @@ func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error
 		}
 	}
 	return c.write(o)
+}
+
+// tapBody gives relayed body bytes to the request's Tap, if any.
+func (c *Conn) tapBody(p []byte) {
+	if c.tap != nil {
+		_, _ = c.tap.Write(p)
+	}
 }
 
 // readTrailer reads the trailer section after the last chunk and drops it

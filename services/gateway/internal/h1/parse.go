@@ -2,6 +2,7 @@ package h1
 
 import (
 	"bytes"
+	"io"
 	"strings"
 )
 
@@ -26,6 +27,10 @@ type Request struct {
 	// Close: the client asked to close the connection after this
 	// request.
 	Close bool
+	// Tap, if set by the handler, is given every byte of the response
+	// body Forward relays (without chunk framing), as it goes: the
+	// gateway's token scanner. It must not block or keep the bytes.
+	Tap io.Writer
 }
 
 // Field is one header field.

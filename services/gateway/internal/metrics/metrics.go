@@ -131,6 +131,34 @@ func New(stream func() Stream) *Metrics {
 	return m
 }
 
+// Usage is the usage flusher's state, read at scrape time.
+type Usage struct {
+	Published, Failures, Merged, Dropped uint64
+	PendingRows                          int64
+	Overflow, OtherMap                   uint64
+}
+
+// UsageStats registers the usage collectors; f is called at every scrape.
+func (m *Metrics) UsageStats(f func() Usage) {
+	counter := func(name, help string, v func(Usage) uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 { return float64(v(f())) })
+	}
+	m.Registry.MustRegister(
+		counter("infergate_gateway_usage_flushes_total", "Usage flush messages the usage stream acknowledged.",
+			func(u Usage) uint64 { return u.Published }),
+		counter("infergate_gateway_usage_flush_failures_total", "Attempts to publish a usage flush that failed (kept and retried with the same message id).",
+			func(u Usage) uint64 { return u.Failures }),
+		counter("infergate_gateway_usage_merged_requests_total", "Requests whose counts were merged into an earlier minute of the same key and deployment because the pending bound was hit while NATS was away (counted, minute less exact).",
+			func(u Usage) uint64 { return u.Merged }),
+		counter("infergate_gateway_usage_dropped_requests_total", "Requests whose counts were dropped because the pending bound was hit while NATS was away and their key and deployment had nothing pending.",
+			func(u Usage) uint64 { return u.Dropped }),
+		counter("infergate_gateway_usage_uncounted_requests_total", "Requests not counted in usage: no free cell in the interval's table (more key and deployment pairs in one interval than it holds), or decided on an auth map the gateway had just replaced.",
+			func(u Usage) uint64 { return u.Overflow + u.OtherMap }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "infergate_gateway_usage_pending_rows", Help: "Usage rows (key, deployment, minute) waiting to be published."},
+			func() float64 { return float64(f().PendingRows) }),
+	)
+}
+
 // Decided counts one decision.
 func (m *Metrics) Decided(r authmap.Result) {
 	if r > 0 && r < authmap.NumResults {

@@ -10,6 +10,7 @@ import (
 	"github.com/infergate/infergate/services/gateway/internal/h1"
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 	"github.com/infergate/infergate/services/gateway/internal/route"
+	"github.com/infergate/infergate/services/gateway/internal/tally"
 	"github.com/infergate/infergate/services/internal/authmap"
 )
 
@@ -80,8 +81,16 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 	// The path to send upstream: for path routing, the rest after
 	// /d/<project>/<deployment>.
 	req.Path = t.Path
+	var scan *tally.Scanner
+	if h.cfg.Usage != nil {
+		scan = scanners.Get().(*tally.Scanner)
+		scan.Reset()
+		req.Tap = scan
+		defer scanners.Put(scan)
+	}
 	res := c.Forward(req, d.Upstream)
 	h.cfg.Metrics.Upstream(res.Waited)
+	h.forwarded(out, res, scan)
 	switch {
 	case res.Err == nil:
 	case res.Answered:
@@ -103,6 +112,27 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 		answerError(c, http.StatusBadGateway, CodeUpstreamUnavailable)
 	}
 	return true
+}
+
+// forwarded counts a request the fast path forwarded, by what its client
+// got, and the tokens its upstream reported.
+func (h *Handler) forwarded(out outcome, res h1.Result, scan *tally.Scanner) {
+	status := res.Status
+	switch {
+	case res.Answered:
+	case res.ClientGone:
+		status = 0
+	case errors.Is(res.Err, bounds.ErrBodyTimeout):
+		status = http.StatusRequestTimeout
+	case errors.Is(res.Err, keepalive.ErrHeadTimeout):
+		status = http.StatusGatewayTimeout
+	default:
+		status = http.StatusBadGateway
+	}
+	h.answered(out, status)
+	if scan != nil {
+		h.tokens(out, scan)
+	}
 }
 
 // dropCredentials marks every field that must not go upstream: no key

@@ -24,9 +24,11 @@ import (
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 	"github.com/infergate/infergate/services/gateway/internal/metrics"
 	"github.com/infergate/infergate/services/gateway/internal/route"
+	"github.com/infergate/infergate/services/gateway/internal/tally"
 	"github.com/infergate/infergate/services/internal/apikey"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
+	"github.com/infergate/infergate/services/internal/usage"
 )
 
 // Config is what the handler needs.
@@ -50,6 +52,9 @@ type Config struct {
 	// Bounds are the time bounds (zero fields: defaults); Serve applies
 	// the body, upstream and write bounds, the front end the others.
 	Bounds bounds.Bounds
+	// Usage counts requests per deployment, key and status class (nil:
+	// none are counted).
+	Usage *tally.Counter
 }
 
 // Handler serves requests routed to deployments.
@@ -119,6 +124,7 @@ func New(cfg Config) *Handler {
 // call is what Rewrite and the hooks need to know about one request.
 type call struct {
 	t        route.Target
+	out      outcome
 	upstream *url.URL
 	start    time.Time
 	// body is the request's body, bounded; nil: none.
@@ -136,7 +142,7 @@ func (h *Handler) Serve(w http.ResponseWriter, r *http.Request, t route.Target) 
 		return
 	}
 	d := out.d
-	c := &call{t: t, upstream: d.Upstream, start: time.Now()}
+	c := &call{t: t, out: out, upstream: d.Upstream, start: time.Now()}
 	if r.Body != nil && r.Body != http.NoBody {
 		c.body = &boundedBody{rc: http.NewResponseController(w), body: r.Body, b: &h.cfg.Bounds, start: c.start}
 		r.Body = c.body
@@ -150,6 +156,10 @@ type outcome struct {
 	d      authmap.Decision
 	status int
 	code   Code
+	// m is the map d was decided on and now the moment, Unix ns: what
+	// usage is counted against.
+	m   *authmap.Map
+	now int64
 }
 
 // decide is the one decision path both front ends carry out: readiness,
@@ -163,32 +173,37 @@ func (h *Handler) decide(t route.Target, key string) outcome {
 		return outcome{status: http.StatusServiceUnavailable, code: CodeGatewayNotReady}
 	}
 	now := h.cfg.Now()
-	d := h.cfg.Map().Decide(t.Project, t.Deployment, h.cfg.Region, key, now)
+	m := h.cfg.Map()
+	d := m.Decide(t.Project, t.Deployment, h.cfg.Region, key, now)
+	out := outcome{d: d, m: m, now: now.UnixNano()}
 	switch d.Result {
 	case authmap.ResultAllowed, authmap.ResultMissingAPIKey, authmap.ResultInvalidAPIKey:
 		// Auth is on: a map past its bound may be missing a revocation.
 		if h.cfg.Stale != nil && h.cfg.Stale(now) {
-			return outcome{d: d, status: http.StatusServiceUnavailable, code: CodeGatewayStale}
+			out.status, out.code = http.StatusServiceUnavailable, CodeGatewayStale
+			return out
 		}
 	}
 	switch d.Result {
 	case authmap.ResultAllowed, authmap.ResultAuthDisabled:
 		if d.Upstream == nil {
-			return outcome{d: d, status: http.StatusBadGateway, code: CodeUpstreamUnavailable}
+			out.status, out.code = http.StatusBadGateway, CodeUpstreamUnavailable
 		}
-		return outcome{d: d}
 	case authmap.ResultMissingAPIKey:
-		return outcome{d: d, status: http.StatusUnauthorized, code: CodeMissingAPIKey}
+		out.status, out.code = http.StatusUnauthorized, CodeMissingAPIKey
 	case authmap.ResultInvalidAPIKey:
-		return outcome{d: d, status: http.StatusUnauthorized, code: CodeInvalidAPIKey}
+		out.status, out.code = http.StatusUnauthorized, CodeInvalidAPIKey
 	case authmap.ResultDeploymentNotReady:
-		return outcome{d: d, status: http.StatusServiceUnavailable, code: CodeDeploymentNotReady}
+		out.status, out.code = http.StatusServiceUnavailable, CodeDeploymentNotReady
 	default:
-		return outcome{d: d, status: http.StatusNotFound, code: CodeDeploymentNotFound}
+		out.status, out.code = http.StatusNotFound, CodeDeploymentNotFound
 	}
+	return out
 }
 
-// record counts the outcome and logs what an operator needs.
+// record counts the outcome and logs what an operator needs. A refusal
+// is counted in usage here; a request let in is counted by answered, once
+// the upstream's status is known.
 func (h *Handler) record(t route.Target, out outcome) {
 	switch out.code {
 	case CodeGatewayNotReady:
@@ -196,15 +211,49 @@ func (h *Handler) record(t route.Target, out outcome) {
 		return
 	case CodeGatewayStale:
 		h.cfg.Metrics.RefusedStale()
+		h.count(out, usage.ClassRefused)
 		return
 	}
 	h.cfg.Metrics.Decided(out.d.Result)
+	switch out.code {
+	case CodeMissingAPIKey, CodeInvalidAPIKey, CodeDeploymentNotReady:
+		if out.status != 0 {
+			h.count(out, usage.ClassRefused)
+		}
+	case CodeUpstreamUnavailable:
+		h.count(out, usage.ClassServerError)
+	}
 	switch {
 	case out.status == 0:
 	case out.code == CodeInvalidAPIKey:
 		h.cfg.Log.Debug("refused", "project", t.Project, "deployment", t.Deployment, "reason", out.d.Reason.String())
 	case out.code == CodeUpstreamUnavailable:
 		h.cfg.Log.Warn("deployment has an unusable upstream URL", "project", t.Project, "deployment", t.Deployment)
+	}
+}
+
+// count counts a request in usage: never blocking, never allocating.
+func (h *Handler) count(out outcome, class usage.Class) {
+	if h.cfg.Usage != nil {
+		h.cfg.Usage.Count(out.m, out.d.Deployment, out.d.Key, class, out.now)
+	}
+}
+
+// answered counts a request that was let in by the status its client got
+// (0: none, the client went away first: counted as a client error, as
+// nginx's 499).
+func (h *Handler) answered(out outcome, status int) {
+	if status == 0 {
+		h.count(out, usage.ClassClientError)
+		return
+	}
+	h.count(out, usage.ClassOf(status))
+}
+
+// tokens counts the tokens the scanner found in a relayed body.
+func (h *Handler) tokens(out outcome, s *tally.Scanner) {
+	if p, c, ok := s.Usage(); ok && h.cfg.Usage != nil {
+		h.cfg.Usage.Tokens(out.m, out.d.Deployment, out.d.Key, p, c)
 	}
 }
 
@@ -320,8 +369,58 @@ func (b *lengthBody) Close() error { return b.body.Close() }
 func (h *Handler) modifyResponse(resp *http.Response) error {
 	if c, ok := resp.Request.Context().Value(callKey{}).(*call); ok {
 		h.cfg.Metrics.Upstream(time.Since(c.start))
+		h.answered(c.out, resp.StatusCode)
+		if h.cfg.Usage != nil {
+			resp.Body = h.scanBody(resp.Body, c.out)
+		}
 	}
 	return nil
+}
+
+// scanBody is the body relayed to the client, fed to a token scanner on
+// the way (tally.Scanner: nothing is kept); the tokens are counted when
+// the body ends.
+func (h *Handler) scanBody(body io.ReadCloser, out outcome) io.ReadCloser {
+	if body == nil || body == http.NoBody {
+		return body
+	}
+	s := scanners.Get().(*tally.Scanner)
+	s.Reset()
+	return &scannedBody{ReadCloser: body, h: h, out: out, s: s}
+}
+
+var scanners = sync.Pool{New: func() any { return new(tally.Scanner) }}
+
+type scannedBody struct {
+	io.ReadCloser
+	h    *Handler
+	out  outcome
+	s    *tally.Scanner
+	done bool
+}
+
+func (b *scannedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if b.s != nil {
+		_, _ = b.s.Write(p[:n])
+		if err != nil {
+			b.finish()
+		}
+	}
+	return n, err
+}
+
+func (b *scannedBody) finish() {
+	if b.s != nil {
+		b.h.tokens(b.out, b.s)
+		scanners.Put(b.s)
+		b.s = nil
+	}
+}
+
+func (b *scannedBody) Close() error {
+	b.finish()
+	return b.ReadCloser.Close()
 }
 
 func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) {
@@ -331,6 +430,7 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 		// read of its connection fails, the body's deadline included.
 		h.cfg.Metrics.UpstreamError(true)
 		h.cfg.Metrics.Upstream(time.Since(c.start))
+		h.answered(c.out, http.StatusRequestTimeout)
 		h.cfg.Log.Debug("request body timed out", "project", c.t.Project, "deployment", c.t.Deployment)
 		Refuse(w, r, http.StatusRequestTimeout, CodeRequestTimeout)
 		return
@@ -339,6 +439,14 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	h.cfg.Metrics.UpstreamError(canceled)
 	if c != nil {
 		h.cfg.Metrics.Upstream(time.Since(c.start))
+		status := http.StatusBadGateway
+		switch {
+		case canceled:
+			status = 0
+		case errors.Is(err, keepalive.ErrHeadTimeout):
+			status = http.StatusGatewayTimeout
+		}
+		h.answered(c.out, status)
 	}
 	if canceled {
 		// The client went away; nobody reads an answer.

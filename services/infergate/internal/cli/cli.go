@@ -35,8 +35,10 @@ Usage:
   infergate keys create NAME [--description D] [--expires-in 720h | --expires-at RFC3339] [--deployments a,b]
   infergate keys list | get NAME | update NAME [--description D] [--expires-at T | --expires-in D | --never-expires] | delete NAME
   infergate keys rotate NAME [--grace 24h]   a new secret; the old one works for the grace (0: stops at once)
+  infergate keys usage NAME [--since -24h] [--until T] [--deployment D] [--series [--step 1h]]   requests, errors and tokens
   infergate deployments create NAME --model M --upstream URL [--regions a,b] [--auth] [--keys a,b]
   infergate deployments list | get NAME | delete NAME
+  infergate deployments usage NAME [--since -24h] [--until T] [--key K] [--series [--step 1h]]   requests by key, tokens
   infergate deployments auth NAME --enable|--disable [--keys a,b]
   infergate deployments link NAME KEY | unlink NAME KEY
   infergate audit events [--key K] [--deployment D] [--since T] [--until T] [--type T,…]
@@ -44,9 +46,9 @@ Usage:
   infergate audit state [--at T]                          keys, deployments and links at T
       (times: RFC 3339, or relative like -2h)
   infergate admin-token new --name N --projects a,b
-  infergate admin stream create --replicas N [--duplicate-window D] [--memory]
-  infergate admin stream update [--replicas N] [--duplicate-window D]
-  infergate admin stream info                  the event stream, checked against its declaration
+  infergate admin stream create --replicas N [--duplicate-window D] [--memory] [--stream events|usage]
+  infergate admin stream update [--replicas N] [--duplicate-window D] [--stream events|usage]
+  infergate admin stream info [--stream usage]  the event (or usage) stream, checked against its declaration
   infergate admin stream create-mirror --domain REGION [--hub-domain hub]   a region's mirror of the stream (docs/multi-region.md)
       (admin stream talks to NATS: --nats-url, env INFERGATE_NATS_URL; --nats-nkey, env INFERGATE_NATS_NKEY; --nats-ca, env INFERGATE_NATS_CA)
   infergate demo-upstream [--addr 127.0.0.1:8001]
@@ -260,6 +262,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	fs.BoolVar(&cfg.Demo, "demo", false, "create a demo key and deployment and print a curl command")
 	fastPath := fs.Bool("http1-fastpath", envOr("INFERGATE_HTTP1_FASTPATH", "true") != "false", "serve common HTTP/1.1 gateway requests on the gateway's own fast path instead of net/http (env INFERGATE_HTTP1_FASTPATH)")
 	regions := fs.String("regions", "", "regions to run on this machine, comma-separated (e.g. eu,us): the embedded NATS server becomes the hub, and each region gets a leaf NATS server with a mirror of the stream and its own gateway (docs/multi-region.md)")
+	fs.DurationVar(&cfg.UsageFlushInterval, "usage-flush-interval", 0, "how often the gateways publish usage counts (default 10s; shorter shows keys usage moving sooner; docs/usage.md)")
 	fs.DurationVar(&cfg.RegionMaxStaleness, "region-max-staleness", 0, "with --regions: the regions' gateways' staleness bound (default 5m); short bounds show a cut-off region refusing as stale sooner")
 	if _, err := parse(fs, args); err != nil {
 		return err

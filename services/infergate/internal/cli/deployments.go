@@ -18,7 +18,7 @@ import (
 
 func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: infergate deployments create|list|get|delete|auth|link|unlink …")
+		fmt.Fprintln(stderr, "usage: infergate deployments create|list|get|delete|auth|link|unlink|usage …")
 		return errUsage
 	}
 	sub, args := args[0], args[1:]
@@ -47,6 +47,8 @@ func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer
 		pos, err = parse(fs, args, "NAME")
 	case "get", "delete":
 		pos, err = parse(fs, args, "NAME")
+	case "usage":
+		return runDeploymentUsage(ctx, &c, fs, args, stdout)
 	case "link", "unlink":
 		pos, err = parse(fs, args, "NAME", "KEY")
 	case "list":
@@ -108,14 +110,20 @@ func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer
 		if c.output == "json" {
 			return printJSON(stdout, all)
 		}
-		printDeployments(stdout, all.GetDeployments()...)
+		last := fetchLastUsed(ctx, &c, stderr)
+		printDeploymentTable(stdout, &last, all.GetDeployments()...)
 		return nil
 	case "get":
 		res, err := client.GetDeployment(ctx, connect.NewRequest(&deploymentv1.GetDeploymentRequest{Project: c.project, Name: pos[0]}))
 		if err != nil {
 			return err
 		}
-		return show(res.Msg, res.Msg.GetDeployment(), nil)
+		if c.output == "json" {
+			return show(res.Msg, res.Msg.GetDeployment(), nil)
+		}
+		last := fetchLastUsed(ctx, &c, stderr)
+		printDeploymentTable(stdout, &last, res.Msg.GetDeployment())
+		return nil
 	case "auth":
 		res, err := client.UpdateDeploymentAuth(ctx, connect.NewRequest(&deploymentv1.UpdateDeploymentAuthRequest{
 			Project: c.project, Name: pos[0], AuthEnabled: enable, ApiKeys: splitList(keys),
@@ -151,8 +159,18 @@ func runDeployments(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func printDeployments(w io.Writer, deps ...*deploymentv1.Deployment) {
+	printDeploymentTable(w, nil, deps...)
+}
+
+// printDeploymentTable prints deployments, with a LAST USED column when
+// last is set.
+func printDeploymentTable(w io.Writer, last *lastUsed, deps ...*deploymentv1.Deployment) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tMODEL\tSTATUS\tAUTH\tKEYS\tREGIONS\tENDPOINT")
+	lastCol := ""
+	if last != nil {
+		lastCol = "\tLAST USED"
+	}
+	fmt.Fprintln(tw, "NAME\tMODEL\tSTATUS\tAUTH\tKEYS\tREGIONS\tENDPOINT"+lastCol)
 	for _, d := range deps {
 		status := strings.TrimPrefix(d.GetStatus().String(), "DEPLOYMENT_STATUS_")
 		if d.GetStatusReason() != "" {
@@ -169,6 +187,10 @@ func printDeployments(w io.Writer, deps ...*deploymentv1.Deployment) {
 		regions := strings.Join(d.GetRegions(), ",")
 		if regions == "" {
 			regions = "all"
+		}
+		if last != nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.GetName(), d.GetModel(), status, auth, keys, regions, d.GetEndpointUrl(), last.deployment(d.GetName()))
+			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", d.GetName(), d.GetModel(), status, auth, keys, regions, d.GetEndpointUrl())
 	}

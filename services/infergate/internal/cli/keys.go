@@ -20,7 +20,7 @@ import (
 
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		fmt.Fprintln(stderr, "usage: infergate keys create|list|get|update|delete|rotate …")
+		fmt.Fprintln(stderr, "usage: infergate keys create|list|get|update|delete|rotate|usage …")
 		return errUsage
 	}
 	sub, args := args[0], args[1:]
@@ -58,6 +58,8 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		pos, err = parse(fs, args, "NAME")
 	case "list":
 		pos, err = parse(fs, args)
+	case "usage":
+		return runKeyUsage(ctx, &c, fs, args, stdout)
 	default:
 		fmt.Fprintf(stderr, "unknown keys command %q\n", sub)
 		return errUsage
@@ -129,7 +131,8 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		if c.output == "json" {
 			return printJSON(stdout, all)
 		}
-		printKeys(stdout, all.GetKeys()...)
+		last := fetchLastUsed(ctx, &c, stderr)
+		printKeyTable(stdout, &last, all.GetKeys()...)
 		return nil
 	case "get":
 		res, err := client.GetKey(ctx, connect.NewRequest(&keyv1.GetKeyRequest{Project: c.project, Name: pos[0]}))
@@ -228,9 +231,16 @@ func rotateKey(ctx context.Context, client keyv1connect.KeyServiceClient, c comm
 	return nil
 }
 
-func printKeys(w io.Writer, keys ...*keyv1.Key) {
+func printKeys(w io.Writer, keys ...*keyv1.Key) { printKeyTable(w, nil, keys...) }
+
+// printKeyTable prints keys, with a LAST USED column when last is set.
+func printKeyTable(w io.Writer, last *lastUsed, keys ...*keyv1.Key) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tHINT\tEXPIRES\tDEPLOYMENTS\tCREATED\tDESCRIPTION")
+	lastCol := ""
+	if last != nil {
+		lastCol = "LAST USED\t"
+	}
+	fmt.Fprintln(tw, "NAME\tHINT\tEXPIRES\tDEPLOYMENTS\tCREATED\t"+lastCol+"DESCRIPTION")
 	for _, k := range keys {
 		expires := "never"
 		if k.GetExpiresAt() != nil {
@@ -242,6 +252,11 @@ func printKeys(w io.Writer, keys ...*keyv1.Key) {
 		deps := strings.Join(k.GetDeploymentNames(), ",")
 		if deps == "" {
 			deps = "-"
+		}
+		if last != nil {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.GetName(), k.GetHint(), expires, deps,
+				k.GetCreatedAt().AsTime().UTC().Format(time.RFC3339), last.key(k.GetName()), k.GetDescription())
+			continue
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", k.GetName(), k.GetHint(), expires, deps,
 			k.GetCreatedAt().AsTime().UTC().Format(time.RFC3339), k.GetDescription())

@@ -20,9 +20,9 @@ import (
 )
 
 const streamUsage = `usage:
-  infergate admin stream create --replicas N [--duplicate-window D] [--memory]
-  infergate admin stream update [--replicas N] [--duplicate-window D]
-  infergate admin stream info
+  infergate admin stream create --replicas N [--duplicate-window D] [--memory] [--stream events|usage]
+  infergate admin stream update [--replicas N] [--duplicate-window D] [--stream events|usage]
+  infergate admin stream info [--stream events|usage]
   infergate admin stream create-mirror --domain REGION [--hub-nats-url URL --hub-nats-nkey FILE | --hub-domain hub] [--replicas N] [--snapshot-max-bytes N] [--memory]
 flags of each: --nats-url (env INFERGATE_NATS_URL), --nats-nkey (env INFERGATE_NATS_NKEY), --nats-ca (env INFERGATE_NATS_CA), -o table|json`
 
@@ -50,7 +50,12 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	natsNkey := fs.String("nats-nkey", os.Getenv("INFERGATE_NATS_NKEY"), "nkey seed file of the control plane's NATS user, which may manage the stream (env INFERGATE_NATS_NKEY)")
 	natsCA := fs.String("nats-ca", os.Getenv("INFERGATE_NATS_CA"), "CA file for the NATS servers' TLS certificates; default the system's (env INFERGATE_NATS_CA)")
 	output := fs.String("o", "table", "output: table or json")
+	which := "events"
 	var cfg eventstore.Config
+	switch sub {
+	case "create", "update", "info":
+		fs.StringVar(&which, "stream", "events", "the stream: events (INFERGATE_EVENTS, the source of truth) or usage (INFERGATE_USAGE, the gateways' usage counts; docs/usage.md)")
+	}
 	switch sub {
 	case "create", "update":
 		fs.IntVar(&cfg.Replicas, "replicas", 0, "replicas of the stream: 3 on a production cluster, 1 on a single server (update: default keeps it)")
@@ -68,6 +73,14 @@ func runStream(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if *output != "table" && *output != "json" {
 		return fmt.Errorf("-o must be table or json, not %q", *output)
+	}
+	switch which {
+	case "events":
+	case "usage":
+		u := eventstore.UsageConfig()
+		cfg.Stream, cfg.SubjectPrefix, cfg.Raw = u.Stream, u.SubjectPrefix, u.Raw
+	default:
+		return fmt.Errorf("--stream must be events or usage, not %q", which)
 	}
 	if sub == "create" && cfg.Replicas == 0 {
 		fmt.Fprintln(stderr, "--replicas is required: 3 on a production cluster, 1 on a single server")

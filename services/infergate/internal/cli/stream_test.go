@@ -82,6 +82,41 @@ func TestAdminStream(t *testing.T) {
 	}
 }
 
+// TestAdminStreamUsage: the same owner and commands manage the usage
+// stream (docs/usage.md), beside the event stream and apart from it.
+func TestAdminStreamUsage(t *testing.T) {
+	t.Parallel()
+	srv, js := natstest.JetStream(t)
+	stream := func(args ...string) (string, error) {
+		t.Helper()
+		var out, errOut bytes.Buffer
+		err := run(t.Context(), append(append([]string{"admin", "stream"}, args...), "--nats-url", srv.ClientURL()), &out, &errOut)
+		return out.String() + errOut.String(), err
+	}
+	if _, err := stream("info", "--stream", "usage"); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("info of a missing usage stream: %v", err)
+	}
+	out, err := stream("create", "--stream", "usage", "--replicas", "1")
+	if err != nil {
+		t.Fatalf("create --stream usage: %v\n%s", err, out)
+	}
+	for _, want := range []string{"INFERGATE_USAGE", "infergate.usage.>", "declaration       matches"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("create --stream usage printed no %q:\n%s", want, out)
+		}
+	}
+	if out, err := stream("update", "--stream", "usage", "--duplicate-window", "10m"); err != nil || !strings.Contains(out, "duplicate window  10m0s") {
+		t.Errorf("update --stream usage: %v\n%s", err, out)
+	}
+	// The event stream is another one, still to be created.
+	if _, err := js.Stream(t.Context(), eventstore.DefaultStream); !errors.Is(err, jetstream.ErrStreamNotFound) {
+		t.Errorf("the event stream: %v", err)
+	}
+	if out, err := stream("info", "--stream", "metrics"); err == nil || !strings.Contains(err.Error(), "--stream must be events or usage") {
+		t.Errorf("info --stream metrics: %v\n%s", err, out)
+	}
+}
+
 // TestAdminStreamShowsDrift: info names what differs from the declaration
 // on a stream someone edited by hand, and update repairs it.
 func TestAdminStreamShowsDrift(t *testing.T) {

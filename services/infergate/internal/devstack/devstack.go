@@ -28,6 +28,7 @@ import (
 	"github.com/infergate/infergate/gen/infergate/deployment/v1/deploymentv1connect"
 	"github.com/infergate/infergate/gen/infergate/key/v1/keyv1connect"
 	"github.com/infergate/infergate/gen/infergate/task/v1/taskv1connect"
+	"github.com/infergate/infergate/gen/infergate/usage/v1/usagev1connect"
 	"github.com/infergate/infergate/services/audit"
 	"github.com/infergate/infergate/services/deployments"
 	"github.com/infergate/infergate/services/gateway"
@@ -41,6 +42,7 @@ import (
 	"github.com/infergate/infergate/services/internal/natslog"
 	"github.com/infergate/infergate/services/internal/snapshots"
 	"github.com/infergate/infergate/services/internal/upstreampolicy"
+	"github.com/infergate/infergate/services/internal/usageservice"
 	"github.com/infergate/infergate/services/keys"
 )
 
@@ -74,6 +76,9 @@ type Config struct {
 	NoHTTP1FastPath bool
 	// StatusInterval and StatusTimeout tune the deployment status checker.
 	StatusInterval, StatusTimeout time.Duration
+	// UsageFlushInterval is how often the gateways publish usage counts
+	// (0: the gateway's default, 10 s).
+	UsageFlushInterval time.Duration
 	// Regions, if any, makes the embedded server the hub of those
 	// regions, each with its own leaf NATS server, mirror and gateway
 	// (regions.go; docs/multi-region.md). None: one server, one gateway.
@@ -216,8 +221,12 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
 		return err
 	}
+	// And of the usage stream, which its gateways publish their counts to.
+	if err := eventstore.EnsureStream(ctx, js, eventstore.UsageConfig()); err != nil {
+		return err
+	}
 	plane, err := controlplane.OpenWith(ctx, nc, tokens, controlplane.Config{
-		DatabaseURL: cfg.DatabaseURL, DatabaseSchema: "infergate_dev",
+		DatabaseURL: cfg.DatabaseURL, DatabaseSchema: "infergate_dev", Usage: true,
 	}, cfg.Log)
 	if err != nil {
 		return err
@@ -299,6 +308,10 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	if err != nil {
 		return err
 	}
+	upath, uh, err := usageservice.NewHandler(usageservice.Config{Usage: plane.Usage, Log: cfg.Log}, plane.HandlerOptions()...)
+	if err != nil {
+		return err
+	}
 	checker, err := deployments.NewStatusChecker(deployments.StatusCheckConfig{
 		Events: plane.Events, Interval: cfg.StatusInterval, Timeout: cfg.StatusTimeout, Log: cfg.Log, Upstreams: upstreams,
 	})
@@ -308,6 +321,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	gw, err := gateway.New(gateway.Config{
 		Events: gwEvents, NATS: gwNC, Region: cfg.Region, BaseDomain: cfg.BaseDomain, ID: GatewayID, Log: cfg.Log,
 		Snapshots: gwSnaps, Upstreams: upstreams, Now: cfg.GatewayNow,
+		Usage: gateway.Usage{FlushInterval: cfg.UsageFlushInterval},
 	})
 	if err != nil {
 		return err
@@ -337,8 +351,9 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 		return err
 	}
 	tpath, th := plane.TaskService()
-	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, tpath: th, console.Path: cons},
-		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName, taskv1connect.TaskServiceName)
+	mux := controlplane.Mux(map[string]http.Handler{kpath: kh, dpath: dh, apath: ah, tpath: th, upath: uh, console.Path: cons},
+		keyv1connect.KeyServiceName, deploymentv1connect.DeploymentServiceName, auditv1connect.AuditServiceName,
+		taskv1connect.TaskServiceName, usagev1connect.UsageServiceName)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -363,6 +378,7 @@ func Run(ctx context.Context, cfg Config, ready func(*Stack)) error {
 	run("status checker", func() error { return checker.Run(ctx) })
 	run("audit history", func() error { return hist.Run(ctx) })
 	run("snapshotter", func() error { return snapshotter.Run(ctx) })
+	run("usage projection", func() error { return plane.RunUsage(ctx) })
 	run("gateway", func() error { return gw.Run(ctx) })
 	if demoModel != nil {
 		run("demo model", func() error { return demoModel.serve(ctx) })

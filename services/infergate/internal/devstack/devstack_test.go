@@ -10,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/nats-io/nats.go/jetstream"
 
+	usagev1 "github.com/infergate/infergate/gen/infergate/usage/v1"
+	"github.com/infergate/infergate/gen/infergate/usage/v1/usagev1connect"
 	"github.com/infergate/infergate/services/infergate/internal/devstack"
+	"github.com/infergate/infergate/services/internal/adminauth"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/natsembed"
 )
@@ -83,7 +87,7 @@ func TestRunRegions(t *testing.T) {
 	go func() {
 		done <- devstack.Run(ctx, devstack.Config{
 			DataDir: t.TempDir(), APIAddr: "127.0.0.1:0", GatewayAddr: "127.0.0.1:0", Out: &out,
-			Regions: []string{"eu", "us"}, Demo: true,
+			Regions: []string{"eu", "us"}, Demo: true, UsageFlushInterval: 100 * time.Millisecond,
 		}, func(st *devstack.Stack) { started <- st })
 	}()
 	var st *devstack.Stack
@@ -104,6 +108,30 @@ func TestRunRegions(t *testing.T) {
 			t.Errorf("region %s: ready %v, %v; the hub's gateway applied %d", r.Name, r.Gateway().Ready(), err, last)
 		}
 	}
+	// A request through the us region's gateway is counted at the hub:
+	// its usage flush crosses the leaf link as the region's leaf user.
+	us := st.Regions[1]
+	req, err := http.NewRequest(http.MethodPost, us.GatewayURL+"/d/"+devstack.DemoProject+"/"+devstack.DemoDeployment+"/v1/chat/completions",
+		strings.NewReader(`{"model":"m","messages":[{"role":"user","content":"hi"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("X-API-Key", st.Demo.Secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("chat through us: %s", resp.Status)
+	}
+	usage := usagev1connect.NewUsageServiceClient(http.DefaultClient, st.APIURL, connect.WithInterceptors(adminauth.NewClientInterceptor(st.Token)))
+	waitFor(t, "the us request counted at the hub", func() bool {
+		res, err := usage.GetDeploymentUsage(ctx, connect.NewRequest(&usagev1.GetDeploymentUsageRequest{
+			Project: devstack.DemoProject, Name: devstack.DemoDeployment}))
+		return err == nil && res.Msg.GetUsage().GetTotal().GetOk() == 1
+	})
 	post := func(path string) {
 		t.Helper()
 		resp, err := http.Post(st.RegionsURL+path, "", nil)
@@ -131,7 +159,7 @@ func TestRunRegions(t *testing.T) {
 	if got := eu.Gateway().Status().SnapshotSequence; got != last {
 		t.Errorf("eu's restarted gateway started from snapshot %d; want eu's copy, at %d", got, last)
 	}
-	resp, err := http.Get(strings.Replace(eu.GatewayURL, "localhost", "127.0.0.1", 1) + "/readyz")
+	resp, err = http.Get(strings.Replace(eu.GatewayURL, "localhost", "127.0.0.1", 1) + "/readyz")
 	if err != nil {
 		t.Fatalf("eu's restarted gateway: %v", err)
 	}

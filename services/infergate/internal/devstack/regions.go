@@ -263,6 +263,7 @@ func startRegion(ctx context.Context, cfg Config, keysDir, hubLeaf string, hub j
 	r.gwCfg = gateway.Config{
 		Events: mirror, NATS: gwNC, Region: name, BaseDomain: cfg.BaseDomain, ID: regionGatewayID(name), Snapshots: r.snaps,
 		Log: cfg.Log, Upstreams: upstreampolicy.MustParse(upstreampolicy.Loopback), MaxStaleness: cfg.RegionMaxStaleness,
+		Usage: gateway.Usage{FlushInterval: cfg.UsageFlushInterval},
 	}
 	if err := r.newGateway("127.0.0.1:0"); err != nil {
 		return nil, err

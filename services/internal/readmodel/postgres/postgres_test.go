@@ -166,3 +166,10 @@ func keyCreated(name, id string) *eventv1.Event {
 		}},
 	}
 }
+
+func TestUsageConformance(t *testing.T) {
+	t.Parallel()
+	readmodeltest.RunUsage(t, func(t *testing.T) readmodel.UsageStore {
+		return open(t, pgtest.Schema(t)).Usage()
+	})
+}

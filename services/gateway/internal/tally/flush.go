@@ -1,0 +1,272 @@
+package tally
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"google.golang.org/protobuf/proto"
+
+	usagev1 "github.com/infergate/infergate/gen/infergate/usage/v1"
+	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/eventstore"
+	"github.com/infergate/infergate/services/internal/usage"
+)
+
+// Defaults of a Flusher.
+const (
+	DefaultInterval = 10 * time.Second
+	// DefaultMaxPending is how many rows (deployment, key, minute) wait
+	// while NATS is away: ~100 bytes each, ~10 MB.
+	DefaultMaxPending = 100_000
+	// maxRows is the most rows one message carries: a row is at most
+	// ~280 bytes (three names of up to 63 bytes, eight numbers), so a
+	// message stays under 600 KB, within NATS's default 1 MB payload.
+	maxRows = 2048
+	// publishTimeout bounds one attempt to publish a flush.
+	publishTimeout = 5 * time.Second
+)
+
+// FlusherConfig says what to flush where.
+type FlusherConfig struct {
+	Counter *Counter
+	// Map is the auth map requests are decided on now.
+	Map func() *authmap.Map
+	// JS publishes to the usage stream (nil: nothing is published; counts
+	// wait, bounded, as while NATS is away).
+	JS         jetstream.JetStream
+	Region, ID string
+	// Interval between flushes; 0: DefaultInterval.
+	Interval time.Duration
+	// MaxPending bounds the rows kept while publishing fails; 0:
+	// DefaultMaxPending.
+	MaxPending int
+	Log        *slog.Logger
+}
+
+// rowKey is one pending row: a pair in a minute.
+type rowKey struct {
+	project, deployment, key string
+	minute                   int64
+}
+
+type pairKey struct{ project, deployment, key string }
+
+// Flusher publishes a Counter's counts to the usage stream: one message
+// at a time, in order, each retried with its own message id until it is
+// acknowledged, while later counts wait — merged by minute, bounded —
+// behind it.
+type Flusher struct {
+	cfg     FlusherConfig
+	boot    string
+	subject string
+
+	// mu serializes flushes and guards the fields below.
+	mu       sync.Mutex
+	seq      uint64
+	inflight *usagev1.Flush // frozen: sent at least once, resent as is
+	pending  map[rowKey]*usagev1.Row
+	newest   map[pairKey]int64 // the newest pending minute of each pair
+	dropped  uint64            // requests dropped since the last frozen message
+
+	published, failures, merged, droppedTotal atomic.Uint64
+	pendingRows                               atomic.Int64
+}
+
+// NewFlusher returns a flusher; run it with Run.
+func NewFlusher(cfg FlusherConfig) *Flusher {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultInterval
+	}
+	if cfg.MaxPending <= 0 {
+		cfg.MaxPending = DefaultMaxPending
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return &Flusher{
+		cfg: cfg, boot: hex.EncodeToString(b[:]), subject: usage.Subject(cfg.Region, cfg.ID),
+		pending: map[rowKey]*usagev1.Row{}, newest: map[pairKey]int64{},
+	}
+}
+
+// Run flushes every interval until ctx ends, then once more (bounded).
+func (f *Flusher) Run(ctx context.Context) error {
+	t := time.NewTicker(f.cfg.Interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), publishTimeout)
+			defer cancel()
+			if err := f.Flush(fctx); err != nil {
+				f.cfg.Log.Warn("usage: last flush not published; its counts are lost", "err", err)
+			}
+			return ctx.Err()
+		case <-t.C:
+			if err := f.Flush(ctx); err != nil && ctx.Err() == nil {
+				f.cfg.Log.Debug("usage flush not published; kept and retried", "err", err)
+			}
+		}
+	}
+}
+
+// Flush takes what was counted and publishes everything pending, in
+// order, until done or an attempt fails (what is left waits for the next
+// flush).
+func (f *Flusher) Flush(ctx context.Context) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.merge(f.cfg.Counter.Swap(f.cfg.Map()))
+	for {
+		if f.inflight == nil {
+			if len(f.pending) == 0 && f.dropped == 0 {
+				return nil
+			}
+			f.freeze()
+		}
+		if f.cfg.JS == nil {
+			f.failures.Add(1)
+			return errors.New("usage: no NATS")
+		}
+		data, err := proto.Marshal(f.inflight)
+		if err != nil {
+			return err
+		}
+		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+		_, err = f.cfg.JS.Publish(pctx, f.subject, data,
+			jetstream.WithMsgID(usage.MsgID(f.cfg.Region, f.cfg.ID, f.boot, f.inflight.GetSequence())),
+			jetstream.WithExpectStream(eventstore.UsageStream))
+		cancel()
+		if err != nil {
+			f.failures.Add(1)
+			return fmt.Errorf("usage: publish flush %d: %w", f.inflight.GetSequence(), err)
+		}
+		f.published.Add(1)
+		f.inflight = nil
+	}
+}
+
+// MapChanged makes the counter count against m, the gateway's new auth
+// map, from now on; what was counted against the old one waits for the
+// next flush.
+func (f *Flusher) MapChanged(m *authmap.Map) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.merge(f.cfg.Counter.Swap(m))
+}
+
+// merge adds rows to what is pending, by minute; past MaxPending a row of
+// a new minute joins its pair's newest pending minute, and a row of a
+// pair with nothing pending is dropped (counted).
+func (f *Flusher) merge(rows []Row) {
+	for i := range rows {
+		r := &rows[i]
+		if r.Last == 0 { // tokens only, of a request counted before
+			r.Last = time.Now().UnixNano()
+		}
+		minute := r.Last / int64(time.Minute) * 60
+		k := rowKey{r.Project, r.Deployment, r.Key, minute}
+		p := pairKey{r.Project, r.Deployment, r.Key}
+		row, ok := f.pending[k]
+		if !ok && len(f.pending) >= f.cfg.MaxPending {
+			n := requests(r)
+			if m, has := f.newest[p]; has {
+				row, ok = f.pending[rowKey{r.Project, r.Deployment, r.Key, m}], true
+				f.merged.Add(n)
+			} else {
+				f.dropped += n
+				f.droppedTotal.Add(n)
+				continue
+			}
+		}
+		if !ok {
+			row = &usagev1.Row{Project: r.Project, Deployment: r.Deployment, Key: r.Key, Minute: minute, Counts: &usagev1.Counts{}}
+			f.pending[k] = row
+			if minute > f.newest[p] {
+				f.newest[p] = minute
+			}
+		}
+		c := row.Counts
+		c.Ok += r.Counts[usage.ClassOK]
+		c.ClientErrors += r.Counts[usage.ClassClientError]
+		c.ServerErrors += r.Counts[usage.ClassServerError]
+		c.Refused += r.Counts[usage.ClassRefused]
+		c.PromptTokens += r.Prompt
+		c.CompletionTokens += r.Completion
+		row.LastUsedUnixNano = max(row.LastUsedUnixNano, r.Last)
+	}
+	f.pendingRows.Store(int64(len(f.pending)))
+}
+
+func requests(r *Row) uint64 {
+	var n uint64
+	for _, v := range r.Counts {
+		n += v
+	}
+	return n
+}
+
+// freeze makes the next message of up to maxRows pending rows, oldest
+// minutes first: from now on it is sent as it is, with its sequence,
+// until acknowledged. (Oldest first keeps newest true: a pair's newest
+// minute leaves the pending rows last.)
+func (f *Flusher) freeze() {
+	f.seq++
+	msg := &usagev1.Flush{Gateway: f.cfg.ID, Region: f.cfg.Region, Boot: f.boot, Sequence: f.seq, Dropped: f.dropped}
+	f.dropped = 0
+	keys := make([]rowKey, 0, len(f.pending))
+	for k := range f.pending {
+		keys = append(keys, k)
+	}
+	if len(keys) > maxRows {
+		slices.SortFunc(keys, func(a, b rowKey) int { return cmp.Compare(a.minute, b.minute) })
+		keys = keys[:maxRows]
+	}
+	for _, k := range keys {
+		msg.Rows = append(msg.Rows, f.pending[k])
+		delete(f.pending, k)
+		p := pairKey{k.project, k.deployment, k.key}
+		if f.newest[p] == k.minute {
+			delete(f.newest, p)
+		}
+	}
+	f.inflight = msg
+	f.pendingRows.Store(int64(len(f.pending)))
+}
+
+// Stats are the flusher's counters for /metrics.
+type Stats struct {
+	// Published and Failures count flush messages acknowledged and
+	// publish attempts that failed.
+	Published, Failures uint64
+	// Merged and Dropped count requests whose counts were merged into an
+	// earlier minute, or dropped, because MaxPending rows were waiting.
+	Merged, Dropped uint64
+	// PendingRows are the rows waiting (besides the message in flight).
+	PendingRows int64
+	// Overflow and OtherMap are requests not counted: no free cell in the
+	// table, or counted against an auth map the gateway had just replaced.
+	Overflow, OtherMap uint64
+}
+
+// Stats returns the counters.
+func (f *Flusher) Stats() Stats {
+	o, m := f.cfg.Counter.Lost()
+	return Stats{
+		Published: f.published.Load(), Failures: f.failures.Load(),
+		Merged: f.merged.Load(), Dropped: f.droppedTotal.Load(),
+		PendingRows: f.pendingRows.Load(), Overflow: o, OtherMap: m,
+	}
+}

@@ -1,0 +1,65 @@
+package tally
+
+import (
+	"testing"
+	"time"
+
+	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/usage"
+)
+
+// TestFlusherBound: while nothing can be published, the first flush is
+// frozen as it was, later counts wait merged by minute, and past
+// MaxPending a row joins its pair's newest minute or, for a pair with
+// nothing waiting, is dropped — counted either way.
+func TestFlusherBound(t *testing.T) {
+	t.Parallel()
+	m := authmap.New()
+	var evs []*eventv1.Event
+	for _, name := range []string{"a", "b", "c"} {
+		agg := &eventv1.Aggregate{Type: eventv1.AggregateType_AGGREGATE_TYPE_DEPLOYMENT, Name: name}
+		evs = append(evs, &eventv1.Event{Project: "p", Aggregate: agg, Payload: &eventv1.Event_DeploymentCreated{
+			DeploymentCreated: &eventv1.DeploymentCreated{DeploymentId: "id-" + name, Name: name, UpstreamUrl: "http://up"}}})
+	}
+	m.Apply(1, evs)
+	dep := map[string]uint32{}
+	for _, name := range []string{"a", "b", "c"} {
+		dep[name] = m.Decide("p", name, "", "", time.Now()).Deployment
+	}
+	c := NewCounter(0, m)
+	f := NewFlusher(FlusherConfig{Counter: c, Map: func() *authmap.Map { return m }, Region: "eu", ID: "gw", MaxPending: 2})
+	minute := func(n int64) int64 { return (28_000_000 + n) * int64(time.Minute) }
+	flush := func() {
+		if err := f.Flush(t.Context()); err == nil {
+			t.Fatal("flushed without NATS")
+		}
+	}
+
+	c.Count(m, dep["a"], 0, usage.ClassOK, minute(0))
+	flush()
+	c.Count(m, dep["a"], 0, usage.ClassOK, minute(1))
+	c.Count(m, dep["b"], 0, usage.ClassOK, minute(1))
+	flush()
+	c.Count(m, dep["a"], 0, usage.ClassRefused, minute(2)) // a new minute of a: merged into minute 1
+	c.Count(m, dep["c"], 0, usage.ClassOK, minute(2))      // c has nothing waiting: dropped
+	flush()
+
+	st := f.Stats()
+	if st.Merged != 1 || st.Dropped != 1 || st.PendingRows != 2 || st.Failures != 3 || st.Published != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if f.inflight.GetSequence() != 1 || len(f.inflight.GetRows()) != 1 || f.inflight.GetRows()[0].GetCounts().GetOk() != 1 {
+		t.Errorf("the frozen message changed: %v", f.inflight)
+	}
+	a := f.pending[rowKey{"p", "a", "", minute(1) / int64(time.Minute) * 60}]
+	if a == nil || a.GetCounts().GetOk() != 1 || a.GetCounts().GetRefused() != 1 || a.GetLastUsedUnixNano() != minute(2) {
+		t.Errorf("a's waiting row: %v", a)
+	}
+	// The next message carries what was dropped.
+	f.inflight = nil
+	f.freeze()
+	if f.inflight.GetSequence() != 2 || f.inflight.GetDropped() != 1 || len(f.inflight.GetRows()) != 2 || len(f.pending) != 0 {
+		t.Errorf("next message: %v", f.inflight)
+	}
+}

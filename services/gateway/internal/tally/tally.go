@@ -1,0 +1,233 @@
+// Package tally is the gateway's usage counting (docs/usage.md): requests
+// per deployment, key and status class, the last use, and tokens where
+// the upstream reported them, counted on the request path without a lock
+// or an allocation, and flushed every interval to the usage stream.
+//
+// Counting is a lookup in a fixed table of cache-line cells keyed by the
+// auth map's numbers for the deployment and the key (authmap.Decision),
+// and an atomic add. Each flush swaps in an empty table and drains the
+// one it took out (twice: again at the next flush, for a counter that
+// loaded the table just before the swap), so the table holds only what
+// was counted in one interval and never grows. Names are looked up only
+// at the flush, in the auth map the table was counted against.
+package tally
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/infergate/infergate/services/internal/authmap"
+	"github.com/infergate/infergate/services/internal/usage"
+)
+
+// DefaultCells is the number of (deployment, key) pairs a table holds in
+// one flush interval: 16,384 cells of 64 bytes, 1 MiB (three tables are
+// kept: the one counted into, the one drained, a spare).
+const DefaultCells = 1 << 14
+
+// hashMul spreads a pair's id over the table (Fibonacci hashing).
+const hashMul = 0x9e3779b97f4a7c15
+
+// maxProbe bounds a lookup: past it the count goes to overflow.
+const maxProbe = 16
+
+// cell is one (deployment, key) pair's counts in one interval: one cache
+// line.
+type cell struct {
+	id   atomic.Uint64 // 0: free; else deployment<<32 | key
+	n    [usage.NumClasses]atomic.Uint64
+	tok  [2]atomic.Uint64 // prompt, completion
+	last atomic.Int64     // Unix ns of the last request counted
+}
+
+type table struct {
+	m     *authmap.Map // the map whose numbers the cells hold
+	cells []cell
+	shift uint
+}
+
+func newTable(size int) *table {
+	n, shift := 1, uint(64)
+	for n < size {
+		n, shift = n*2, shift-1
+	}
+	return &table{cells: make([]cell, n), shift: shift}
+}
+
+// find returns id's cell, taking a free one; nil when none is free within
+// maxProbe.
+func (t *table) find(id uint64) *cell {
+	mask := uint64(len(t.cells) - 1)
+	i := (id * hashMul) >> t.shift
+	for range maxProbe {
+		c := &t.cells[i]
+		v := c.id.Load()
+		if v == id {
+			return c
+		}
+		if v == 0 && (c.id.CompareAndSwap(0, id) || c.id.Load() == id) {
+			return c
+		}
+		i = (i + 1) & mask
+	}
+	return nil
+}
+
+// Counter counts; its zero value is not usable, call NewCounter.
+type Counter struct {
+	cur atomic.Pointer[table]
+	// overflow counts requests that found no free cell; other counts
+	// those counted against another auth map than the table's (in the
+	// interval after the gateway rebuilt its map). Neither reaches the
+	// stream: /metrics shows them.
+	overflow, other atomic.Uint64
+
+	// mu serializes Swap and guards the fields below.
+	mu    sync.Mutex
+	size  int
+	prev  *table // taken out at the last swap: drained again at the next
+	spare *table
+}
+
+// NewCounter returns a counter with tables of cells cells (0:
+// DefaultCells), counting against m until the first Swap.
+func NewCounter(cells int, m *authmap.Map) *Counter {
+	if cells <= 0 {
+		cells = DefaultCells
+	}
+	c := &Counter{size: cells}
+	t := newTable(cells)
+	t.m = m
+	c.cur.Store(t)
+	return c
+}
+
+// Count counts one request of deployment dep with key key (authmap
+// Decision numbers; dep 0 is not counted) in class, at now (Unix ns),
+// decided on map m. It never blocks and does not allocate.
+func (c *Counter) Count(m *authmap.Map, dep, key uint32, class usage.Class, now int64) {
+	if dep == 0 {
+		return
+	}
+	t := c.cur.Load()
+	id := uint64(dep)<<32 | uint64(key)
+	// The common case in a few instructions: the pair's cell is the
+	// first probed and already taken.
+	cl := &t.cells[(id*hashMul)>>t.shift]
+	if cl.id.Load() != id || t.m != m {
+		if cl = c.slow(t, m, id); cl == nil {
+			return
+		}
+	}
+	cl.n[class].Add(1)
+	// The last use is kept to the millisecond: a store (a locked
+	// instruction on amd64, as costly as the add) at most once a
+	// millisecond per cell, a plain load otherwise.
+	if now-cl.last.Load() >= lastUsedPrecision {
+		cl.last.Store(now)
+	}
+}
+
+// slow is Count's lookup past the first probe.
+func (c *Counter) slow(t *table, m *authmap.Map, id uint64) *cell {
+	if t.m != m {
+		c.other.Add(1)
+		return nil
+	}
+	cl := t.find(id)
+	if cl == nil {
+		c.overflow.Add(1)
+	}
+	return cl
+}
+
+// lastUsedPrecision is how precisely the last use is kept, in ns.
+const lastUsedPrecision = int64(time.Millisecond)
+
+// Tokens adds the tokens an upstream reported for a request counted with
+// Count.
+func (c *Counter) Tokens(m *authmap.Map, dep, key uint32, prompt, completion uint64) {
+	if dep == 0 || prompt|completion == 0 {
+		return
+	}
+	t := c.cur.Load()
+	if t.m != m {
+		return
+	}
+	if cl := t.find(uint64(dep)<<32 | uint64(key)); cl != nil {
+		cl.tok[0].Add(prompt)
+		cl.tok[1].Add(completion)
+	}
+}
+
+// Lost reports the requests counted into overflow (no free cell) and
+// against another auth map, since the start.
+func (c *Counter) Lost() (overflow, otherMap uint64) { return c.overflow.Load(), c.other.Load() }
+
+// Row is one drained cell, named.
+type Row struct {
+	Project, Deployment, Key string
+	Counts                   [usage.NumClasses]uint64
+	Prompt, Completion       uint64
+	// Last is the last use, Unix ns.
+	Last int64
+}
+
+// Swap starts a new interval counted against m and returns what the
+// previous intervals counted: the table taken out now, and what came late
+// into the one taken out at the previous swap.
+func (c *Counter) Swap(m *authmap.Map) []Row {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next := c.spare
+	if next == nil {
+		next = newTable(c.size)
+	}
+	c.spare = nil
+	next.m = m
+	old := c.cur.Swap(next)
+	var rows []Row
+	rows = drain(old, rows)
+	if c.prev != nil {
+		rows = drain(c.prev, rows)
+		for i := range c.prev.cells {
+			c.prev.cells[i].id.Store(0)
+			c.prev.cells[i].last.Store(0)
+		}
+		c.prev.m = nil
+		c.spare = c.prev
+	}
+	c.prev = old
+	return rows
+}
+
+// drain takes t's counts (leaving zeros, so draining again takes only
+// what came since) and appends them as rows.
+func drain(t *table, rows []Row) []Row {
+	for i := range t.cells {
+		cl := &t.cells[i]
+		id := cl.id.Load()
+		if id == 0 {
+			continue
+		}
+		var r Row
+		any := false
+		for k := range cl.n {
+			if r.Counts[k] = cl.n[k].Swap(0); r.Counts[k] != 0 {
+				any = true
+			}
+		}
+		r.Prompt, r.Completion = cl.tok[0].Swap(0), cl.tok[1].Swap(0)
+		if !any && r.Prompt|r.Completion == 0 {
+			continue
+		}
+		r.Last = cl.last.Load()
+		var ok bool
+		if r.Project, r.Deployment, r.Key, ok = t.m.Names(uint32(id>>32), uint32(id)); !ok {
+			continue
+		}
+		rows = append(rows, r)
+	}
+	return rows
+}
