@@ -77,17 +77,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	switch sub {
 	case "create":
 		req := &keyv1.CreateKeyRequest{Project: c.project, Name: pos[0], Description: description, DeploymentNames: splitList(deployments)}
-		switch {
-		case expiresIn != 0 && expiresAt != "":
+		if expiresIn != 0 && expiresAt != "" {
 			return fmt.Errorf("use --expires-in or --expires-at, not both")
-		case expiresIn != 0:
-			req.ExpiresAt = timestamppb.New(time.Now().Add(expiresIn))
-		case expiresAt != "":
-			t, err := time.Parse(time.RFC3339, expiresAt)
-			if err != nil {
-				return fmt.Errorf("--expires-at: %w", err)
-			}
-			req.ExpiresAt = timestamppb.New(t)
+		}
+		if req.ExpiresAt, err = expiryOf(expiresIn, expiresAt); err != nil {
+			return err
 		}
 		res, err := client.CreateKey(ctx, connect.NewRequest(req))
 		if err != nil {
@@ -155,17 +149,11 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 				req.Description = &description
 			}
 		})
-		switch {
-		case btoi(expiresIn != 0)+btoi(expiresAt != "")+btoi(never) > 1:
+		if btoi(expiresIn != 0)+btoi(expiresAt != "")+btoi(never) > 1 {
 			return fmt.Errorf("use one of --expires-in, --expires-at and --never-expires")
-		case expiresIn != 0:
-			req.ExpiresAt = timestamppb.New(time.Now().Add(expiresIn))
-		case expiresAt != "":
-			t, err := time.Parse(time.RFC3339, expiresAt)
-			if err != nil {
-				return fmt.Errorf("--expires-at: %w", err)
-			}
-			req.ExpiresAt = timestamppb.New(t)
+		}
+		if req.ExpiresAt, err = expiryOf(expiresIn, expiresAt); err != nil {
+			return err
 		}
 		res, err := client.UpdateKey(ctx, connect.NewRequest(req))
 		if err != nil {
@@ -274,4 +262,20 @@ func btoi(b bool) int {
 		return 1
 	}
 	return 0
+}
+
+// expiryOf is the expiry --expires-in or --expires-at give (at most one of
+// them is set), nil when neither is.
+func expiryOf(in time.Duration, at string) (*timestamppb.Timestamp, error) {
+	switch {
+	case in != 0:
+		return timestamppb.New(time.Now().Add(in)), nil
+	case at != "":
+		t, err := time.Parse(time.RFC3339, at)
+		if err != nil {
+			return nil, fmt.Errorf("--expires-at: %w", err)
+		}
+		return timestamppb.New(t), nil
+	}
+	return nil, nil
 }
