@@ -369,7 +369,7 @@ type StreamState struct {
 // Identity is the life of the stream the state was read from. Its time is
 // kept to the microsecond, as PostgreSQL keeps a checkpoint's.
 func (st StreamState) Identity() Identity {
-	return Identity{Stream: st.Stream, Created: st.Created.UTC().Truncate(time.Microsecond)}
+	return Identity{Stream: st.Stream, Created: st.Created}.truncated()
 }
 
 // State reads the stream's state now.

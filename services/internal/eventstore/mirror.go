@@ -99,6 +99,8 @@ func originOf(cfg jetstream.StreamConfig) (Identity, error) {
 	return Identity{Stream: name, Created: t}.truncated(), nil
 }
 
+// truncated is i with its time in UTC, to the microsecond: the one
+// precision every identity is compared at.
 func (i Identity) truncated() Identity {
 	return Identity{Stream: i.Stream, Created: i.Created.UTC().Truncate(time.Microsecond)}
 }
