@@ -171,3 +171,60 @@ func parseHexUint(v []byte) (n uint64, err error) {
 	}
 	return n, nil
 }
+
+// scan decodes what it can of in, raw chunked bytes just read from the
+// upstream, without reading more: it appends the data to dst and returns
+// how much of in it used. It takes only the steady state of a stream —
+// chunk data, the CRLF after it, and size lines that are bare hex digits
+// ending in CRLF — and updates cr exactly as Read would have, so Read
+// carries on from where it stopped. It stops (used < len(in)) at the
+// first thing it does not take: a line not complete in in, the last
+// chunk, extensions, whitespace, anything malformed. odd is true when it
+// stopped at a complete line or CRLF it does not take (the bytes are for
+// Read to judge); false when in just ran out.
+func (cr *chunkedReader) scan(dst, in []byte) (out []byte, used int, odd bool) {
+	i := 0
+	for i < len(in) && cr.err == nil {
+		if cr.checkEnd {
+			if len(in)-i < 2 {
+				return dst, i, false
+			}
+			if in[i] != '\r' || in[i+1] != '\n' {
+				return dst, i, true
+			}
+			i += 2
+			cr.checkEnd = false
+			continue
+		}
+		if cr.n == 0 {
+			j := bytes.IndexByte(in[i:], '\n')
+			if j < 0 {
+				return dst, i, len(in)-i > 18 // longer than any line scan takes
+			}
+			line := in[i : i+j]
+			if len(line) < 2 || len(line) > 17 || line[len(line)-1] != '\r' {
+				return dst, i, true
+			}
+			n, err := parseHexUint(line[:len(line)-1])
+			if err != nil || n == 0 || n > 1<<40 {
+				return dst, i, true
+			}
+			// The overhead rule of beginChunk; past it, Read refuses.
+			excess := max(cr.excess+int64(len(line))+1-(16+2*int64(n)), 0)
+			if excess > 16*1024 {
+				return dst, i, true
+			}
+			cr.excess, cr.n = excess, n
+			i += j + 1
+			continue
+		}
+		k := int(min(cr.n, uint64(len(in)-i)))
+		dst = append(dst, in[i:i+k]...)
+		cr.n -= uint64(k)
+		i += k
+		if cr.n == 0 {
+			cr.checkEnd = true
+		}
+	}
+	return dst, i, cr.err != nil
+}

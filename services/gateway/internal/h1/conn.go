@@ -48,6 +48,8 @@ type Conn struct {
 	closeAfter bool
 	// tap is the request's Tap while Forward relays its response.
 	tap io.Writer
+	// pk is the stream's state while a relay loop carries it.
+	pk parking
 	// deadline is the read deadline set on nc; zero: none.
 	deadline time.Time
 	// wroteAt is when the write deadline was last set.

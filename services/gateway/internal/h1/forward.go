@@ -195,6 +195,9 @@ type relay struct {
 	left int64
 	// cr decodes a chunked body.
 	cr chunkedReader
+	// noLoop: a relay loop gave the stream back at framing it does not
+	// take; it stays on its goroutine.
+	noLoop bool
 }
 
 // read reads decoded body bytes into p from br; io.EOF at the body's end.
@@ -243,6 +246,19 @@ func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error
 			*bp = nil
 			uc.Release()
 			c.releaseBuf()
+			if framed {
+				// A relay loop carries the stream while it flows.
+				if p, ok := c.s.loops.park(c, uc, rl); ok {
+					if p.err != nil {
+						return p.err
+					}
+					if len(p.pending) > 0 {
+						if err := c.write(p.pending); err != nil {
+							return err
+						}
+					}
+				}
+			}
 			if err := uc.Wait(); err != nil {
 				return err
 			}

@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,6 +61,9 @@ type Server struct {
 
 	handler atomic.Pointer[handlerBox]
 	up      upstreams
+	// loops carry streams between chunks (nil: each waits on its own
+	// goroutine).
+	loops   *loops
 	closing atomic.Bool
 	// ctx bounds upstream dials; it ends when shutdown gives up on the
 	// open requests.
@@ -108,8 +112,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.Bounds.SetDefaults()
+	s.loops = newLoops(runtime.GOMAXPROCS(0))
 	s.mu.Unlock()
 	defer s.cancel()
+	defer s.loops.close()
 	hl := newHandoffListener(ln.Addr())
 	fbErr := make(chan error, 1)
 	go func() { fbErr <- s.Fallback.Serve(hl) }()
@@ -199,6 +205,7 @@ func (s *Server) shutdown(ctx context.Context) {
 	case <-done:
 	case <-ctx.Done():
 		s.cancel()
+		s.loops.close() // the parked streams end
 		s.mu.Lock()
 		for c := range s.conns {
 			_ = c.nc.Close()

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
@@ -169,6 +170,9 @@ type Conn struct {
 	until time.Time
 	// deadline is the read deadline set on nc.
 	deadline time.Time
+	// unread are bytes read from nc by someone else (the relay loop)
+	// that the next reads return first (Unread).
+	unread []byte
 }
 
 // Watcher says whether a request's client has gone.
@@ -228,15 +232,28 @@ func (c *Conn) Reader() *bufio.Reader {
 // consumed.
 func (c *Conn) Buffered() int {
 	if c.br == nil {
-		return 0
+		return len(c.unread)
 	}
-	return c.br.Buffered()
+	return c.br.Buffered() + len(c.unread)
 }
+
+// Unread gives back bytes read from the connection's socket directly
+// (the relay loop's reads): the reads that follow return them before
+// anything newer. b is copied. Only while nothing is buffered.
+func (c *Conn) Unread(b []byte) {
+	if len(b) > 0 {
+		c.unread = append(c.unread[:0], b...)
+	}
+}
+
+// Raw is the connection's socket (nil if it is not one), for the relay
+// loop's non-blocking reads.
+func (c *Conn) Raw() syscall.RawConn { return c.probe.Raw() }
 
 // Release gives the read buffer back when nothing is buffered in it (a
 // later Reader borrows one again); with bytes buffered it does nothing.
 func (c *Conn) Release() {
-	if c.br != nil && c.br.Buffered() == 0 {
+	if c.br != nil && c.br.Buffered() == 0 && len(c.unread) == 0 {
 		c.br.Reset(nil)
 		readers.Put(c.br)
 		c.br = nil
@@ -323,6 +340,14 @@ type connReader struct{ c *Conn }
 
 func (r connReader) Read(b []byte) (int, error) {
 	c := r.c
+	if len(c.unread) > 0 {
+		n := copy(b, c.unread)
+		c.unread = c.unread[n:]
+		if len(c.unread) == 0 {
+			c.unread = nil
+		}
+		return n, nil
+	}
 	for {
 		if err := c.arm(); err != nil {
 			return 0, err

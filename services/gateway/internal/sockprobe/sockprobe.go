@@ -84,6 +84,9 @@ func (p *Probe) Wait() error {
 	return p.raw.Read(p.wait)
 }
 
+// Raw is the probed socket (nil when the connection is not one).
+func (p *Probe) Raw() syscall.RawConn { return p.raw }
+
 // State peeks at the socket.
 func (p *Probe) State() State {
 	if p.peek == nil {

@@ -1,0 +1,360 @@
+//go:build linux
+
+package h1
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/infergate/infergate/services/gateway/internal/keepalive"
+)
+
+// A relay loop carries streams between their chunks. A stream whose
+// response body is chunked or close-delimited (SSE) spends its life
+// waiting for the upstream's next chunk; instead of one goroutine per
+// stream parking in Go's poller for every chunk (a wake-up, a read, a
+// write, a read that finds nothing, a park: and the scheduler's thread
+// hand-offs around each slow syscall), the stream is parked here: the
+// loop watches every parked stream's upstream socket with one epoll set
+// of its own (itself waited on through Go's poller), and for each chunk
+// that comes it does one read, decodes it (chunkedReader.scan), gives it
+// to the request's tap and writes it to the client — one read and one
+// write per chunk, on one goroutine for many streams, with one buffer.
+//
+// The loop takes only the steady state. Anything else — a size line cut
+// by a read, the last chunk and its trailer, extensions, anything
+// malformed, the upstream's end or error, a client that does not take a
+// write at once — hands the stream back to its goroutine, with the bytes
+// the loop read and did not use given back to the upstream connection
+// (keepalive.Conn.Unread) and the bytes the client did not take to write:
+// relay then goes on as it always does, with the same decoder, the same
+// bounds and the same errors. A client that closes its connection is
+// noticed at once (EPOLLRDHUP) and its stream handed back with
+// keepalive.ErrClientGone.
+type loop struct {
+	epfd int
+	file *os.File // epfd, waited on through Go's poller
+	raw  syscall.RawConn
+
+	mu     sync.Mutex // mu protects what follows, and epfd's set
+	closed bool
+	slots  []*Conn
+	gens   []uint32
+	free   []int32
+
+	// Used by the loop's goroutine only.
+	evs [128]syscall.EpollEvent
+	in  []byte
+	out []byte
+}
+
+// loops are a server's relay loops, one per P.
+type loops struct {
+	all  []*loop
+	next atomic.Uint32
+}
+
+// parking is a Conn's state while its stream is parked.
+type parking struct {
+	uc   *keepalive.Conn
+	rl   *relay
+	slot int32
+	gen  uint32
+	done chan parked
+}
+
+// parked is how a parked stream came back: bytes the client has still
+// to be sent, or an error that ends the relay.
+type parked struct {
+	pending []byte
+	err     error
+}
+
+// clientEvent marks the client socket's events (in the event's Pad).
+const clientEvent = 1 << 31
+
+// loopHole is the room kept before a chunk's data for its size line.
+const loopHole = 18
+
+func newLoops(n int) *loops {
+	ls := &loops{}
+	for range n {
+		l, err := newLoop()
+		if err != nil {
+			// No loop: streams wait on their own goroutines.
+			ls.close()
+			return nil
+		}
+		ls.all = append(ls.all, l)
+		go l.run()
+	}
+	return ls
+}
+
+func newLoop() (*loop, error) {
+	fd, err := syscall.EpollCreate1(syscall.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		_ = syscall.Close(fd)
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "h1-relay-loop")
+	raw, err := f.SyscallConn()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return &loop{
+		epfd: fd, file: f, raw: raw,
+		in:  make([]byte, keepalive.ReadBufSize),
+		out: make([]byte, loopHole+keepalive.ReadBufSize+2),
+	}, nil
+}
+
+// close hands every parked stream back with net.ErrClosed-like errors
+// and stops the loops.
+func (ls *loops) close() {
+	if ls == nil {
+		return
+	}
+	for _, l := range ls.all {
+		l.close()
+	}
+}
+
+var errLoopClosed = errors.New("h1: the server is closing")
+
+func (l *loop) close() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	for slot, c := range l.slots {
+		if c != nil {
+			l.unparkLocked(c, int32(slot), parked{err: errLoopClosed})
+		}
+	}
+	l.mu.Unlock()
+	_ = l.file.Close()
+}
+
+// park hands c's stream to a loop until it comes back; false when no
+// loop took it (the caller waits on its own).
+func (ls *loops) park(c *Conn, uc *keepalive.Conn, rl *relay) (parked, bool) {
+	if ls == nil || rl.noLoop {
+		return parked{}, false
+	}
+	craw, uraw := c.probe.Raw(), uc.Raw()
+	if craw == nil || uraw == nil {
+		return parked{}, false
+	}
+	l := ls.all[int(ls.next.Add(1))%len(ls.all)]
+	if c.pk.done == nil {
+		c.pk.done = make(chan parked, 1)
+	}
+	c.pk.uc, c.pk.rl = uc, rl
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return parked{}, false
+	}
+	var slot int32
+	if n := len(l.free); n > 0 {
+		slot = l.free[n-1]
+		l.free = l.free[:n-1]
+	} else {
+		slot = int32(len(l.slots))
+		l.slots = append(l.slots, nil)
+		l.gens = append(l.gens, 0)
+	}
+	l.gens[slot]++
+	gen := l.gens[slot] &^ clientEvent
+	c.pk.slot, c.pk.gen = slot, gen
+	var errc, erru error
+	ce := syscall.EpollEvent{Events: syscall.EPOLLRDHUP, Fd: slot, Pad: int32(gen | clientEvent)}
+	if err := craw.Control(func(fd uintptr) { errc = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ce) }); err != nil {
+		errc = err
+	}
+	if errc == nil {
+		ue := syscall.EpollEvent{Events: syscall.EPOLLIN, Fd: slot, Pad: int32(gen)}
+		if err := uraw.Control(func(fd uintptr) { erru = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ue) }); err != nil {
+			erru = err
+		}
+		if erru != nil {
+			_ = craw.Control(func(fd uintptr) { _ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
+		}
+	}
+	if errc != nil || erru != nil {
+		l.free = append(l.free, slot)
+		l.mu.Unlock()
+		return parked{}, false
+	}
+	l.slots[slot] = c
+	l.mu.Unlock()
+	return <-c.pk.done, true
+}
+
+// unparkLocked takes c out of the loop and gives its stream back.
+func (l *loop) unparkLocked(c *Conn, slot int32, p parked) {
+	del := func(fd uintptr) { _ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) }
+	_ = c.probe.Raw().Control(del)
+	_ = c.pk.uc.Raw().Control(del)
+	l.slots[slot] = nil
+	l.free = append(l.free, slot)
+	c.pk.uc, c.pk.rl = nil, nil
+	c.pk.done <- p
+}
+
+// run waits for the parked streams' events and carries their chunks,
+// until the loop is closed.
+func (l *loop) run() {
+	for {
+		closed := false
+		err := l.raw.Read(func(uintptr) bool {
+			for {
+				n, err := syscall.EpollWait(l.epfd, l.evs[:], 0)
+				if err == syscall.EINTR {
+					continue
+				}
+				if n <= 0 {
+					// Nothing ready: wait in Go's poller for the set to be.
+					return err != nil
+				}
+				l.mu.Lock()
+				if l.closed {
+					l.mu.Unlock()
+					closed = true
+					return true
+				}
+				for _, ev := range l.evs[:n] {
+					l.event(ev)
+				}
+				l.mu.Unlock()
+			}
+		})
+		if closed || err != nil {
+			return
+		}
+	}
+}
+
+// event handles one event of a parked stream (l.mu held).
+func (l *loop) event(ev syscall.EpollEvent) {
+	slot := ev.Fd
+	if slot < 0 || int(slot) >= len(l.slots) {
+		return
+	}
+	c := l.slots[slot]
+	if c == nil || uint32(ev.Pad)&^clientEvent != c.pk.gen {
+		return // a stream handed back earlier in the batch
+	}
+	if uint32(ev.Pad)&clientEvent != 0 {
+		// The client shut its side (or failed). Gone, unless it sent a
+		// request first: then it is for the relay's writes to find out.
+		if c.Gone() {
+			l.unparkLocked(c, slot, parked{err: keepalive.ErrClientGone})
+			return
+		}
+		_ = c.probe.Raw().Control(func(fd uintptr) { _ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
+		return
+	}
+	l.relayChunk(c, slot)
+}
+
+// relayChunk reads what the upstream sent, once, and carries the chunks
+// in it to the client; anything the loop does not take hands the stream
+// back.
+func (l *loop) relayChunk(c *Conn, slot int32) {
+	uc, rl := c.pk.uc, c.pk.rl
+	var n int
+	var rerr error
+	// Control, not Read: the socket's deadlines are the goroutine's,
+	// for when it has the stream back.
+	if err := uc.Raw().Control(func(fd uintptr) {
+		for {
+			n, rerr = syscall.Read(int(fd), l.in)
+			if rerr != syscall.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		rerr = err
+	}
+	switch {
+	case rerr == syscall.EAGAIN:
+		return // nothing after all
+	case rerr != nil:
+		l.unparkLocked(c, slot, parked{err: rerr})
+		return
+	case n == 0:
+		// The upstream's end: relay reads it and ends the body as it
+		// should (a close-delimited one ends, a chunked one is cut).
+		l.unparkLocked(c, slot, parked{})
+		return
+	}
+	in := l.in[:n]
+	var (
+		o    []byte
+		used int
+		odd  bool
+	)
+	if rl.mode == bodyChunked {
+		o, used, odd = rl.cr.scan(l.out[:loopHole], in)
+	} else {
+		o, used = append(l.out[:loopHole], in...), n
+	}
+	var p parked
+	if k := len(o) - loopHole; k > 0 {
+		c.tapBody(o[loopHole:])
+		size := strconv.AppendInt(l.out[:0:loopHole], int64(k), 16)
+		start := loopHole - len(size) - 2
+		copy(l.out[start:], size)
+		l.out[loopHole-2], l.out[loopHole-1] = '\r', '\n'
+		o = append(o, "\r\n"...)[start:]
+		w, err := c.writeNow(o)
+		if err != nil {
+			p.err = err
+		} else if w < len(o) {
+			p.pending = append([]byte(nil), o[w:]...)
+		}
+	}
+	if used < n {
+		uc.Unread(in[used:])
+		rl.noLoop = odd
+	}
+	if p.err != nil || p.pending != nil || used < n {
+		l.unparkLocked(c, slot, p)
+	}
+}
+
+// writeNow writes what the client's socket takes at once.
+func (c *Conn) writeNow(b []byte) (int, error) {
+	var n int
+	var werr error
+	if err := c.probe.Raw().Control(func(fd uintptr) {
+		for {
+			n, werr = syscall.Write(int(fd), b)
+			if werr != syscall.EINTR {
+				return
+			}
+		}
+	}); err != nil {
+		werr = err
+	}
+	switch {
+	case werr == syscall.EAGAIN:
+		return 0, nil
+	case werr != nil:
+		return 0, fmt.Errorf("%w: %w", errClientWrite, werr)
+	}
+	return n, nil
+}
