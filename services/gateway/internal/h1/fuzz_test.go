@@ -237,5 +237,71 @@ func FuzzResponseAgainstNetHTTP(f *testing.F) {
 		if err == nil && !bytes.Equal(got, want) {
 			t.Fatalf("body %q, net/http %q", got, want)
 		}
+		// The same body carried by a relay loop between chunks: it must
+		// come out exactly as the goroutine's relay has it.
+		viaLoop, loopErr := relayViaLoop(rl.mode, r.length, []byte(rest), 1+len(in)%13)
+		if (loopErr == nil) != (err == nil) {
+			t.Fatalf("through the relay loop: error %v, without: %v (%q)", loopErr, err, in)
+		}
+		if err == nil && !bytes.Equal(viaLoop, got) {
+			t.Fatalf("through the relay loop: body %q, without %q", viaLoop, got)
+		}
 	})
+}
+
+// relayViaLoop decodes body as relay does with a relay loop: while the
+// stream is parked, each read from the network (piece bytes at most)
+// goes to chunkedReader.scan; what scan does not take is given back and
+// read by relay's own decoder, through a buffered reader, until that
+// reader runs empty and the stream is parked again — unless scan found
+// framing it does not take, which keeps the stream on its goroutine.
+func relayViaLoop(mode int, length int64, body []byte, piece int) ([]byte, error) {
+	rl := relay{mode: mode, left: length}
+	net := bytes.NewReader(body)
+	var got, unread []byte
+	parked := mode == bodyChunked || mode == bodyUntilClose
+	buf := make([]byte, piece)
+	out := make([]byte, 7)
+	for {
+		if parked && !rl.noLoop {
+			n, _ := net.Read(buf)
+			in := buf[:n]
+			if n == 0 {
+				parked = false // the upstream's end: handed back
+				continue
+			}
+			used := n
+			if mode == bodyChunked {
+				var odd bool
+				got, used, odd = rl.cr.scan(got, in)
+				rl.noLoop = odd && used < n
+			} else {
+				got = append(got, in...)
+			}
+			if used < n {
+				unread = append([]byte(nil), in[used:]...)
+				parked = false
+			}
+			continue
+		}
+		br := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(unread), iotest.OneByteReader(net)), maxChunkLineLength)
+		unread = nil
+		for {
+			k, e := rl.read(br, out)
+			got = append(got, out[:k]...)
+			if e == io.EOF {
+				if mode == bodyChunked {
+					return got, readTrailer(br)
+				}
+				return got, nil
+			}
+			if e != nil {
+				return got, e
+			}
+			if br.Buffered() == 0 && (mode == bodyChunked || mode == bodyUntilClose) {
+				parked = true
+				break
+			}
+		}
+	}
 }

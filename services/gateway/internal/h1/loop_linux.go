@@ -57,6 +57,8 @@ type loop struct {
 type loops struct {
 	all  []*loop
 	next atomic.Uint32
+	// parks counts the streams parked so far.
+	parks atomic.Uint64
 }
 
 // parking is a Conn's state while its stream is parked.
@@ -127,6 +129,14 @@ func (ls *loops) close() {
 	for _, l := range ls.all {
 		l.close()
 	}
+}
+
+// parked reports how many streams were parked so far.
+func (ls *loops) parked() uint64 {
+	if ls == nil {
+		return 0
+	}
+	return ls.parks.Load()
 }
 
 var errLoopClosed = errors.New("h1: the server is closing")
@@ -200,6 +210,7 @@ func (ls *loops) park(c *Conn, uc *keepalive.Conn, rl *relay) (parked, bool) {
 	}
 	l.slots[slot] = c
 	l.mu.Unlock()
+	ls.parks.Add(1)
 	return <-c.pk.done, true
 }
 

@@ -20,3 +20,5 @@ func newLoops(int) *loops { return nil }
 func (*loops) close() {}
 
 func (*loops) park(*Conn, *keepalive.Conn, *relay) (parked, bool) { return parked{}, false }
+
+func (*loops) parked() uint64 { return 0 }

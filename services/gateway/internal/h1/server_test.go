@@ -32,6 +32,9 @@ type fixture struct {
 	step, canceled, started chan struct{}
 	cancel                  context.CancelFunc
 	served                  chan error
+	// raw is an upstream the test answers byte by byte (/raw...).
+	raw net.Listener
+	s   *Server
 }
 
 // testHandler proxies every request to the fixture's upstream, except
@@ -54,6 +57,9 @@ func (h testHandler) ServeH1(c *Conn, req *Request) bool {
 		}
 	}
 	up, _ := url.Parse(h.f.upstream.URL + "/base?fixed=1")
+	if strings.HasPrefix(req.Path, "/raw") {
+		up, _ = url.Parse("http://" + h.f.raw.Addr().String())
+	}
 	if strings.HasPrefix(req.Path, "/down") {
 		up, _ = url.Parse("http://127.0.0.1:1")
 	}
@@ -64,11 +70,19 @@ func (h testHandler) ServeH1(c *Conn, req *Request) bool {
 	return true
 }
 
-func newFixture(t *testing.T) *fixture {
+func newFixture(t *testing.T) *fixture { return newFixtureGrace(t, 5*time.Second) }
+
+func newFixtureGrace(t *testing.T, grace time.Duration) *fixture {
 	t.Helper()
 	f := &fixture{t: t, step: make(chan struct{}), canceled: make(chan struct{}, 8), started: make(chan struct{}, 8)}
 	f.upstream = httptest.NewServer(http.HandlerFunc(f.upstreamHandler))
 	t.Cleanup(f.upstream.Close)
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.raw = raw
+	t.Cleanup(func() { raw.Close() })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -80,10 +94,11 @@ func newFixture(t *testing.T) *fixture {
 		fmt.Fprintf(w, "fallback %s %s %d", r.Proto, r.URL.Path, len(body))
 	}))
 	s := &Server{Fallback: fallback}
+	f.s = s
 	s.SetHandler(testHandler{f}, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel, f.served = cancel, make(chan error, 1)
-	go func() { f.served <- s.Serve(ctx, ln, 5*time.Second) }()
+	go func() { f.served <- s.Serve(ctx, ln, grace) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-f.served; err != nil {
