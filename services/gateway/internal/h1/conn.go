@@ -48,7 +48,7 @@ type Conn struct {
 	closeAfter bool
 	// tap is the request's Tap while Forward relays its response.
 	tap io.Writer
-	// pk is the stream's state while a relay loop carries it.
+	// pk is the stream's state while an event loop carries it.
 	pk parking
 	// deadline is the read deadline set on nc; zero: none.
 	deadline time.Time

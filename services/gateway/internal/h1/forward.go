@@ -195,7 +195,7 @@ type relay struct {
 	left int64
 	// cr decodes a chunked body.
 	cr chunkedReader
-	// noLoop: a relay loop gave the stream back at framing it does not
+	// noLoop: an event loop gave the stream back at framing it does not
 	// take; it stays on its goroutine.
 	noLoop bool
 }
@@ -247,7 +247,7 @@ func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error
 			uc.Release()
 			c.releaseBuf()
 			if framed {
-				// A relay loop carries the stream while it flows.
+				// An event loop carries the stream while it flows.
 				if p, ok := c.s.loops.park(c, uc, rl); ok {
 					if p.err != nil {
 						return p.err

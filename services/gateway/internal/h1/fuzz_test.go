@@ -237,19 +237,19 @@ func FuzzResponseAgainstNetHTTP(f *testing.F) {
 		if err == nil && !bytes.Equal(got, want) {
 			t.Fatalf("body %q, net/http %q", got, want)
 		}
-		// The same body carried by a relay loop between chunks: it must
+		// The same body carried by an event loop between chunks: it must
 		// come out exactly as the goroutine's relay has it.
 		viaLoop, loopErr := relayViaLoop(rl.mode, r.length, []byte(rest), 1+len(in)%13)
 		if (loopErr == nil) != (err == nil) {
-			t.Fatalf("through the relay loop: error %v, without: %v (%q)", loopErr, err, in)
+			t.Fatalf("through the event loop: error %v, without: %v (%q)", loopErr, err, in)
 		}
 		if err == nil && !bytes.Equal(viaLoop, got) {
-			t.Fatalf("through the relay loop: body %q, without %q", viaLoop, got)
+			t.Fatalf("through the event loop: body %q, without %q", viaLoop, got)
 		}
 	})
 }
 
-// relayViaLoop decodes body as relay does with a relay loop: while the
+// relayViaLoop decodes body as relay does with an event loop: while the
 // stream is parked, each read from the network (piece bytes at most)
 // goes to chunkedReader.scan; what scan does not take is given back and
 // read by relay's own decoder, through a buffered reader, until that

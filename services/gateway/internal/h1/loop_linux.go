@@ -14,7 +14,7 @@ import (
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
 )
 
-// A relay loop carries streams between their chunks. A stream whose
+// An event loop carries streams between their chunks. A stream whose
 // response body is chunked or close-delimited (SSE) spends its life
 // waiting for the upstream's next chunk; instead of one goroutine per
 // stream parking in Go's poller for every chunk (a wake-up, a read, a
@@ -53,7 +53,7 @@ type loop struct {
 	out []byte
 }
 
-// loops are a server's relay loops, one per P.
+// loops are a server's event loops, one per P.
 type loops struct {
 	all  []*loop
 	next atomic.Uint32

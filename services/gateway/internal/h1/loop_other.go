@@ -4,7 +4,7 @@ package h1
 
 import "github.com/infergate/infergate/services/gateway/internal/keepalive"
 
-// Relay loops need epoll: elsewhere every stream waits on its own
+// Event loops need epoll: elsewhere every stream waits on its own
 // goroutine.
 type loops struct{}
 

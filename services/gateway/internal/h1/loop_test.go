@@ -39,7 +39,7 @@ const sseHead = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-
 // TestStreamInPieces: a chunked stream whose framing the upstream sends
 // cut anywhere — mid-chunk, between a chunk and its CRLF, in a size
 // line — with extensions and a trailer reaches the client whole and in
-// order, whether a relay loop or the stream's goroutine carries each
+// order, whether an event loop or the stream's goroutine carries each
 // piece, and the connection serves the next request.
 func TestStreamInPieces(t *testing.T) {
 	t.Parallel()
@@ -75,7 +75,7 @@ func TestStreamInPieces(t *testing.T) {
 		t.Fatalf("after the last chunk: %q %v", rest, err)
 	}
 	if runtime.GOOS == "linux" && f.s.loops.parked() == 0 {
-		t.Error("no relay loop carried the stream")
+		t.Error("no event loop carried the stream")
 	}
 	write(t, c, "GET /answer HTTP/1.1\r\nHost: a\r\n\r\n")
 	if resp, _ := read(t, br, "GET"); resp.StatusCode != http.StatusTeapot {
@@ -110,7 +110,7 @@ func TestStreamClientLeavesWhileParked(t *testing.T) {
 }
 
 // TestStreamSlowClient: a client that reads slowly gets every byte of a
-// stream that sends faster than it reads (the relay loop hands such a
+// stream that sends faster than it reads (the event loop hands such a
 // stream back to its goroutine, which waits for the client).
 func TestStreamSlowClient(t *testing.T) {
 	t.Parallel()
