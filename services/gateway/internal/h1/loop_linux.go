@@ -51,6 +51,14 @@ type loop struct {
 	evs [128]syscall.EpollEvent
 	in  []byte
 	out []byte
+	// readFn and writeFn are read and writeTo, with their results in
+	// rn, rerr and wn, werr; writeFn writes wbuf.
+	readFn, writeFn func(uintptr)
+	// delFn takes a socket out of the set.
+	delFn      func(uintptr)
+	rn, wn     int
+	rerr, werr error
+	wbuf       []byte
 }
 
 // loops are a server's event loops, one per P.
@@ -113,11 +121,13 @@ func newLoop() (*loop, error) {
 		_ = f.Close()
 		return nil, err
 	}
-	return &loop{
+	l := &loop{
 		epfd: fd, file: f, raw: raw,
 		in:  make([]byte, keepalive.ReadBufSize),
 		out: make([]byte, loopHole+keepalive.ReadBufSize+2),
-	}, nil
+	}
+	l.readFn, l.writeFn, l.delFn = l.read, l.writeTo, l.del
+	return l, nil
 }
 
 // close hands every parked stream back with net.ErrClosed-like errors
@@ -216,9 +226,8 @@ func (ls *loops) park(c *Conn, uc *keepalive.Conn, rl *relay) (parked, bool) {
 
 // unparkLocked takes c out of the loop and gives its stream back.
 func (l *loop) unparkLocked(c *Conn, slot int32, p parked) {
-	del := func(fd uintptr) { _ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) }
-	_ = c.probe.Raw().Control(del)
-	_ = c.pk.uc.Raw().Control(del)
+	_ = c.probe.Raw().Control(l.delFn)
+	_ = c.pk.uc.Raw().Control(l.delFn)
 	l.slots[slot] = nil
 	l.free = append(l.free, slot)
 	c.pk.uc, c.pk.rl = nil, nil
@@ -275,7 +284,7 @@ func (l *loop) event(ev syscall.EpollEvent) {
 			l.unparkLocked(c, slot, parked{err: keepalive.ErrClientGone})
 			return
 		}
-		_ = c.probe.Raw().Control(func(fd uintptr) { _ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil) })
+		_ = c.probe.Raw().Control(l.delFn)
 		return
 	}
 	l.relayChunk(c, slot)
@@ -286,19 +295,13 @@ func (l *loop) event(ev syscall.EpollEvent) {
 // back.
 func (l *loop) relayChunk(c *Conn, slot int32) {
 	uc, rl := c.pk.uc, c.pk.rl
-	var n int
-	var rerr error
 	// Control, not Read: the socket's deadlines are the goroutine's,
 	// for when it has the stream back.
-	if err := uc.Raw().Control(func(fd uintptr) {
-		for {
-			n, rerr = syscall.Read(int(fd), l.in)
-			if rerr != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
+	n, rerr := 0, error(nil)
+	if err := uc.Raw().Control(l.readFn); err != nil {
 		rerr = err
+	} else {
+		n, rerr = l.rn, l.rerr
 	}
 	switch {
 	case rerr == syscall.EAGAIN:
@@ -331,7 +334,7 @@ func (l *loop) relayChunk(c *Conn, slot int32) {
 		copy(l.out[start:], size)
 		l.out[loopHole-2], l.out[loopHole-1] = '\r', '\n'
 		o = append(o, "\r\n"...)[start:]
-		w, err := c.writeNow(o)
+		w, err := l.write(c, o)
 		if err != nil {
 			p.err = err
 		} else if w < len(o) {
@@ -347,25 +350,44 @@ func (l *loop) relayChunk(c *Conn, slot int32) {
 	}
 }
 
-// writeNow writes what the client's socket takes at once.
-func (c *Conn) writeNow(b []byte) (int, error) {
-	var n int
-	var werr error
-	if err := c.probe.Raw().Control(func(fd uintptr) {
-		for {
-			n, werr = syscall.Write(int(fd), b)
-			if werr != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		werr = err
+// write writes what c's socket takes at once.
+func (l *loop) write(c *Conn, b []byte) (int, error) {
+	l.wbuf = b
+	err := c.probe.Raw().Control(l.writeFn)
+	l.wbuf = nil
+	if err == nil {
+		err = l.werr
 	}
 	switch {
-	case werr == syscall.EAGAIN:
+	case err == syscall.EAGAIN:
 		return 0, nil
-	case werr != nil:
-		return 0, fmt.Errorf("%w: %w", errClientWrite, werr)
+	case err != nil:
+		return 0, fmt.Errorf("%w: %w", errClientWrite, err)
 	}
-	return n, nil
+	return l.wn, nil
+}
+
+// The loop's socket calls, made once (a closure per call would be an
+// allocation per chunk). Each retries on EINTR.
+
+func (l *loop) read(fd uintptr) {
+	for {
+		l.rn, l.rerr = syscall.Read(int(fd), l.in)
+		if l.rerr != syscall.EINTR {
+			return
+		}
+	}
+}
+
+func (l *loop) del(fd uintptr) {
+	_ = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_DEL, int(fd), nil)
+}
+
+func (l *loop) writeTo(fd uintptr) {
+	for {
+		l.wn, l.werr = syscall.Write(int(fd), l.wbuf)
+		if l.werr != syscall.EINTR {
+			return
+		}
+	}
 }
