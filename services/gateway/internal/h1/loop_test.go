@@ -36,6 +36,35 @@ func (f *fixture) rawUpstream() (net.Conn, *bufio.Reader) {
 
 const sseHead = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
 
+// rawStream is a stream through the front end from f's raw upstream,
+// its first chunk ("data") read by the client.
+type rawStream struct {
+	c    net.Conn      // the client's connection
+	br   *bufio.Reader // the client's reader
+	body io.Reader     // the response body, as the client reads it
+	up   net.Conn      // the upstream's side
+	upBR *bufio.Reader
+}
+
+func (f *fixture) openStream() rawStream {
+	f.t.Helper()
+	c, br := f.dial()
+	// A bound, so that a test that goes wrong fails instead of hanging.
+	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	write(f.t, c, "GET /raw/sse HTTP/1.1\r\nHost: a\r\n\r\n")
+	up, upBR := f.rawUpstream()
+	write(f.t, up, sseHead+"4\r\ndata\r\n")
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	got := make([]byte, 4)
+	if _, err := io.ReadFull(resp.Body, got); err != nil || string(got) != "data" {
+		f.t.Fatalf("the first chunk: %q %v", got, err)
+	}
+	return rawStream{c, br, resp.Body, up, upBR}
+}
+
 // TestStreamInPieces: a chunked stream whose framing the upstream sends
 // cut anywhere — mid-chunk, between a chunk and its CRLF, in a size
 // line — with extensions and a trailer reaches the client whole and in
@@ -44,15 +73,7 @@ const sseHead = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-
 func TestStreamInPieces(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	c, br := f.dial()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	write(t, c, "GET /raw/sse HTTP/1.1\r\nHost: a\r\n\r\n")
-	up, _ := f.rawUpstream()
-	write(t, up, sseHead)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := f.openStream()
 	steps := []struct{ send, see string }{
 		{"5\r\nhello\r\n", "hello"},
 		{"5\r\nwor", "wor"},
@@ -65,20 +86,20 @@ func TestStreamInPieces(t *testing.T) {
 		{"0\r\nX-Trailer: 1\r\n\r\n", ""},
 	}
 	for i, s := range steps {
-		write(t, up, s.send)
+		write(t, st.up, s.send)
 		got := make([]byte, len(s.see))
-		if _, err := io.ReadFull(resp.Body, got); err != nil || string(got) != s.see {
+		if _, err := io.ReadFull(st.body, got); err != nil || string(got) != s.see {
 			t.Fatalf("step %d: %q %v, want %q", i, got, err, s.see)
 		}
 	}
-	if rest, err := io.ReadAll(resp.Body); err != nil || len(rest) != 0 {
+	if rest, err := io.ReadAll(st.body); err != nil || len(rest) != 0 {
 		t.Fatalf("after the last chunk: %q %v", rest, err)
 	}
 	if runtime.GOOS == "linux" && f.s.loops.parked() == 0 {
 		t.Error("no event loop carried the stream")
 	}
-	write(t, c, "GET /answer HTTP/1.1\r\nHost: a\r\n\r\n")
-	if resp, _ := read(t, br, "GET"); resp.StatusCode != http.StatusTeapot {
+	write(t, st.c, "GET /answer HTTP/1.1\r\nHost: a\r\n\r\n")
+	if resp, _ := read(t, st.br, "GET"); resp.StatusCode != http.StatusTeapot {
 		t.Errorf("next request: %d", resp.StatusCode)
 	}
 }
@@ -89,22 +110,11 @@ func TestStreamInPieces(t *testing.T) {
 func TestStreamClientLeavesWhileParked(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	c, br := f.dial()
-	write(t, c, "GET /raw/sse HTTP/1.1\r\nHost: a\r\n\r\n")
-	up, upBR := f.rawUpstream()
-	write(t, up, sseHead+"4\r\ndata\r\n")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(resp.Body, got); err != nil || string(got) != "data" {
-		t.Fatalf("%q %v", got, err)
-	}
-	c.Close()
+	st := f.openStream()
+	st.c.Close()
 	// The gateway closes its upstream connection: the upstream reads its
 	// end (within rawUpstream's bound, else the test fails).
-	if b, err := io.ReadAll(upBR); err != nil || len(b) != 0 {
+	if b, err := io.ReadAll(st.upBR); err != nil || len(b) != 0 {
 		t.Fatalf("the upstream connection: %q %v", b, err)
 	}
 }
@@ -115,14 +125,8 @@ func TestStreamClientLeavesWhileParked(t *testing.T) {
 func TestStreamSlowClient(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
-	c, br := f.dial()
-	write(t, c, "GET /raw/sse HTTP/1.1\r\nHost: a\r\n\r\n")
-	up, _ := f.rawUpstream()
-	write(t, up, sseHead)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := f.openStream()
+	up := st.up
 	chunk := bytes.Repeat([]byte("x"), 16<<10)
 	const chunks = 256 // 4 MiB: more than the sockets buffer between them
 	go func() {
@@ -133,7 +137,7 @@ func TestStreamSlowClient(t *testing.T) {
 		}
 		_, _ = io.WriteString(up, "0\r\n\r\n")
 	}()
-	n, err := io.Copy(io.Discard, iotestSlow{resp.Body})
+	n, err := io.Copy(io.Discard, iotestSlow{st.body})
 	if err != nil || n != chunks*int64(len(chunk)) {
 		t.Fatalf("read %d bytes (%v), want %d", n, err, chunks*len(chunk))
 	}
@@ -149,21 +153,9 @@ func (s iotestSlow) Read(p []byte) (int, error) { return s.r.Read(p[:min(len(p),
 func TestStreamShutdownGrace(t *testing.T) {
 	t.Parallel()
 	f := newFixtureGrace(t, 50*time.Millisecond)
-	c, br := f.dial()
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
-	write(t, c, "GET /raw/sse HTTP/1.1\r\nHost: a\r\n\r\n")
-	up, _ := f.rawUpstream()
-	write(t, up, sseHead+"4\r\ndata\r\n")
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make([]byte, 4)
-	if _, err := io.ReadFull(resp.Body, got); err != nil {
-		t.Fatal(err)
-	}
+	st := f.openStream()
 	f.cancel()
-	if _, err := io.ReadAll(resp.Body); err == nil {
+	if _, err := io.ReadAll(st.body); err == nil {
 		t.Error("the stream ended cleanly; it was cut off at shutdown and must say so")
 	}
 }
