@@ -338,7 +338,12 @@ func (l *loop) relayChunk(c *Conn, slot int32) {
 		if err != nil {
 			p.err = err
 		} else if w < len(o) {
+			// The client is slower than the upstream: the stream stays
+			// on its goroutine, whose writes wait for the client within
+			// the write bound (parking it again after each chunk the
+			// client is slow to take would cost more than it saves).
 			p.pending = append([]byte(nil), o[w:]...)
+			rl.noLoop = true
 		}
 	}
 	if used < n {

@@ -72,6 +72,21 @@ func TestWait(t *testing.T) {
 			t.Fatal("buffered after a release")
 		}
 	})
+	t.Run("bytes given back come first", func(t *testing.T) {
+		c, peer := open(t)
+		_, _ = peer.Write([]byte("lo\r\n"))
+		c.Unread([]byte("5\r\nhel"))
+		if c.Buffered() != 6 || c.Usable() {
+			t.Fatalf("buffered %d, usable %v: given-back bytes are pending", c.Buffered(), c.Usable())
+		}
+		if err := c.Wait(); err != nil { // at once: bytes are pending
+			t.Fatal(err)
+		}
+		got := make([]byte, 10)
+		if _, err := io.ReadFull(c.Reader(), got); err != nil || string(got) != "5\r\nhello\r\n" {
+			t.Fatalf("%q, %v", got, err)
+		}
+	})
 	t.Run("upstream closes", func(t *testing.T) {
 		c, peer := open(t)
 		c.Bound(new(gone), time.Time{})
