@@ -51,6 +51,7 @@ func NewFront(srv *http.Server, fastPath bool, b Bounds) *Front {
 func (f *Front) Use(g *Gateway) {
 	if f.fast != nil {
 		f.fast.SetHandler(g.proxy.FastPath(g.cfg.BaseDomain), g.cfg.Log)
+		g.metrics.StreamLoopStats(f.fast.ParkedStreams)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -499,6 +500,14 @@ func testOwnEndpoints(t *testing.T, front frontEnd) {
 	} {
 		if !strings.Contains(m, want+"\n") {
 			t.Errorf("/metrics lacks %q", want)
+		}
+	}
+	if front.fast && runtime.GOOS == "linux" {
+		// The event loops' gauges (nothing streams here).
+		for _, want := range []string{"infergate_gateway_streams_parked 0", "infergate_gateway_streams_parked_total 0"} {
+			if !strings.Contains(m, want+"\n") {
+				t.Errorf("/metrics lacks %q", want)
+			}
 		}
 	}
 	if strings.Contains(m, alpha) {

@@ -65,8 +65,8 @@ type loop struct {
 type loops struct {
 	all  []*loop
 	next atomic.Uint32
-	// parks counts the streams parked so far.
-	parks atomic.Uint64
+	// parks counts the streams parked so far, backs those handed back.
+	parks, backs atomic.Uint64
 }
 
 // parking is a Conn's state while its stream is parked.
@@ -141,12 +141,14 @@ func (ls *loops) close() {
 	}
 }
 
-// parked reports how many streams were parked so far.
-func (ls *loops) parked() uint64 {
+// parked reports how many streams are parked now and how many times a
+// stream was parked so far.
+func (ls *loops) parked() (now, total uint64) {
 	if ls == nil {
-		return 0
+		return 0, 0
 	}
-	return ls.parks.Load()
+	back, total := ls.backs.Load(), ls.parks.Load()
+	return total - min(back, total), total
 }
 
 var errLoopClosed = errors.New("h1: the server is closing")
@@ -221,7 +223,9 @@ func (ls *loops) park(c *Conn, uc *keepalive.Conn, rl *relay) (parked, bool) {
 	l.slots[slot] = c
 	l.mu.Unlock()
 	ls.parks.Add(1)
-	return <-c.pk.done, true
+	p := <-c.pk.done
+	ls.backs.Add(1)
+	return p, true
 }
 
 // unparkLocked takes c out of the loop and gives its stream back.

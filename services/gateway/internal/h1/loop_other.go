@@ -21,4 +21,4 @@ func (*loops) close() {}
 
 func (*loops) park(*Conn, *keepalive.Conn, *relay) (parked, bool) { return parked{}, false }
 
-func (*loops) parked() uint64 { return 0 }
+func (*loops) parked() (now, total uint64) { return 0, 0 }

@@ -215,6 +215,16 @@ func (s *Server) shutdown(ctx context.Context) {
 	}
 }
 
+// ParkedStreams reports how many streams the event loops carry now and
+// how many times a stream was parked on one, for metrics (zero where
+// there are no event loops, or before Serve).
+func (s *Server) ParkedStreams() (now, total uint64) {
+	s.mu.Lock()
+	ls := s.loops
+	s.mu.Unlock()
+	return ls.parked()
+}
+
 func (s *Server) closingNow() bool { return s.closing.Load() }
 
 // forget drops c, ended or handed over, from the connections shutdown

@@ -159,6 +159,18 @@ func (m *Metrics) UsageStats(f func() Usage) {
 	)
 }
 
+// StreamLoopStats registers the HTTP/1.1 fast path's event-loop
+// collectors; f (streams parked now, streams parked ever) is called at
+// every scrape.
+func (m *Metrics) StreamLoopStats(f func() (now, total uint64)) {
+	m.Registry.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "infergate_gateway_streams_parked", Help: "Streams an event loop carries between chunks now (HTTP/1.1 fast path, Linux)."},
+			func() float64 { n, _ := f(); return float64(n) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "infergate_gateway_streams_parked_total", Help: "Times a stream was parked on an event loop (once per stream, again after each hand-back to its goroutine)."},
+			func() float64 { _, t := f(); return float64(t) }),
+	)
+}
+
 // Decided counts one decision.
 func (m *Metrics) Decided(r authmap.Result) {
 	if r > 0 && r < authmap.NumResults {
