@@ -170,7 +170,7 @@ type Conn struct {
 	until time.Time
 	// deadline is the read deadline set on nc.
 	deadline time.Time
-	// unread are bytes read from nc by someone else (the relay loop)
+	// unread are bytes read from nc by someone else (the h1 event loop)
 	// that the next reads return first (Unread).
 	unread []byte
 }
@@ -238,7 +238,7 @@ func (c *Conn) Buffered() int {
 }
 
 // Unread gives back bytes read from the connection's socket directly
-// (the relay loop's reads): the reads that follow return them before
+// (the h1 event loop's reads): the reads that follow return them before
 // anything newer. b is copied. Only while nothing is buffered.
 func (c *Conn) Unread(b []byte) {
 	if len(b) > 0 {
@@ -246,7 +246,7 @@ func (c *Conn) Unread(b []byte) {
 	}
 }
 
-// Raw is the connection's socket (nil if it is not one), for the relay
+// Raw is the connection's socket (nil if it is not one), for the event
 // loop's non-blocking reads.
 func (c *Conn) Raw() syscall.RawConn { return c.probe.Raw() }
 
