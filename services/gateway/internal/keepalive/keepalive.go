@@ -173,14 +173,6 @@ type Conn struct {
 	// unread are bytes read from nc by someone else (the h1 event loop)
 	// that the next reads return first (Unread).
 	unread []byte
-
-	// Send's state: out is the request, sent how much of it went, sendErr
-	// the write's error; sendFn is send, made once.
-	out     []byte
-	sent    int
-	begun   bool
-	sendErr error
-	sendFn  func(uintptr) bool
 }
 
 // Watcher says whether a request's client has gone.
@@ -220,7 +212,6 @@ func Dial(ctx context.Context, dial DialFunc, addr string) (*Conn, error) {
 	}
 	c := &Conn{nc: nc, addr: addr}
 	c.probe.Init(nc)
-	c.sendFn = c.send
 	return c, nil
 }
 
@@ -293,61 +284,6 @@ func (c *Conn) Wait() error {
 
 // Write writes to the upstream.
 func (c *Conn) Write(b []byte) (int, error) { return c.nc.Write(b) }
-
-// Send writes b, a whole request, to the upstream and returns once the
-// upstream's answer has begun to come (or the upstream closed, or a wait
-// of Bound's ended: the reads that follow take it from there). Unlike
-// Write and a read, it does not first try a read that finds nothing: the
-// socket's poller is armed before the request leaves — the write is made
-// from inside the read's wait — so an answer, however quick, wakes it.
-// An error is the write's: the request did not get out whole.
-func (c *Conn) Send(b []byte) error {
-	raw := c.probe.Raw()
-	if !canSend || raw == nil || c.sendFn == nil || c.Buffered() > 0 {
-		_, err := c.nc.Write(b)
-		return err
-	}
-	if err := c.arm(); err != nil {
-		return err
-	}
-	c.out, c.sent, c.begun, c.sendErr = b, 0, false, nil
-	rerr := raw.Read(c.sendFn)
-	sent, werr := c.sent, c.sendErr
-	c.out, c.sendErr = nil, nil
-	switch {
-	case werr != nil:
-		return werr
-	case !c.begun:
-		// The read's wait could not start (the connection is closed):
-		// write as usual, which fails as it should.
-		_, err := c.nc.Write(b)
-		return err
-	case sent < len(b):
-		// The socket took part of it: the rest waits for room.
-		_, err := c.nc.Write(b[sent:])
-		return err
-	}
-	_ = rerr // a bound's deadline: the reads that follow handle it
-	return nil
-}
-
-// send is Send's function for the socket's read: the first call writes
-// the request and, when all of it went, asks to wait for the answer; the
-// next call comes once the socket is readable.
-func (c *Conn) send(fd uintptr) bool {
-	if c.begun {
-		return true
-	}
-	c.begun = true
-	n, err := writeOnce(fd, c.out)
-	if n > 0 {
-		c.sent = n
-	}
-	if err != nil && err != errWouldBlock {
-		c.sendErr = err
-	}
-	return err != nil || c.sent < len(c.out)
-}
 
 // Close closes the connection (at once: it also ends a blocked read). It
 // may be called from another goroutine, so it leaves the read buffer to
