@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -87,6 +88,9 @@ type parked struct {
 
 // clientEvent marks the client socket's events (in the event's Pad).
 const clientEvent = 1 << 31
+
+// yieldEvery is how many events a busy loop carries between two yields.
+const yieldEvery = 256
 
 // loopHole is the room kept before a chunk's data for its size line.
 const loopHole = 18
@@ -241,10 +245,20 @@ func (l *loop) unparkLocked(c *Conn, slot int32, p parked) {
 // run waits for the parked streams' events and carries their chunks,
 // until the loop is closed.
 func (l *loop) run() {
+	// taken counts the events carried since the loop last let other
+	// goroutines run: a loop that always has work yields every
+	// yieldEvery events (a few milliseconds), so that with one P new
+	// connections and the auth map's updates do not wait for its time
+	// slice to end.
+	taken := 0
 	for {
 		closed := false
 		err := l.raw.Read(func(uintptr) bool {
 			for {
+				if taken >= yieldEvery {
+					taken = 0
+					runtime.Gosched()
+				}
 				n, err := syscall.EpollWait(l.epfd, l.evs[:], 0)
 				if err == syscall.EINTR {
 					continue
@@ -263,6 +277,7 @@ func (l *loop) run() {
 					l.event(ev)
 				}
 				l.mu.Unlock()
+				taken += n
 			}
 		})
 		if closed || err != nil {
