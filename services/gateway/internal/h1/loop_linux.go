@@ -367,7 +367,7 @@ func (l *loop) relayChunk(c *Conn, slot int32) {
 	}
 	if used < n {
 		uc.Unread(in[used:])
-		rl.noLoop = odd
+		rl.noLoop = rl.noLoop || odd // a slow client above keeps it too
 	}
 	if p.err != nil || p.pending != nil || used < n {
 		l.unparkLocked(c, slot, p)
