@@ -74,8 +74,6 @@ type loops struct {
 type parking struct {
 	uc   *keepalive.Conn
 	rl   *relay
-	slot int32
-	gen  uint32
 	done chan parked
 }
 
@@ -204,7 +202,6 @@ func (ls *loops) park(c *Conn, uc *keepalive.Conn, rl *relay) (parked, bool) {
 	}
 	l.gens[slot]++
 	gen := l.gens[slot] &^ clientEvent
-	c.pk.slot, c.pk.gen = slot, gen
 	var errc, erru error
 	ce := syscall.EpollEvent{Events: syscall.EPOLLRDHUP, Fd: slot, Pad: int32(gen | clientEvent)}
 	if err := craw.Control(func(fd uintptr) { errc = syscall.EpollCtl(l.epfd, syscall.EPOLL_CTL_ADD, int(fd), &ce) }); err != nil {
@@ -293,7 +290,7 @@ func (l *loop) event(ev syscall.EpollEvent) {
 		return
 	}
 	c := l.slots[slot]
-	if c == nil || uint32(ev.Pad)&^clientEvent != c.pk.gen {
+	if c == nil || uint32(ev.Pad)&^clientEvent != l.gens[slot]&^clientEvent {
 		return // a stream handed back earlier in the batch
 	}
 	if uint32(ev.Pad)&clientEvent != 0 {

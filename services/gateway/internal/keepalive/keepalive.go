@@ -253,7 +253,7 @@ func (c *Conn) Raw() syscall.RawConn { return c.probe.Raw() }
 // Release gives the read buffer back when nothing is buffered in it (a
 // later Reader borrows one again); with bytes buffered it does nothing.
 func (c *Conn) Release() {
-	if c.br != nil && c.br.Buffered() == 0 && len(c.unread) == 0 {
+	if c.br != nil && c.br.Buffered() == 0 {
 		c.br.Reset(nil)
 		readers.Put(c.br)
 		c.br = nil
