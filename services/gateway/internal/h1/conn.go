@@ -182,7 +182,7 @@ func (c *Conn) loop() bool {
 				return c.handoff()
 			}
 			first := c.w == 0
-			k, err := c.nc.Read(c.buf[c.w:])
+			k, err := c.probe.Read(c.buf[c.w:])
 			c.w += k
 			if n = headEnd(c.buf[:c.w]); n < 0 && err != nil {
 				return false
@@ -283,7 +283,7 @@ func (c *Conn) appendBody(b []byte) ([]byte, error) {
 	for c.bodyLeft > 0 {
 		c.deadline = c.s.Bounds.BodyDeadline(start, got)
 		_ = c.nc.SetReadDeadline(c.deadline)
-		k, err := c.nc.Read(b[n:])
+		k, err := c.probe.Read(b[n:])
 		n += k
 		got += int64(k)
 		c.bodyLeft -= int64(k)

@@ -174,7 +174,7 @@ func (c *Conn) write(b []byte) error {
 		c.wroteAt = now
 		_ = c.nc.SetWriteDeadline(now.Add(c.s.Bounds.Write + slack))
 	}
-	if _, err := c.nc.Write(b); err != nil {
+	if _, err := c.probe.Write(b); err != nil {
 		return fmt.Errorf("%w: %w", errClientWrite, err)
 	}
 	return nil

@@ -11,8 +11,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
+	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
 )
 
 // An event loop carries streams between their chunks. A stream whose
@@ -256,13 +258,18 @@ func (l *loop) run() {
 					taken = 0
 					runtime.Gosched()
 				}
-				n, err := syscall.EpollWait(l.epfd, l.evs[:], 0)
-				if err == syscall.EINTR {
+				// Raw, as every socket call of the loop (sockprobe's
+				// rawio_linux.go says why): with a zero timeout it
+				// cannot block.
+				r, _, errno := syscall.RawSyscall6(syscall.SYS_EPOLL_PWAIT, uintptr(l.epfd),
+					uintptr(unsafe.Pointer(&l.evs[0])), uintptr(len(l.evs)), 0, 0, 0)
+				if errno == syscall.EINTR {
 					continue
 				}
-				if n <= 0 {
+				n := int(r)
+				if errno != 0 || n <= 0 {
 					// Nothing ready: wait in Go's poller for the set to be.
-					return err != nil
+					return errno != 0
 				}
 				l.mu.Lock()
 				if l.closed {
@@ -393,10 +400,16 @@ func (l *loop) write(c *Conn, b []byte) (int, error) {
 
 func (l *loop) read(fd uintptr) {
 	for {
-		l.rn, l.rerr = syscall.Read(int(fd), l.in)
-		if l.rerr != syscall.EINTR {
-			return
+		n, errno := sockprobe.ReadFD(fd, l.in)
+		switch errno {
+		case syscall.EINTR:
+			continue
+		case 0:
+			l.rn, l.rerr = n, nil
+		default:
+			l.rn, l.rerr = 0, errno
 		}
+		return
 	}
 }
 
@@ -406,9 +419,15 @@ func (l *loop) del(fd uintptr) {
 
 func (l *loop) writeTo(fd uintptr) {
 	for {
-		l.wn, l.werr = syscall.Write(int(fd), l.wbuf)
-		if l.werr != syscall.EINTR {
-			return
+		n, errno := sockprobe.WriteFD(fd, l.wbuf)
+		switch errno {
+		case syscall.EINTR:
+			continue
+		case 0:
+			l.wn, l.werr = n, nil
+		default:
+			l.wn, l.werr = 0, errno
 		}
+		return
 	}
 }

@@ -283,7 +283,7 @@ func (c *Conn) Wait() error {
 }
 
 // Write writes to the upstream.
-func (c *Conn) Write(b []byte) (int, error) { return c.nc.Write(b) }
+func (c *Conn) Write(b []byte) (int, error) { return c.probe.Write(b) }
 
 // Close closes the connection (at once: it also ends a blocked read). It
 // may be called from another goroutine, so it leaves the read buffer to
@@ -352,7 +352,7 @@ func (r connReader) Read(b []byte) (int, error) {
 		if err := c.arm(); err != nil {
 			return 0, err
 		}
-		n, err := c.nc.Read(b)
+		n, err := c.probe.Read(b)
 		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && (c.watch != nil || !c.until.IsZero()) {
 			if c.watch != nil && c.watch.Gone() {
 				return 0, ErrClientGone

@@ -1,7 +1,11 @@
 package sockprobe_test
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"net"
+	"os"
 	"runtime"
 	"testing"
 	"time"
@@ -55,5 +59,72 @@ func waitState(t *testing.T, p *sockprobe.Probe, want sockprobe.State) {
 			t.Fatalf("state %v, want %v", p.State(), want)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestReadWrite: the probe's Read and Write behave as the connection's
+// own: a write larger than the socket buffers completes once the peer
+// reads, a read honours the read deadline, the peer's close is io.EOF,
+// and a closed connection fails both; neither allocates.
+func TestReadWrite(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p sockprobe.Probe
+	p.Init(nc)
+
+	// 8 MiB: far more than loopback's socket buffers, so the write waits
+	// for the peer to read.
+	big := bytes.Repeat([]byte("0123456789abcdef"), 512<<10)
+	got := make(chan []byte, 1)
+	go func() { b, _ := io.ReadAll(io.LimitReader(peer, int64(len(big)))); got <- b }()
+	if n, err := p.Write(big); n != len(big) || err != nil {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if b := <-got; !bytes.Equal(b, big) {
+		t.Fatalf("the peer read %d bytes, not what was written", len(b))
+	}
+
+	_ = nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	buf := make([]byte, 64)
+	if _, err := p.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past the deadline: %v", err)
+	}
+	_ = nc.SetReadDeadline(time.Time{})
+
+	_, _ = peer.Write([]byte("hello"))
+	if n, err := p.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+	x := []byte("x")
+	if n := testing.AllocsPerRun(50, func() {
+		_, _ = peer.Write(x)
+		_, _ = p.Read(buf)
+		_, _ = p.Write(buf[:1])
+		_, _ = peer.Read(buf)
+	}); n != 0 {
+		t.Errorf("%v allocations per read and write", n)
+	}
+	_ = peer.Close()
+	if n, err := p.Read(buf); n != 0 || err != io.EOF {
+		t.Fatalf("Read after the peer's close = %d, %v", n, err)
+	}
+	_ = nc.Close()
+	if _, err := p.Read(buf); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Read on a closed connection: %v", err)
+	}
+	if _, err := p.Write(buf[:1]); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Write on a closed connection: %v", err)
 	}
 }

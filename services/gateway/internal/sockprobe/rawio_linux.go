@@ -1,0 +1,35 @@
+//go:build linux
+
+package sockprobe
+
+import (
+	"syscall"
+	"unsafe"
+)
+
+// rawIO: reads, writes and peeks are raw system calls, which do not tell
+// the Go scheduler they are in the kernel (no entersyscall). Every socket
+// here is non-blocking, so none of them can block; but one write to a
+// loopback peer can take longer than sysmon's 20 µs tick on a
+// paravirtualised machine, and the scheduler then hands the P to another
+// thread (a futex wake and two context switches, on the one core the
+// gateway runs on). Measured in docs/benchmarks.md.
+const rawIO = true
+
+// ReadFD is read(2) on fd as a raw system call (fd non-blocking, b not
+// empty); the count is valid when the Errno is 0.
+func ReadFD(fd uintptr, b []byte) (int, syscall.Errno) { return rawRead(fd, b) }
+
+// WriteFD is write(2) on fd as a raw system call (fd non-blocking, b not
+// empty); the count is valid when the Errno is 0.
+func WriteFD(fd uintptr, b []byte) (int, syscall.Errno) { return rawWrite(fd, b) }
+
+func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return int(r), e
+}
+
+func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+	return int(r), e
+}
