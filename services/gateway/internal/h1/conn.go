@@ -48,6 +48,8 @@ type Conn struct {
 	closeAfter bool
 	// tap is the request's Tap while Forward relays its response.
 	tap io.Writer
+	// rl is the response body being relayed (Forward).
+	rl relay
 	// pk is the stream's state while an event loop carries it.
 	pk parking
 	// deadline is the read deadline set on nc; zero: none.

@@ -122,7 +122,11 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	if !resp.hasDate {
 		o = appendDate(o)
 	}
-	rl := relay{mode: bodyNone}
+	// The relay's state lives in the connection: a stream parked in an
+	// event loop keeps a pointer to it, and a local would be a heap
+	// allocation per request.
+	c.rl = relay{mode: bodyNone}
+	rl := &c.rl
 	switch {
 	case noBody:
 	case resp.chunked:
@@ -143,7 +147,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	_, _ = uc.Reader().Discard(len(head))
 	keep := !resp.close && rl.mode != bodyUntilClose
 	res.Answered = true
-	err = c.relay(uc, &rl, o, &bp)
+	err = c.relay(uc, rl, o, &bp)
 	if err != nil {
 		res.Err = err
 		res.ClientGone = errors.Is(err, keepalive.ErrClientGone) || errors.Is(err, errClientWrite)
