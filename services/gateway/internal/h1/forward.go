@@ -85,7 +85,9 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 		// going out; the client is watched meanwhile.
 		uc.Bound(c, time.Now().Add(c.s.Bounds.ResponseHead))
 		wrote := false
-		if _, err = uc.Write(out); err == nil {
+		// Send: the request goes out, and the answer is awaited without
+		// a read that finds nothing first.
+		if err = uc.Send(out); err == nil {
 			wrote = true
 			head, err = readHead(uc.Reader())
 		}

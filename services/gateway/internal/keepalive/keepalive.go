@@ -285,6 +285,22 @@ func (c *Conn) Wait() error {
 // Write writes to the upstream.
 func (c *Conn) Write(b []byte) (int, error) { return c.probe.Write(b) }
 
+// Send writes b, a whole request, to the upstream and returns once its
+// answer has begun to come (or the upstream closed, or a wait of Bound's
+// ended: the reads that follow take it from there) without first trying
+// a read that finds nothing (sockprobe.Probe.Send). An error is the
+// write's: the request did not get out whole.
+func (c *Conn) Send(b []byte) error {
+	if c.Buffered() > 0 {
+		_, err := c.probe.Write(b)
+		return err
+	}
+	if err := c.arm(); err != nil {
+		return err
+	}
+	return c.probe.Send(b)
+}
+
 // Close closes the connection (at once: it also ends a blocked read). It
 // may be called from another goroutine, so it leaves the read buffer to
 // the garbage collector rather than to the pool.

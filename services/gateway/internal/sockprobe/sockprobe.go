@@ -48,6 +48,9 @@ type Probe struct {
 	rb, wb     []byte
 	rn, wn     int
 	rerr, werr error
+	// send is Send's function; begun: it has been called once already.
+	send  func(fd uintptr) bool
+	begun bool
 	// wait is Wait's function; woke: it has been called once already.
 	wait func(fd uintptr) bool
 	woke bool
@@ -114,7 +117,49 @@ func (p *Probe) Init(nc net.Conn) {
 			}
 			return true
 		}
+		p.send = func(fd uintptr) bool {
+			if p.begun {
+				return true // readable: the answer has begun
+			}
+			p.begun = true
+			// Write as Write does. All of it gone: wait for the answer;
+			// the socket full or an error: return (Send goes on).
+			return !p.wr(fd) || p.werr != nil
+		}
 	}
+}
+
+// Send writes b whole and returns once the peer has sent something back
+// or closed the connection, or the read deadline has passed (the reads
+// that follow see which) — without the read that would first find
+// nothing: the write is made from inside the read's wait, after the
+// poller is armed, so an answer however quick wakes it. An error is the
+// write's. Where the probe has no raw I/O it is Write.
+func (p *Probe) Send(b []byte) error {
+	if p.send == nil || len(b) == 0 {
+		_, err := p.Write(b)
+		return err
+	}
+	p.wb, p.wn, p.werr, p.begun = b, 0, nil, false
+	rerr := p.raw.Read(p.send)
+	n, werr, begun := p.wn, p.werr, p.begun
+	p.wb, p.werr = nil, nil
+	switch {
+	case werr != nil:
+		return werr
+	case !begun:
+		// The wait could not start (a deadline already passed, or the
+		// connection is closed): write as usual, which fails as it
+		// should or leaves the deadline to the reads that follow.
+		_, err := p.Write(b)
+		return err
+	case n < len(b):
+		// The socket took part of it: the rest waits for room.
+		_, err := p.Write(b[n:])
+		return err
+	}
+	_ = rerr // the read deadline: the reads that follow handle it
+	return nil
 }
 
 // Read reads from the connection as its Read does, within its read

@@ -128,3 +128,59 @@ func TestReadWrite(t *testing.T) {
 		t.Fatalf("Write on a closed connection: %v", err)
 	}
 }
+
+// TestSend: Send returns once the answer has begun to come — a peek right
+// after it finds it waiting — and, when none comes, once the read
+// deadline has passed, leaving the error to the read that follows.
+func TestSend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	peer, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p sockprobe.Probe
+	p.Init(nc)
+
+	go func() {
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(peer, buf); err != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond) // a slow upstream
+		_, _ = peer.Write([]byte("answer"))
+	}()
+	if err := p.Send([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if runtime.GOOS == "linux" {
+		if s := p.State(); s != sockprobe.Data {
+			t.Fatalf("after Send the answer is not there: %v", s)
+		}
+	}
+	buf := make([]byte, 16)
+	if n, err := p.Read(buf); err != nil || string(buf[:n]) != "answer" {
+		t.Fatalf("Read = %q, %v", buf[:n], err)
+	}
+
+	// No answer: Send gives up with the read deadline.
+	_ = nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if err := p.Send([]byte("again")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read after an unanswered Send: %v", err)
+	}
+	_ = nc.Close()
+	if err := p.Send([]byte("closed")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Send on a closed connection: %v", err)
+	}
+}
