@@ -285,7 +285,21 @@ measure() {
 	echo "$res" | awk -v d=$((t1 - t0)) -v l="$(cut -d' ' -f1 /proc/loadavg)" '{printf "%s %.1f %s\n", $0, ($5 > 0 ? d * 10000 / $5 : 0), l}'
 }
 
+# ports_free fails, saying so, when another run (or anything else) holds
+# one of the benchmark's ports: a second run beside a first would seed
+# the first one's stream and measure its servers.
+ports_free() {
+	local p
+	for p in $PORT_UP $PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY $PORT_NATS $PORT_PPROF $PORT_GATEWAY_NETHTTP; do
+		if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
+			log "port $p is in use (another bench-load still running?): stop it first"
+			exit 1
+		fi
+	done
+}
+
 main() {
+	ports_free
 	install_tools
 	build
 	write_lua
@@ -361,7 +375,7 @@ summarize() {
 		print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 		for (k = 1; k <= length(ts); k++) { t = ts[k]
 			printf "| %s | %d | %s | %.2f ms | %.2f ms | %.2f | %s | %.1f µs | %d | %s |\n", t, mr[t], substr(all[t], 2), m50[t] / 1000, m99[t] / 1000,
-				mr[t] / mr["direct"], (t == "direct") ? "—" : sprintf("%+.2f ms", (m99[t] - m99["direct"]) / 1000), mcpu[t], errs[t], substr(loads[t], 2)
+				(mr["direct"] > 0) ? mr[t] / mr["direct"] : 0, (t == "direct") ? "—" : sprintf("%+.2f ms", (m99[t] - m99["direct"]) / 1000), mcpu[t], errs[t], substr(loads[t], 2)
 		}
 	}' "$1"
 }
