@@ -303,6 +303,11 @@ func waitApplied(t *testing.T, g *gateway.Gateway, seq uint64) {
 	if err := g.WaitApplied(ctx, seq); err != nil {
 		t.Fatalf("gateway did not apply sequence %d (applied %d): %v", seq, g.Applied(), err)
 	}
+	// Applied is not ready: a gateway is ready once it has caught up with
+	// the stream as it was when it started, which may end after seq (a
+	// restarted gateway answered 503 gateway_not_ready in between; seen
+	// in TestUsageCounts on CI).
+	eventually(t, "gateway ready", g.Ready)
 }
 
 // recorder is an upstream that records what it received.
