@@ -20,20 +20,7 @@ func TestProbe(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("probes answer Unknown off Linux")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	peer, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, peer := connPair(t)
 	var p sockprobe.Probe
 	p.Init(nc)
 	if s := p.State(); s != sockprobe.Empty {
@@ -67,20 +54,7 @@ func waitState(t *testing.T, p *sockprobe.Probe, want sockprobe.State) {
 // reads, a read honours the read deadline, the peer's close is io.EOF,
 // and a closed connection fails both; neither allocates.
 func TestReadWrite(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	peer, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, peer := connPair(t)
 	var p sockprobe.Probe
 	p.Init(nc)
 
@@ -133,20 +107,7 @@ func TestReadWrite(t *testing.T) {
 // after it finds it waiting — and, when none comes, once the read
 // deadline has passed, leaving the error to the read that follows.
 func TestSend(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	nc, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	peer, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
+	nc, peer := connPair(t)
 	var p sockprobe.Probe
 	p.Init(nc)
 
@@ -183,4 +144,26 @@ func TestSend(t *testing.T) {
 	if err := p.Send([]byte("closed")); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Send on a closed connection: %v", err)
 	}
+}
+
+// connPair is a loopback TCP connection and its peer, closed when the test
+// ends.
+func connPair(t *testing.T) (nc, peer net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	nc, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = nc.Close() })
+	peer, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = peer.Close() })
+	return nc, peer
 }
