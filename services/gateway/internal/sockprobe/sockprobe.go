@@ -37,7 +37,8 @@ const (
 
 // Probe checks one connection. The functions handed to the socket are
 // made once, in Init, so a check allocates nothing. Only the connection's
-// current user may call State and Wait.
+// current user may call its methods (a Read and a Write may run at once,
+// from two goroutines; a Send is a Write).
 type Probe struct {
 	nc   net.Conn
 	raw  syscall.RawConn
