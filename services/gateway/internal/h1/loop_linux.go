@@ -396,21 +396,12 @@ func (l *loop) write(c *Conn, b []byte) (int, error) {
 }
 
 // The loop's socket calls, made once (a closure per call would be an
-// allocation per chunk). Each retries on EINTR.
+// allocation per chunk); sockprobe's retry on EINTR.
 
 func (l *loop) read(fd uintptr) {
-	for {
-		n, errno := sockprobe.ReadFD(fd, l.in)
-		switch errno {
-		case syscall.EINTR:
-			continue
-		case 0:
-			l.rn, l.rerr = n, nil
-		default:
-			l.rn, l.rerr = 0, errno
-		}
-		return
-	}
+	var errno syscall.Errno
+	l.rn, errno = sockprobe.ReadFD(fd, l.in)
+	l.rerr = errOf(errno)
 }
 
 func (l *loop) del(fd uintptr) {
@@ -418,16 +409,15 @@ func (l *loop) del(fd uintptr) {
 }
 
 func (l *loop) writeTo(fd uintptr) {
-	for {
-		n, errno := sockprobe.WriteFD(fd, l.wbuf)
-		switch errno {
-		case syscall.EINTR:
-			continue
-		case 0:
-			l.wn, l.werr = n, nil
-		default:
-			l.wn, l.werr = 0, errno
-		}
-		return
+	var errno syscall.Errno
+	l.wn, errno = sockprobe.WriteFD(fd, l.wbuf)
+	l.werr = errOf(errno)
+}
+
+// errOf is errno as an error: nil for 0.
+func errOf(errno syscall.Errno) error {
+	if errno == 0 {
+		return nil
 	}
+	return errno
 }

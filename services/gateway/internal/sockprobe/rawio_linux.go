@@ -17,19 +17,36 @@ import (
 const rawIO = true
 
 // ReadFD is read(2) on fd as a raw system call (fd non-blocking, b not
-// empty); the count is valid when the Errno is 0.
+// empty), retried on EINTR; the count is 0 when the Errno is not.
 func ReadFD(fd uintptr, b []byte) (int, syscall.Errno) { return rawRead(fd, b) }
 
 // WriteFD is write(2) on fd as a raw system call (fd non-blocking, b not
-// empty); the count is valid when the Errno is 0.
+// empty), retried on EINTR; the count is 0 when the Errno is not.
 func WriteFD(fd uintptr, b []byte) (int, syscall.Errno) { return rawWrite(fd, b) }
 
+// rawRead and rawWrite retry on EINTR; on an error the count is 0.
 func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
-	r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-	return int(r), e
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch e {
+		case 0:
+			return int(r), 0
+		case syscall.EINTR:
+		default:
+			return 0, e
+		}
+	}
 }
 
 func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
-	r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-	return int(r), e
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch e {
+		case 0:
+			return int(r), 0
+		case syscall.EINTR:
+		default:
+			return 0, e
+		}
+	}
 }

@@ -84,23 +84,19 @@ func (p *Probe) Init(nc net.Conn) {
 	}
 	if p.raw != nil && rawIO {
 		p.rd = func(fd uintptr) bool {
-			for {
-				n, errno := rawRead(fd, p.rb)
-				switch errno {
-				case 0:
-					if n == 0 {
-						p.rerr = io.EOF
-					}
-					p.rn = n
-					return true
-				case syscall.EINTR:
-				case syscall.EAGAIN:
-					return false
-				default:
-					p.rerr = os.NewSyscallError("read", errno)
-					return true
+			n, errno := rawRead(fd, p.rb)
+			switch errno {
+			case 0:
+				if n == 0 {
+					p.rerr = io.EOF
 				}
+				p.rn = n
+			case syscall.EAGAIN:
+				return false
+			default:
+				p.rerr = os.NewSyscallError("read", errno)
 			}
+			return true
 		}
 		p.wr = func(fd uintptr) bool {
 			for p.wn < len(p.wb) {
@@ -108,7 +104,6 @@ func (p *Probe) Init(nc net.Conn) {
 				switch errno {
 				case 0:
 					p.wn += n
-				case syscall.EINTR:
 				case syscall.EAGAIN:
 					return false
 				default:
