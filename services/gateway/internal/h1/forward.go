@@ -56,7 +56,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	c.take()
 	c.tap = req.Tap
 	defer func() { c.tap = nil }()
-	start := time.Now()
+	start := c.now()
 	bp := getBuf()
 	defer func() { putBuf(bp) }()
 	b := appendRequestHead((*bp)[:0], req, up, c.remoteIP)
@@ -77,13 +77,18 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 	)
 	for attempt := 0; ; attempt++ {
 		var reused bool
-		uc, reused, err = c.s.up.get(c.s.ctx, c.s.Bounds.Connect, addr, c.dial)
+		uc, reused, err = c.s.up.get(c.s.ctx, c.s.Bounds.Connect, addr, c.dial, c.now())
+		if !reused {
+			c.waits() // it dialled
+		}
 		if err != nil {
 			return Result{Waited: time.Since(start), Err: err}
 		}
 		// The response head must come within its bound of the request
 		// going out; the client is watched meanwhile.
-		uc.Bound(c, time.Now().Add(c.s.Bounds.ResponseHead))
+		sent := c.now()
+		uc.Bound(c, sent.Add(c.s.Bounds.ResponseHead))
+		uc.Clock(sent)
 		wrote := false
 		// Send: the request goes out, and the answer is awaited without
 		// a read that finds nothing first.
@@ -91,6 +96,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 			wrote = true
 			head, err = readHead(uc.Reader())
 		}
+		c.waits()
 		if err == nil {
 			break
 		}
@@ -106,7 +112,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 			return Result{Waited: time.Since(start), Err: err}
 		}
 	}
-	res.Waited = time.Since(start)
+	res.Waited = c.now().Sub(start)
 	// The body streams for as long as it lasts (SSE); the client is
 	// still watched.
 	uc.Bound(c, time.Time{})
@@ -158,7 +164,7 @@ func (c *Conn) Forward(req *Request, up *url.URL) (res Result) {
 		return res
 	}
 	if keep && uc.Buffered() == 0 {
-		c.s.up.put(uc)
+		c.s.up.put(uc, c.now())
 	} else {
 		_ = uc.Close()
 	}
@@ -176,11 +182,15 @@ var errClientWrite = errors.New("h1: write to client")
 // and a stream sending a chunk a second would pay one per chunk.
 func (c *Conn) write(b []byte) error {
 	slack := max(time.Second, c.s.Bounds.Write/8)
-	if now := time.Now(); now.Sub(c.wroteAt) >= slack {
+	if now := c.now(); now.Sub(c.wroteAt) >= slack {
 		c.wroteAt = now
 		_ = c.nc.SetWriteDeadline(now.Add(c.s.Bounds.Write + slack))
 	}
-	if _, err := c.probe.Write(b); err != nil {
+	_, err := c.probe.Write(b)
+	if c.probe.Waited() {
+		c.waits()
+	}
+	if err != nil {
 		return fmt.Errorf("%w: %w", errClientWrite, err)
 	}
 	return nil
@@ -252,6 +262,7 @@ func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error
 			*bp = nil
 			uc.Release()
 			c.releaseBuf()
+			c.waits()
 			if framed {
 				// An event loop carries the stream while it flows.
 				if p, ok := c.s.loops.park(c, uc, rl); ok {
@@ -265,7 +276,9 @@ func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error
 					}
 				}
 			}
-			if err := uc.Wait(); err != nil {
+			err := uc.Wait()
+			c.waits()
+			if err != nil {
 				return err
 			}
 			*bp = getBuf()
@@ -275,6 +288,9 @@ func (c *Conn) relay(uc *keepalive.Conn, rl *relay, o []byte, bp **[]byte) error
 		at := len(o)
 		if !framed {
 			at -= hole // no size line: read right after o
+		}
+		if rl.mode == bodyChunked {
+			c.waits() // a chunk's framing may not be all buffered
 		}
 		k, err := rl.read(uc.Reader(), buf[at+hole:len(buf)-7])
 		// The body's next bytes, as the client gets them.

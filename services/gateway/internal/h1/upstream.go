@@ -20,9 +20,10 @@ type upstreams struct {
 var dialer = net.Dialer{KeepAlive: 30 * time.Second}
 
 // get returns an idle connection to addr that is still open, or a new one
-// made with dial within ctx and the connect bound.
-func (u *upstreams) get(ctx context.Context, connect time.Duration, addr string, dial DialFunc) (*keepalive.Conn, bool, error) {
-	if c, ok := u.idle.Get(addr); ok {
+// made with dial within ctx and the connect bound. now is the current
+// time.
+func (u *upstreams) get(ctx context.Context, connect time.Duration, addr string, dial DialFunc, now time.Time) (*keepalive.Conn, bool, error) {
+	if c, ok := u.idle.Get(addr, now); ok {
 		return c, true, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, connect)
@@ -31,11 +32,11 @@ func (u *upstreams) get(ctx context.Context, connect time.Duration, addr string,
 	return c, false, err
 }
 
-// put returns c to the idle pool.
-func (u *upstreams) put(c *keepalive.Conn) {
+// put returns c to the idle pool. now is the current time.
+func (u *upstreams) put(c *keepalive.Conn, now time.Time) {
 	c.Bound(nil, time.Time{})
 	c.Release()
-	u.idle.Put(c.Addr(), c)
+	u.idle.Put(c.Addr(), c, now)
 }
 
 func (u *upstreams) closeIdle() { u.idle.CloseIdle() }

@@ -62,9 +62,9 @@ func (p *Pool[C]) timeout() time.Duration {
 
 // Get returns the most recent idle connection to addr that is still
 // usable, closing the stale and dead ones it finds on the way; false when
-// there is none.
-func (p *Pool[C]) Get(addr string) (C, bool) {
-	now := time.Now()
+// there is none. now is the current time (the caller has read the clock
+// already).
+func (p *Pool[C]) Get(addr string, now time.Time) (C, bool) {
 	for {
 		p.mu.Lock()
 		list := p.idle[addr]
@@ -87,9 +87,8 @@ func (p *Pool[C]) Get(addr string) (C, bool) {
 // Put makes c an idle connection to addr, or closes it when addr has
 // MaxPerHost already. The oldest idle connection, if idle too long, is
 // let go (one per Put keeps the pool from holding a burst's connections
-// for ever).
-func (p *Pool[C]) Put(addr string, c C) {
-	now := time.Now()
+// for ever). now is the current time.
+func (p *Pool[C]) Put(addr string, c C, now time.Time) {
 	max := p.MaxPerHost
 	if max <= 0 {
 		max = DefaultMaxPerHost
@@ -170,6 +169,9 @@ type Conn struct {
 	until time.Time
 	// deadline is the read deadline set on nc.
 	deadline time.Time
+	// now is a clock reading the next arm uses instead of its own
+	// (Clock); zero: none.
+	now time.Time
 	// unread are bytes read from nc by someone else (the h1 event loop)
 	// that the next reads return first (Unread).
 	unread []byte
@@ -319,12 +321,21 @@ func (c *Conn) Bound(w Watcher, until time.Time) {
 	c.watch, c.until = w, until
 }
 
+// Clock gives the connection the current time as its user has just read
+// it: the next read (or Wait, or Send) reckons its bounds from it instead
+// of reading the clock itself — a clock reading costs as much as the rest
+// of a read's bookkeeping. A read that waited out a deadline reads the
+// clock again.
+func (c *Conn) Clock(now time.Time) { c.now = now }
+
 // arm sets the read deadline the bounds call for: none without bounds,
 // else the next poll of the watcher or the bound, whichever is sooner;
 // ErrHeadTimeout once the bound has passed. The deadline is renewed only
 // when half of a poll is gone: a timer update per read would cost more
 // than the read's bookkeeping.
 func (c *Conn) arm() error {
+	now := c.now
+	c.now = time.Time{}
 	if c.watch == nil && c.until.IsZero() {
 		if !c.deadline.IsZero() {
 			c.deadline = time.Time{}
@@ -332,7 +343,9 @@ func (c *Conn) arm() error {
 		}
 		return nil
 	}
-	now := time.Now()
+	if now.IsZero() {
+		now = time.Now()
+	}
 	if !c.until.IsZero() && !now.Before(c.until) {
 		return ErrHeadTimeout
 	}

@@ -57,27 +57,27 @@ func TestPool(t *testing.T) {
 	const addr = "up:80"
 	p := keepalive.Pool[*conn]{MaxPerHost: 2, IdleTimeout: time.Hour}
 
-	if _, ok := p.Get(addr); ok {
+	if _, ok := p.Get(addr, time.Now()); ok {
 		t.Fatal("Get from an empty pool")
 	}
 	a, b, c := dial(t, ln), dial(t, ln), dial(t, ln)
-	p.Put(addr, a)
-	p.Put(addr, b)
-	p.Put(addr, c) // over MaxPerHost: closed
+	p.Put(addr, a, time.Now())
+	p.Put(addr, b, time.Now())
+	p.Put(addr, c, time.Now()) // over MaxPerHost: closed
 	if !c.closed {
 		t.Error("a connection over MaxPerHost was kept")
 	}
-	if got, ok := p.Get(addr); !ok || got != b {
+	if got, ok := p.Get(addr, time.Now()); !ok || got != b {
 		t.Errorf("Get = %v, %v; want the most recent", got, ok)
 	}
-	if _, ok := p.Get("other:80"); ok {
+	if _, ok := p.Get("other:80", time.Now()); ok {
 		t.Error("Get for another address")
 	}
 
 	// The upstream closes a (idle in the pool): Get closes it and finds none.
 	a.peer.Close()
 	settled(t, a)
-	if got, ok := p.Get(addr); ok {
+	if got, ok := p.Get(addr, time.Now()); ok {
 		t.Errorf("Get returned %v, closed by its peer", got)
 	}
 	if !a.closed {
@@ -86,32 +86,32 @@ func TestPool(t *testing.T) {
 
 	// Data the upstream sent unasked makes a connection unusable too.
 	d := dial(t, ln)
-	p.Put(addr, d)
+	p.Put(addr, d, time.Now())
 	if _, err := d.peer.Write([]byte("x")); err != nil {
 		t.Fatal(err)
 	}
 	settled(t, d)
-	if _, ok := p.Get(addr); ok || !d.closed {
+	if _, ok := p.Get(addr, time.Now()); ok || !d.closed {
 		t.Errorf("a connection with unasked data: ok %v, closed %v", ok, d.closed)
 	}
 
 	// Too long idle: not returned.
-	q := keepalive.Pool[*conn]{IdleTimeout: time.Millisecond}
+	q := keepalive.Pool[*conn]{IdleTimeout: time.Minute}
 	e := dial(t, ln)
-	q.Put(addr, e)
-	time.Sleep(5 * time.Millisecond)
-	if _, ok := q.Get(addr); ok || !e.closed {
+	put := time.Now()
+	q.Put(addr, e, put)
+	if _, ok := q.Get(addr, put.Add(time.Minute)); ok || !e.closed {
 		t.Errorf("a connection idle too long: ok %v, closed %v", ok, e.closed)
 	}
 
 	// CloseIdle closes them all.
 	f := dial(t, ln)
-	p.Put(addr, f)
+	p.Put(addr, f, time.Now())
 	p.CloseIdle()
 	if !f.closed {
 		t.Error("CloseIdle left a connection open")
 	}
-	if _, ok := p.Get(addr); ok {
+	if _, ok := p.Get(addr, time.Now()); ok {
 		t.Error("Get after CloseIdle")
 	}
 }

@@ -197,7 +197,7 @@ func (b *upBody) finish(complete bool) {
 
 // conn returns an idle connection to addr that is still open, or a new one.
 func (t *upstreamTransport) conn(ctx context.Context, addr string) (*keepalive.Conn, bool, error) {
-	if c, ok := t.idle.Get(addr); ok {
+	if c, ok := t.idle.Get(addr, time.Now()); ok {
 		return c, true, nil
 	}
 	c, err := keepalive.Dial(ctx, t.dial, addr)
@@ -207,7 +207,7 @@ func (t *upstreamTransport) conn(ctx context.Context, addr string) (*keepalive.C
 // put returns c to the idle pool.
 func (t *upstreamTransport) put(c *keepalive.Conn) {
 	c.Release()
-	t.idle.Put(c.Addr(), c)
+	t.idle.Put(c.Addr(), c, time.Now())
 }
 
 // CloseIdleConnections closes every idle connection (http.Client and tests

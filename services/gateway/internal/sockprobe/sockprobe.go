@@ -49,6 +49,8 @@ type Probe struct {
 	rb, wb     []byte
 	rn, wn     int
 	rerr, werr error
+	// full: the last Write found the socket full and waited for room.
+	full bool
 	// send is Send's function; begun: it has been called once already.
 	send  func(fd uintptr) bool
 	begun bool
@@ -105,6 +107,7 @@ func (p *Probe) Init(nc net.Conn) {
 				case 0:
 					p.wn += n
 				case syscall.EAGAIN:
+					p.full = true
 					return false
 				default:
 					p.werr = os.NewSyscallError("write", errno)
@@ -178,9 +181,10 @@ func (p *Probe) Read(b []byte) (int, error) {
 // write deadline; on Linux each write is a raw system call.
 func (p *Probe) Write(b []byte) (int, error) {
 	if p.wr == nil || len(b) == 0 {
+		p.full = true // it may have waited
 		return p.nc.Write(b)
 	}
-	p.wb, p.wn, p.werr = b, 0, nil
+	p.wb, p.wn, p.werr, p.full = b, 0, nil, false
 	err := p.raw.Write(p.wr)
 	p.wb = nil
 	if err == nil {
@@ -188,6 +192,10 @@ func (p *Probe) Write(b []byte) (int, error) {
 	}
 	return p.wn, err
 }
+
+// Waited reports whether the last Write may have waited for room in the
+// socket (true when it cannot tell).
+func (p *Probe) Waited() bool { return p.full }
 
 // Wait blocks until the peer has sent something or closed the
 // connection, without reading: a goroutine waiting on a long, mostly

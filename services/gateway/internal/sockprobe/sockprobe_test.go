@@ -69,6 +69,9 @@ func TestReadWrite(t *testing.T) {
 	if b := <-got; !bytes.Equal(b, big) {
 		t.Fatalf("the peer read %d bytes, not what was written", len(b))
 	}
+	if !p.Waited() {
+		t.Error("a write larger than the socket's buffers did not say it waited")
+	}
 
 	_ = nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	buf := make([]byte, 64)
@@ -89,6 +92,9 @@ func TestReadWrite(t *testing.T) {
 		_, _ = peer.Read(buf)
 	}); n != 0 {
 		t.Errorf("%v allocations per read and write", n)
+	}
+	if runtime.GOOS == "linux" && p.Waited() {
+		t.Error("a one-byte write into an empty socket said it waited")
 	}
 	_ = peer.Close()
 	if n, err := p.Read(buf); n != 0 || err != io.EOF {
