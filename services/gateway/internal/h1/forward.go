@@ -483,9 +483,11 @@ type responseHead struct {
 // anything unclear is ErrBadResponse (and a 502), never a guess.
 func parseResponseHead(head []byte) (responseHead, error) {
 	r := responseHead{length: -1}
-	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	line, rest, ok := cutLineBytes(head)
 	var http10 bool
 	switch {
+	case !ok:
+		return r, ErrBadResponse // a bare LF
 	case bytes.HasPrefix(line, []byte("HTTP/1.1 ")):
 	case bytes.HasPrefix(line, []byte("HTTP/1.0 ")):
 		http10 = true
@@ -507,7 +509,10 @@ func parseResponseHead(head []byte) (responseHead, error) {
 	keepAlive, closeTok := false, false
 	var clValue []byte
 	for {
-		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		line, rest, ok = cutLineBytes(rest)
+		if !ok {
+			return r, ErrBadResponse
+		}
 		if len(line) == 0 {
 			break
 		}
@@ -571,10 +576,10 @@ func parseResponseHead(head []byte) (responseHead, error) {
 // keepLength keeps Content-Length (HEAD and 304 answers, which have no
 // body to frame).
 func (r *responseHead) appendFields(o, head []byte, keepLength bool) []byte {
-	_, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	_, rest, _ := cutLineBytes(head)
 	for {
 		var line []byte
-		line, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		line, rest, _ = cutLineBytes(rest)
 		if len(line) == 0 {
 			return o
 		}
@@ -633,6 +638,15 @@ func asciiEqualFold[T []byte | string](b T, s string) bool {
 		}
 	}
 	return true
+}
+
+// cutLineBytes is cutLine on bytes.
+func cutLineBytes(b []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' {
+		return b, nil, false
+	}
+	return b[:i-1], b[i+1:], true
 }
 
 func trimOWSBytes(b []byte) []byte {

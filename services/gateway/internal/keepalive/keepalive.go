@@ -172,6 +172,9 @@ type Conn struct {
 	// now is a clock reading the next arm uses instead of its own
 	// (Clock); zero: none.
 	now time.Time
+	// armed: Send armed the bounds and its wait has ended; the read
+	// that follows needs no arming of its own.
+	armed bool
 	// unread are bytes read from nc by someone else (the h1 event loop)
 	// that the next reads return first (Unread).
 	unread []byte
@@ -300,7 +303,9 @@ func (c *Conn) Send(b []byte) error {
 	if err := c.arm(); err != nil {
 		return err
 	}
-	return c.probe.Send(b)
+	err := c.probe.Send(b)
+	c.armed = err == nil
+	return err
 }
 
 // Close closes the connection (at once: it also ends a blocked read). It
@@ -318,7 +323,7 @@ func (c *Conn) Usable() bool {
 // (zero: no deadline) and with ErrClientGone once w reports its client
 // gone (nil: nobody to watch). Bound(nil, time.Time{}) lifts both.
 func (c *Conn) Bound(w Watcher, until time.Time) {
-	c.watch, c.until = w, until
+	c.watch, c.until, c.armed = w, until, false
 }
 
 // Clock gives the connection the current time as its user has just read
@@ -378,7 +383,12 @@ func (r connReader) Read(b []byte) (int, error) {
 		return n, nil
 	}
 	for {
-		if err := c.arm(); err != nil {
+		if c.armed {
+			// Send's wait ended: the answer has begun to come (the read
+			// returns it), or the deadline passed (the read says so and
+			// the next round arms again).
+			c.armed = false
+		} else if err := c.arm(); err != nil {
 			return 0, err
 		}
 		n, err := c.probe.Read(b)
