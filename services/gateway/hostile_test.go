@@ -117,6 +117,43 @@ func testCredentialsNeverLeave(t *testing.T, front frontEnd) {
 		})
 	}
 
+	t.Run("keys in the query", func(t *testing.T) {
+		for _, tc := range []struct {
+			dep, query, want string
+			hdr              []string
+			status           int
+		}{
+			{"open", "api_key=" + alpha + "&stream=true", "stream=true", nil, 200},
+			{"open", "a=1&key=ig%5F" + bravo[3:], "a=1", nil, 200},
+			{"open", "token=" + bravo, "", nil, 200},
+			{"open", "a=1&b=%20c", "a=1&b=%20c", nil, 200},
+			{"closed", "api_key=" + alpha + "&a=1", "a=1", []string{"X-API-Key", alpha}, 200},
+			// The query does not authenticate.
+			{"closed", "api_key=" + alpha, "", nil, 401},
+		} {
+			up.mu.Lock()
+			before := len(up.reqs)
+			up.mu.Unlock()
+			a := get(t, srv, host(tc.dep), "/v1/chat/completions?"+tc.query, tc.hdr...)
+			if a.status != tc.status {
+				t.Errorf("%s ?%s: status %d, want %d", tc.dep, tc.query, a.status, tc.status)
+				continue
+			}
+			up.mu.Lock()
+			reqs := up.reqs[before:]
+			up.mu.Unlock()
+			if tc.status != 200 {
+				if len(reqs) != 0 {
+					t.Errorf("%s ?%s: refused, yet the upstream got it", tc.dep, tc.query)
+				}
+				continue
+			}
+			if len(reqs) != 1 || reqs[0].query != tc.want {
+				t.Errorf("%s ?%s: the upstream got %+v, want the query %q", tc.dep, tc.query, reqs, tc.want)
+			}
+		}
+	})
+
 	t.Run("a key in Basic does not authenticate", func(t *testing.T) {
 		a := get(t, srv, host("closed"), "/v1/models", "Authorization", "Basic "+alpha)
 		if a.status != 401 || a.code != "missing_api_key" {

@@ -20,7 +20,10 @@ import (
 //   - a header field whose value carries a well-formed infergate key
 //     anywhere in it — Authorization in any scheme or none ("Basic <key>",
 //     "<key>", "Bearer\t<key>"), and any other header too;
-//   - an Authorization field with Basic credentials (base64) that carry one.
+//   - an Authorization field with Basic credentials (base64) that carry one;
+//   - a query parameter whose name or value carries one, as sent or
+//     percent-decoded (?api_key=<key>, ?key=ig%5F…): a key in a URL ends
+//     up in the upstream's access logs (stripQuery).
 //
 // Other fields of the same name stay (an upstream's own token in a second
 // Authorization field).
@@ -99,6 +102,61 @@ func bytesCarryKey(b []byte) bool {
 		}
 		b = b[i+len(apikey.Prefix):]
 	}
+}
+
+// stripQuery returns the raw query q without the parameters that carry a
+// well-formed infergate key in their name or value, as sent or with their
+// percent escapes decoded; the other parameters stay as they were, in
+// their order. A query without '%' and without a key is returned as it is,
+// allocating nothing.
+func stripQuery(q string) string {
+	if !strings.Contains(q, "%") && !carriesKey(q) {
+		return q
+	}
+	out := make([]byte, 0, len(q))
+	for part := range strings.SplitSeq(q, "&") {
+		if carriesKey(part) || carriesKey(unescapeLoose(part)) {
+			continue
+		}
+		if len(out) > 0 {
+			out = append(out, '&')
+		}
+		out = append(out, part...)
+	}
+	return string(out)
+}
+
+// unescapeLoose decodes s's well-formed percent escapes and leaves every
+// other byte as it is (a malformed escape must not hide a key from the
+// check: an upstream may decode loosely too).
+func unescapeLoose(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	b := make([]byte, 0, len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) {
+			if hi, lo := unhex(s[i+1]), unhex(s[i+2]); hi >= 0 && lo >= 0 {
+				b = append(b, byte(hi<<4|lo))
+				i += 2
+				continue
+			}
+		}
+		b = append(b, s[i])
+	}
+	return string(b)
+}
+
+func unhex(c byte) int {
+	switch {
+	case c >= '0' && c <= '9':
+		return int(c - '0')
+	case c >= 'a' && c <= 'f':
+		return int(c-'a') + 10
+	case c >= 'A' && c <= 'F':
+		return int(c-'A') + 10
+	}
+	return -1
 }
 
 // cutSpace cuts v around its first space or tab.

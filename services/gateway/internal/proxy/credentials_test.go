@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/base64"
+	"fmt"
 	"net/http"
 	"slices"
 	"testing"
@@ -50,6 +51,41 @@ func TestCredentialField(t *testing.T) {
 		if got := credentialField(tc.name, tc.value); got != tc.strip {
 			t.Errorf("credentialField(%q, %q) = %v, want %v", tc.name, tc.value, got, tc.strip)
 		}
+	}
+}
+
+func TestStripQuery(t *testing.T) {
+	key, err := apikey.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	esc := func(s string) string { // every byte escaped
+		var b []byte
+		for i := 0; i < len(s); i++ {
+			b = append(b, fmt.Sprintf("%%%02X", s[i])...)
+		}
+		return string(b)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"", ""},
+		{"a=1&b=%20x&c", "a=1&b=%20x&c"},
+		{"api_key=" + key, ""},
+		{"api_key=" + key + "&stream=true", "stream=true"},
+		{"a=1&key=" + key + "&b=2", "a=1&b=2"},
+		{"token=prefix" + key + "suffix&a=1", "a=1"},
+		{key + "=1&a=1", "a=1"},
+		{"key=ig%5F" + key[3:] + "&a=%zz", "a=%zz"},
+		{"key=" + esc(key) + "&a=1", "a=1"},
+		{"key=%" + key + "&a=1", "a=1"},
+		{"key=ig_not-a-key&a=1", "key=ig_not-a-key&a=1"},
+		{"key=" + key[:len(key)-1] + "&a=1", "key=" + key[:len(key)-1] + "&a=1"},
+	} {
+		if got := stripQuery(tc.in); got != tc.want {
+			t.Errorf("stripQuery(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+	if n := testing.AllocsPerRun(100, func() { _ = stripQuery("model=a&stream=true") }); n != 0 {
+		t.Errorf("a query without a key or an escape: %v allocations", n)
 	}
 }
 

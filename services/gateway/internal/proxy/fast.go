@@ -78,6 +78,7 @@ func (f *FastPath) ServeH1(c *h1.Conn, req *h1.Request) bool {
 	}
 	d := out.d
 	dropCredentials(req.Header)
+	req.Query = stripQuery(req.Query)
 	// The path to send upstream: for path routing, the rest after
 	// /d/<project>/<deployment>.
 	req.Path = t.Path

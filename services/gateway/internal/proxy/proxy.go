@@ -283,11 +283,12 @@ func bearerKey(v string) string {
 }
 
 // rewrite sends the request to the upstream URL (keeping the upstream's
-// base path) without the key.
+// base path) without the key, in its headers or its query.
 func rewrite(pr *httputil.ProxyRequest) {
 	c := pr.In.Context().Value(callKey{}).(*call)
 	pr.Out.URL.Path = c.t.Path
 	pr.Out.URL.RawPath = c.t.RawPath
+	pr.Out.URL.RawQuery = stripQuery(pr.Out.URL.RawQuery)
 	pr.SetURL(c.upstream)
 	pr.SetXForwarded()
 	stripCredentials(pr.Out.Header)
