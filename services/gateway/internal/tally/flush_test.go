@@ -1,10 +1,12 @@
 package tally
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	usagev1 "github.com/infergate/infergate/gen/infergate/usage/v1"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/usage"
 )
@@ -61,5 +63,31 @@ func TestFlusherBound(t *testing.T) {
 	f.freeze()
 	if f.inflight.GetSequence() != 2 || f.inflight.GetDropped() != 1 || len(f.inflight.GetRows()) != 2 || len(f.pending) != 0 {
 		t.Errorf("next message: %v", f.inflight)
+	}
+}
+
+// pendingRows fills f with n pending rows of one minute, as a flush of n
+// pairs leaves them.
+func pendingRows(f *Flusher, n int) {
+	for i := range n {
+		k := rowKey{"p", "d", fmt.Sprintf("key-%06d", i), 28_000_000 * 60}
+		f.pending[k] = &usagev1.Row{Project: k.project, Deployment: k.deployment, Key: k.key, Minute: k.minute, Counts: &usagev1.Counts{Ok: 1}}
+		f.newest[pairKey{k.project, k.deployment, k.key}] = k.minute
+	}
+}
+
+// BenchmarkFreezeAll: every message of a flush of 100,000 pairs (49 of
+// maxRows), frozen one after the other as Flush does once each is
+// published.
+func BenchmarkFreezeAll(b *testing.B) {
+	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, authmap.New()), Map: authmap.New})
+	for b.Loop() {
+		b.StopTimer()
+		pendingRows(f, 100_000)
+		b.StartTimer()
+		for len(f.pending) > 0 {
+			f.inflight = nil
+			f.freeze()
+		}
 	}
 }
