@@ -79,8 +79,8 @@ type Flusher struct {
 	// order is pending's keys, oldest minute first, for freeze to take
 	// from the front: made once, not once per message (a flush of
 	// 100,000 pairs is 49 messages); nil once a row was added.
-	order []rowKey
-	dropped  uint64            // requests dropped since the last frozen message
+	order   []rowKey
+	dropped uint64 // requests dropped since the last frozen message
 
 	published, failures, merged, droppedTotal atomic.Uint64
 	pendingRows                               atomic.Int64
