@@ -39,8 +39,8 @@ type Writer struct {
 	stalls  atomic.Int64
 }
 
-// New opens (creating if need be) the event stream on nc and returns a
-// writer of the project's events.
+// New opens (creating if need be) the event stream on nc, creates the
+// usage stream if need be, and returns a writer of the project's events.
 func New(ctx context.Context, nc *nats.Conn, project string) (*Writer, error) {
 	w := &Writer{project: project}
 	js, err := jetstream.New(nc,
@@ -57,6 +57,12 @@ func New(ctx context.Context, nc *nats.Conn, project string) (*Writer, error) {
 		return nil, err
 	}
 	if err := eventstore.EnsureStream(ctx, js, eventstore.Config{}); err != nil {
+		return nil, err
+	}
+	// The usage stream too, as `infergate dev` makes it: the gateways
+	// under test publish their counts as in production (without it every
+	// flush fails and is kept, which costs another amount of work).
+	if err := eventstore.EnsureStream(ctx, js, eventstore.UsageConfig()); err != nil {
 		return nil, err
 	}
 	if w.store, err = eventstore.Open(ctx, js, eventstore.Config{}); err != nil {

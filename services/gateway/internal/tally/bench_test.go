@@ -70,16 +70,41 @@ func TestCountDoesNotAllocate(t *testing.T) {
 }
 
 // TestCountOverflowIsBounded fills a small table: what does not fit is
-// counted as lost, nothing grows.
+// counted as lost and the table does not grow within the interval; the
+// next intervals' tables are larger, until the pairs fit, and never
+// larger than MaxCells.
 func TestCountOverflowIsBounded(t *testing.T) {
 	t.Parallel()
 	m := authmap.New()
-	c := NewCounter(16, m)
-	for i := uint32(1); i <= 1000; i++ {
-		c.Count(m, i, 0, usage.ClassOK, 1)
+	var c *Counter
+	interval := func(pairs uint32) (lost uint64) {
+		before, _ := c.Lost()
+		for i := uint32(1); i <= pairs; i++ {
+			c.Count(m, i, 0, usage.ClassOK, 1)
+		}
+		after, _ := c.Lost()
+		c.Swap(m)
+		return after - before
 	}
-	if o, _ := c.Lost(); o == 0 || o > 1000-16 {
-		t.Errorf("overflow %d", o)
+	c = NewCounter(16, m)
+	if o := interval(1000); o == 0 || o > 1000-16 || len(c.cur.Load().cells) <= 16 {
+		t.Errorf("first interval: lost %d, next table %d cells", o, len(c.cur.Load().cells))
+	}
+	if n := len(c.prev.cells); n != 16 {
+		t.Errorf("the table grew within its interval: %d cells", n)
+	}
+	var swaps int
+	for swaps = 1; swaps < 10 && interval(1000) > 0; swaps++ {
+	}
+	if swaps > 4 || interval(1000) > 0 {
+		t.Errorf("1,000 pairs still do not fit after %d intervals (%d cells)", swaps, len(c.cur.Load().cells))
+	}
+	c = NewCounter(MaxCells/4, m)
+	for range 3 {
+		interval(300_000)
+	}
+	if n := len(c.cur.Load().cells); n > MaxCells {
+		t.Errorf("a table of %d cells, past MaxCells", n)
 	}
 }
 

@@ -8,7 +8,8 @@
 // and an atomic add. Each flush swaps in an empty table and drains the
 // one it took out (twice: again at the next flush, for a counter that
 // loaded the table just before the swap), so the table holds only what
-// was counted in one interval and never grows. Names are looked up only
+// was counted in one interval; an interval with more pairs than fit makes
+// the next tables larger (bounded: MaxCells). Names are looked up only
 // at the flush, in the auth map the table was counted against.
 package tally
 
@@ -21,10 +22,15 @@ import (
 	"github.com/infergate/infergate/services/internal/usage"
 )
 
-// DefaultCells is the number of (deployment, key) pairs a table holds in
-// one flush interval: 16,384 cells of 64 bytes, 1 MiB (three tables are
-// kept: the one counted into, the one drained, a spare).
+// DefaultCells is the number of (deployment, key) pairs a table starts
+// with for one flush interval: 16,384 cells of 64 bytes, 1 MiB (three
+// tables are kept: the one counted into, the one drained, a spare).
 const DefaultCells = 1 << 14
+
+// MaxCells bounds a table's growth: an interval in which requests found
+// no free cell makes the next tables four times larger, up to 262,144
+// cells (16 MiB each, 48 MiB for the three).
+const MaxCells = 1 << 18
 
 // hashMul spreads a pair's id over the table (Fibonacci hashing).
 const hashMul = 0x9e3779b97f4a7c15
@@ -84,8 +90,11 @@ type Counter struct {
 	overflow, other atomic.Uint64
 
 	// mu serializes Swap and guards the fields below.
-	mu    sync.Mutex
+	mu sync.Mutex
+	// size is the cells of the next new table; lost is overflow at the
+	// last swap.
 	size  int
+	lost  uint64
 	prev  *table // taken out at the last swap: drained again at the next
 	spare *table
 }
@@ -97,7 +106,7 @@ func NewCounter(cells int, m *authmap.Map) *Counter {
 		cells = DefaultCells
 	}
 	c := &Counter{size: cells}
-	t := newTable(cells)
+	t := newTable(c.size)
 	t.m = m
 	c.cur.Store(t)
 	return c
@@ -180,8 +189,16 @@ type Row struct {
 func (c *Counter) Swap(m *authmap.Map) []Row {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	// Requests found no free cell since the last swap: the interval's
+	// pairs outgrew the table, and the next tables are larger.
+	if lost := c.overflow.Load(); lost != c.lost {
+		c.lost = lost
+		if c.size < MaxCells {
+			c.size = min(c.size*4, MaxCells)
+		}
+	}
 	next := c.spare
-	if next == nil {
+	if next == nil || len(next.cells) < c.size {
 		next = newTable(c.size)
 	}
 	c.spare = nil
