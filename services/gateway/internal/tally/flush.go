@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -30,8 +31,9 @@ const (
 	DefaultMaxPending = 100_000
 	// maxRows is the most rows one message carries: a row is at most
 	// ~280 bytes (three names of up to 63 bytes, eight numbers), so a
-	// message stays under 600 KB, within NATS's default 1 MB payload.
-	maxRows = 2048
+	// message stays under 300 KB, within NATS's default 1 MB payload,
+	// and is encoded in about a millisecond.
+	maxRows = 1024
 	// publishTimeout bounds one attempt to publish a flush.
 	publishTimeout = 5 * time.Second
 )
@@ -75,7 +77,10 @@ type Flusher struct {
 	seq      uint64
 	inflight *usagev1.Flush // frozen: sent at least once, resent as is
 	pending  map[rowKey]*usagev1.Row
-	newest   map[pairKey]int64 // the newest pending minute of each pair
+	// newest is the newest pending minute of each pair, needed only past
+	// MaxPending: made when pending first reaches it, dropped when pending
+	// empties (nil meanwhile: a map update per row of every flush saved).
+	newest map[pairKey]int64
 	// order is pending's keys, oldest minute first, for freeze to take
 	// from the front: made once, not once per message (a flush of
 	// 100,000 pairs is 49 messages); nil once a row was added.
@@ -101,7 +106,7 @@ func NewFlusher(cfg FlusherConfig) *Flusher {
 	_, _ = rand.Read(b[:])
 	return &Flusher{
 		cfg: cfg, boot: hex.EncodeToString(b[:]), subject: usage.Subject(cfg.Region, cfg.ID),
-		pending: map[rowKey]*usagev1.Row{}, newest: map[pairKey]int64{},
+		pending: map[rowKey]*usagev1.Row{},
 	}
 }
 
@@ -144,6 +149,7 @@ func (f *Flusher) Flush(ctx context.Context) error {
 			f.failures.Add(1)
 			return errors.New("usage: no NATS")
 		}
+		runtime.Gosched() // a message's encoding takes a millisecond
 		data, err := proto.Marshal(f.inflight)
 		if err != nil {
 			return err
@@ -176,6 +182,7 @@ func (f *Flusher) MapChanged(m *authmap.Map) {
 // pair with nothing pending is dropped (counted).
 func (f *Flusher) merge(rows []Row) {
 	for i := range rows {
+		yield(i)
 		r := &rows[i]
 		if r.Last == 0 { // tokens only, of a request counted before
 			r.Last = time.Now().UnixNano()
@@ -185,6 +192,9 @@ func (f *Flusher) merge(rows []Row) {
 		p := pairKey{r.Project, r.Deployment, r.Key}
 		row, ok := f.pending[k]
 		if !ok && len(f.pending) >= f.cfg.MaxPending {
+			if f.newest == nil {
+				f.newest = newestOf(f.pending)
+			}
 			n := requests(r)
 			if m, has := f.newest[p]; has {
 				row, ok = f.pending[rowKey{r.Project, r.Deployment, r.Key, m}], true
@@ -199,7 +209,7 @@ func (f *Flusher) merge(rows []Row) {
 			row = &usagev1.Row{Project: r.Project, Deployment: r.Deployment, Key: r.Key, Minute: minute, Counts: &usagev1.Counts{}}
 			f.pending[k] = row
 			f.order = nil
-			if minute > f.newest[p] {
+			if f.newest != nil && minute > f.newest[p] {
 				f.newest[p] = minute
 			}
 		}
@@ -213,6 +223,18 @@ func (f *Flusher) merge(rows []Row) {
 		row.LastUsedUnixNano = max(row.LastUsedUnixNano, r.Last)
 	}
 	f.pendingRows.Store(int64(len(f.pending)))
+}
+
+// newestOf is the newest minute of each pair in pending.
+func newestOf(pending map[rowKey]*usagev1.Row) map[pairKey]int64 {
+	newest := make(map[pairKey]int64, len(pending))
+	for k := range pending {
+		p := pairKey{k.project, k.deployment, k.key}
+		if m, ok := newest[p]; !ok || k.minute > m {
+			newest[p] = k.minute
+		}
+	}
+	return newest
 }
 
 func requests(r *Row) uint64 {
@@ -246,13 +268,19 @@ func (f *Flusher) freeze() {
 		f.order = nil
 	}
 	msg.Rows = make([]*usagev1.Row, 0, n)
-	for _, k := range keys {
+	for i, k := range keys {
+		yield(i)
 		msg.Rows = append(msg.Rows, f.pending[k])
 		delete(f.pending, k)
-		p := pairKey{k.project, k.deployment, k.key}
-		if f.newest[p] == k.minute {
-			delete(f.newest, p)
+		if f.newest != nil {
+			p := pairKey{k.project, k.deployment, k.key}
+			if f.newest[p] == k.minute {
+				delete(f.newest, p)
+			}
 		}
+	}
+	if len(f.pending) == 0 {
+		f.newest = nil
 	}
 	f.inflight = msg
 	f.pendingRows.Store(int64(len(f.pending)))

@@ -9,6 +9,7 @@ import (
 	usagev1 "github.com/infergate/infergate/gen/infergate/usage/v1"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/usage"
+	"google.golang.org/protobuf/proto"
 )
 
 // TestFlusherBound: while nothing can be published, the first flush is
@@ -72,7 +73,6 @@ func pendingRows(f *Flusher, n int) {
 	for i := range n {
 		k := rowKey{"p", "d", fmt.Sprintf("key-%06d", i), 28_000_000 * 60}
 		f.pending[k] = &usagev1.Row{Project: k.project, Deployment: k.deployment, Key: k.key, Minute: k.minute, Counts: &usagev1.Counts{Ok: 1}}
-		f.newest[pairKey{k.project, k.deployment, k.key}] = k.minute
 	}
 }
 
@@ -88,6 +88,28 @@ func BenchmarkFreezeAll(b *testing.B) {
 		for len(f.pending) > 0 {
 			f.inflight = nil
 			f.freeze()
+		}
+	}
+}
+
+// BenchmarkFlushWork: what a flush of 100,000 pairs does besides
+// publishing: merge the drained rows, freeze the 49 messages, marshal
+// each.
+func BenchmarkFlushWork(b *testing.B) {
+	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, authmap.New()), Map: authmap.New})
+	rows := make([]Row, 100_000)
+	for i := range rows {
+		rows[i] = Row{Project: "team-a", Deployment: "chat", Key: fmt.Sprintf("key-%06d", i), Last: 28_000_000 * int64(time.Minute)}
+		rows[i].Counts[usage.ClassOK] = 3
+	}
+	for b.Loop() {
+		f.merge(rows)
+		for len(f.pending) > 0 {
+			f.inflight = nil
+			f.freeze()
+			if _, err := proto.Marshal(f.inflight); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 }

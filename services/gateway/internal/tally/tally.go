@@ -14,6 +14,7 @@
 package tally
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -174,6 +175,20 @@ func (c *Counter) Tokens(m *authmap.Map, dep, key uint32, prompt, completion uin
 // against another auth map, since the start.
 func (c *Counter) Lost() (overflow, otherMap uint64) { return c.overflow.Load(), c.other.Load() }
 
+// yieldEvery is how many rows (or cells) a flush handles between two
+// yields: with one P, a flush of 100,000 pairs (a quarter of a second of
+// work) would otherwise hold it for the scheduler's 10 ms slices, and the
+// requests waiting behind it would see them.
+const yieldEvery = 256
+
+// yield lets other goroutines run every yieldEvery calls of a loop (i its
+// index).
+func yield(i int) {
+	if i%yieldEvery == yieldEvery-1 {
+		runtime.Gosched()
+	}
+}
+
 // Row is one drained cell, named.
 type Row struct {
 	Project, Deployment, Key string
@@ -223,6 +238,9 @@ func (c *Counter) Swap(m *authmap.Map) []Row {
 // what came since) and appends them as rows.
 func drain(t *table, rows []Row) []Row {
 	for i := range t.cells {
+		if i%(16*yieldEvery) == 16*yieldEvery-1 {
+			runtime.Gosched() // an empty cell costs little
+		}
 		cl := &t.cells[i]
 		id := cl.id.Load()
 		if id == 0 {
