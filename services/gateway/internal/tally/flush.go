@@ -63,6 +63,13 @@ type rowKey struct {
 
 type pairKey struct{ project, deployment, key string }
 
+// pendingRow is a pending row's counts (its names and minute are its key).
+type pendingRow struct {
+	n                  [usage.NumClasses]uint64
+	prompt, completion uint64
+	last               int64
+}
+
 // Flusher publishes a Counter's counts to the usage stream: one message
 // at a time, in order, each retried with its own message id until it is
 // acknowledged, while later counts wait — merged by minute, bounded —
@@ -73,10 +80,24 @@ type Flusher struct {
 	subject string
 
 	// mu serializes flushes and guards the fields below.
-	mu       sync.Mutex
-	seq      uint64
-	inflight *usagev1.Flush // frozen: sent at least once, resent as is
-	pending  map[rowKey]*usagev1.Row
+	mu  sync.Mutex
+	seq uint64
+	// inflight is the frozen message, encoded: sent at least once, resent
+	// as is until acknowledged; nil: none. inflightSeq is its sequence.
+	inflight    []byte
+	inflightSeq uint64
+	pending     map[rowKey]*pendingRow
+	// slab is where pending rows are allocated, 1,024 at a time.
+	slab []pendingRow
+	// msg, rows and counts are freeze's scratch: a message is encoded
+	// from them and they are used again for the next one.
+	msg    usagev1.Flush
+	rows   []usagev1.Row
+	counts []usagev1.Counts
+	ptrs   []*usagev1.Row
+	// buf holds inflight's bytes, and the next message's once it is
+	// acknowledged.
+	buf []byte
 	// newest is the newest pending minute of each pair, needed only past
 	// MaxPending: made when pending first reaches it, dropped when pending
 	// empties (nil meanwhile: a map update per row of every flush saved).
@@ -106,7 +127,7 @@ func NewFlusher(cfg FlusherConfig) *Flusher {
 	_, _ = rand.Read(b[:])
 	return &Flusher{
 		cfg: cfg, boot: hex.EncodeToString(b[:]), subject: usage.Subject(cfg.Region, cfg.ID),
-		pending: map[rowKey]*usagev1.Row{},
+		pending: map[rowKey]*pendingRow{},
 	}
 }
 
@@ -143,25 +164,22 @@ func (f *Flusher) Flush(ctx context.Context) error {
 			if len(f.pending) == 0 && f.dropped == 0 {
 				return nil
 			}
-			f.freeze()
+			if err := f.freeze(); err != nil {
+				return err
+			}
 		}
 		if f.cfg.JS == nil {
 			f.failures.Add(1)
 			return errors.New("usage: no NATS")
 		}
-		runtime.Gosched() // a message's encoding takes a millisecond
-		data, err := proto.Marshal(f.inflight)
-		if err != nil {
-			return err
-		}
 		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
-		_, err = f.cfg.JS.Publish(pctx, f.subject, data,
-			jetstream.WithMsgID(usage.MsgID(f.cfg.Region, f.cfg.ID, f.boot, f.inflight.GetSequence())),
+		_, err := f.cfg.JS.Publish(pctx, f.subject, f.inflight,
+			jetstream.WithMsgID(usage.MsgID(f.cfg.Region, f.cfg.ID, f.boot, f.inflightSeq)),
 			jetstream.WithExpectStream(eventstore.UsageStream))
 		cancel()
 		if err != nil {
 			f.failures.Add(1)
-			return fmt.Errorf("usage: publish flush %d: %w", f.inflight.GetSequence(), err)
+			return fmt.Errorf("usage: publish flush %d: %w", f.inflightSeq, err)
 		}
 		f.published.Add(1)
 		f.inflight = nil
@@ -206,27 +224,35 @@ func (f *Flusher) merge(rows []Row) {
 			}
 		}
 		if !ok {
-			row = &usagev1.Row{Project: r.Project, Deployment: r.Deployment, Key: r.Key, Minute: minute, Counts: &usagev1.Counts{}}
+			row = f.newRow()
 			f.pending[k] = row
 			f.order = nil
 			if f.newest != nil && minute > f.newest[p] {
 				f.newest[p] = minute
 			}
 		}
-		c := row.Counts
-		c.Ok += r.Counts[usage.ClassOK]
-		c.ClientErrors += r.Counts[usage.ClassClientError]
-		c.ServerErrors += r.Counts[usage.ClassServerError]
-		c.Refused += r.Counts[usage.ClassRefused]
-		c.PromptTokens += r.Prompt
-		c.CompletionTokens += r.Completion
-		row.LastUsedUnixNano = max(row.LastUsedUnixNano, r.Last)
+		for c := range row.n {
+			row.n[c] += r.Counts[c]
+		}
+		row.prompt += r.Prompt
+		row.completion += r.Completion
+		row.last = max(row.last, r.Last)
 	}
 	f.pendingRows.Store(int64(len(f.pending)))
 }
 
+// newRow is a zero pending row from the slab (one allocation per 1,024
+// rows; a slab is freed once none of its rows is pending).
+func (f *Flusher) newRow() *pendingRow {
+	if len(f.slab) == cap(f.slab) {
+		f.slab = make([]pendingRow, 0, 1024)
+	}
+	f.slab = f.slab[:len(f.slab)+1]
+	return &f.slab[len(f.slab)-1]
+}
+
 // newestOf is the newest minute of each pair in pending.
-func newestOf(pending map[rowKey]*usagev1.Row) map[pairKey]int64 {
+func newestOf(pending map[rowKey]*pendingRow) map[pairKey]int64 {
 	newest := make(map[pairKey]int64, len(pending))
 	for k := range pending {
 		p := pairKey{k.project, k.deployment, k.key}
@@ -245,14 +271,15 @@ func requests(r *Row) uint64 {
 	return n
 }
 
-// freeze makes the next message of up to maxRows pending rows, oldest
-// minutes first: from now on it is sent as it is, with its sequence,
-// until acknowledged. (Oldest first keeps newest true: a pair's newest
-// minute leaves the pending rows last.)
-func (f *Flusher) freeze() {
+// freeze makes and encodes the next message of up to maxRows pending
+// rows, oldest minutes first: from now on it is sent as it is, with its
+// sequence, until acknowledged. (Oldest first keeps newest true: a pair's
+// newest minute leaves the pending rows last.)
+func (f *Flusher) freeze() error {
 	f.seq++
-	msg := &usagev1.Flush{Gateway: f.cfg.ID, Region: f.cfg.Region, Boot: f.boot, Sequence: f.seq, Dropped: f.dropped}
-	f.dropped = 0
+	msg := &f.msg
+	proto.Reset(msg)
+	msg.Gateway, msg.Region, msg.Boot, msg.Sequence, msg.Dropped = f.cfg.ID, f.cfg.Region, f.boot, f.seq, f.dropped
 	if f.order == nil {
 		f.order = make([]rowKey, 0, len(f.pending))
 		for k := range f.pending {
@@ -267,10 +294,24 @@ func (f *Flusher) freeze() {
 	if f.order = f.order[n:]; len(f.order) == 0 {
 		f.order = nil
 	}
-	msg.Rows = make([]*usagev1.Row, 0, n)
+	if len(f.rows) < n {
+		f.rows, f.counts = make([]usagev1.Row, maxRows), make([]usagev1.Counts, maxRows)
+	}
+	msg.Rows = f.ptrs[:0]
+	var requests uint64
 	for i, k := range keys {
 		yield(i)
-		msg.Rows = append(msg.Rows, f.pending[k])
+		p := f.pending[k]
+		for _, v := range p.n {
+			requests += v
+		}
+		r, c := &f.rows[i], &f.counts[i]
+		proto.Reset(r)
+		proto.Reset(c)
+		c.Ok, c.ClientErrors, c.ServerErrors, c.Refused = p.n[usage.ClassOK], p.n[usage.ClassClientError], p.n[usage.ClassServerError], p.n[usage.ClassRefused]
+		c.PromptTokens, c.CompletionTokens = p.prompt, p.completion
+		r.Project, r.Deployment, r.Key, r.Minute, r.Counts, r.LastUsedUnixNano = k.project, k.deployment, k.key, k.minute, c, p.last
+		msg.Rows = append(msg.Rows, r)
 		delete(f.pending, k)
 		if f.newest != nil {
 			p := pairKey{k.project, k.deployment, k.key}
@@ -282,8 +323,19 @@ func (f *Flusher) freeze() {
 	if len(f.pending) == 0 {
 		f.newest = nil
 	}
-	f.inflight = msg
 	f.pendingRows.Store(int64(len(f.pending)))
+	runtime.Gosched() // the encoding takes a millisecond
+	data, err := proto.MarshalOptions{}.MarshalAppend(f.buf[:0], msg)
+	f.ptrs, msg.Rows = msg.Rows[:0], nil
+	if err != nil {
+		// Not with names the control plane validated; the rows are
+		// lost, and counted as dropped.
+		f.droppedTotal.Add(requests)
+		return fmt.Errorf("usage: encode flush %d: %w", f.seq, err)
+	}
+	f.dropped = 0
+	f.buf, f.inflight, f.inflightSeq = data, data, f.seq
+	return nil
 }
 
 // Stats are the flusher's counters for /metrics.

@@ -52,19 +52,34 @@ func TestFlusherBound(t *testing.T) {
 	if st.Merged != 1 || st.Dropped != 1 || st.PendingRows != 2 || st.Failures != 3 || st.Published != 0 {
 		t.Errorf("stats %+v", st)
 	}
-	if f.inflight.GetSequence() != 1 || len(f.inflight.GetRows()) != 1 || f.inflight.GetRows()[0].GetCounts().GetOk() != 1 {
-		t.Errorf("the frozen message changed: %v", f.inflight)
+	if in := inflight(t, f); in.GetSequence() != 1 || len(in.GetRows()) != 1 || in.GetRows()[0].GetCounts().GetOk() != 1 {
+		t.Errorf("the frozen message changed: %v", in)
 	}
 	a := f.pending[rowKey{"p", "a", "", minute(1) / int64(time.Minute) * 60}]
-	if a == nil || a.GetCounts().GetOk() != 1 || a.GetCounts().GetRefused() != 1 || a.GetLastUsedUnixNano() != minute(2) {
-		t.Errorf("a's waiting row: %v", a)
+	if a == nil || a.n[usage.ClassOK] != 1 || a.n[usage.ClassRefused] != 1 || a.last != minute(2) {
+		t.Errorf("a's waiting row: %+v", a)
 	}
 	// The next message carries what was dropped.
 	f.inflight = nil
-	f.freeze()
-	if f.inflight.GetSequence() != 2 || f.inflight.GetDropped() != 1 || len(f.inflight.GetRows()) != 2 || len(f.pending) != 0 {
-		t.Errorf("next message: %v", f.inflight)
+	if err := f.freeze(); err != nil {
+		t.Fatal(err)
 	}
+	if in := inflight(t, f); in.GetSequence() != 2 || in.GetDropped() != 1 || len(in.GetRows()) != 2 || len(f.pending) != 0 {
+		t.Errorf("next message: %v", in)
+	}
+}
+
+// inflight decodes f's frozen message.
+func inflight(t *testing.T, f *Flusher) *usagev1.Flush {
+	t.Helper()
+	var msg usagev1.Flush
+	if err := proto.Unmarshal(f.inflight, &msg); err != nil {
+		t.Fatal(err)
+	}
+	if msg.GetSequence() != f.inflightSeq {
+		t.Errorf("sequence %d encoded, %d kept", msg.GetSequence(), f.inflightSeq)
+	}
+	return &msg
 }
 
 // pendingRows fills f with n pending rows of one minute, as a flush of n
@@ -72,7 +87,9 @@ func TestFlusherBound(t *testing.T) {
 func pendingRows(f *Flusher, n int) {
 	for i := range n {
 		k := rowKey{"p", "d", fmt.Sprintf("key-%06d", i), 28_000_000 * 60}
-		f.pending[k] = &usagev1.Row{Project: k.project, Deployment: k.deployment, Key: k.key, Minute: k.minute, Counts: &usagev1.Counts{Ok: 1}}
+		r := f.newRow()
+		r.n[usage.ClassOK] = 1
+		f.pending[k] = r
 	}
 }
 
@@ -87,7 +104,9 @@ func BenchmarkFreezeAll(b *testing.B) {
 		b.StartTimer()
 		for len(f.pending) > 0 {
 			f.inflight = nil
-			f.freeze()
+			if err := f.freeze(); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 }
@@ -106,8 +125,7 @@ func BenchmarkFlushWork(b *testing.B) {
 		f.merge(rows)
 		for len(f.pending) > 0 {
 			f.inflight = nil
-			f.freeze()
-			if _, err := proto.Marshal(f.inflight); err != nil {
+			if err := f.freeze(); err != nil {
 				b.Fatal(err)
 			}
 		}
