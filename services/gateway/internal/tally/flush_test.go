@@ -93,7 +93,7 @@ func pendingRows(f *Flusher, n int) {
 	}
 }
 
-// BenchmarkFreezeAll: every message of a flush of 100,000 pairs (49 of
+// BenchmarkFreezeAll: every message of a flush of 100,000 pairs (98 of
 // maxRows), frozen one after the other as Flush does once each is
 // published.
 func BenchmarkFreezeAll(b *testing.B) {
