@@ -175,11 +175,12 @@ func (c *Counter) Tokens(m *authmap.Map, dep, key uint32, prompt, completion uin
 // against another auth map, since the start.
 func (c *Counter) Lost() (overflow, otherMap uint64) { return c.overflow.Load(), c.other.Load() }
 
-// yieldEvery is how many rows (or cells) a flush handles between two
-// yields: with one P, a flush of 100,000 pairs (a quarter of a second of
-// work) would otherwise hold it for the scheduler's 10 ms slices, and the
-// requests waiting behind it would see them.
-const yieldEvery = 256
+// yieldEvery is how many rows (16 times as many table cells) a flush
+// handles between two yields (~50 µs of work): with one P, a flush of
+// 100,000 pairs (a quarter of a second of work) would otherwise hold it
+// for the scheduler's 10 ms slices, and the requests waiting behind it
+// would see them.
+const yieldEvery = 64
 
 // yield lets other goroutines run every yieldEvery calls of a loop (i its
 // index).
