@@ -25,22 +25,14 @@ func ReadFD(fd uintptr, b []byte) (int, syscall.Errno) { return rawRead(fd, b) }
 func WriteFD(fd uintptr, b []byte) (int, syscall.Errno) { return rawWrite(fd, b) }
 
 // rawRead and rawWrite retry on EINTR; on an error the count is 0.
-func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
-	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-		switch e {
-		case 0:
-			return int(r), 0
-		case syscall.EINTR:
-		default:
-			return 0, e
-		}
-	}
-}
+func rawRead(fd uintptr, b []byte) (int, syscall.Errno)  { return rawCall(syscall.SYS_READ, fd, b) }
+func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) { return rawCall(syscall.SYS_WRITE, fd, b) }
 
-func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+// rawCall is read(2) or write(2) (trap) on fd and b as a raw system call,
+// retried on EINTR.
+func rawCall(trap, fd uintptr, b []byte) (int, syscall.Errno) {
 	for {
-		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		r, _, e := syscall.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 		switch e {
 		case 0:
 			return int(r), 0
