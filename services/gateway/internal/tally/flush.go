@@ -299,12 +299,12 @@ func (f *Flusher) freeze() error {
 		f.rows, f.counts = make([]usagev1.Row, maxRows), make([]usagev1.Counts, maxRows)
 	}
 	msg.Rows = f.ptrs[:0]
-	var requests uint64
+	var carried uint64 // requests the message carries
 	for i, k := range keys {
 		yield(i)
 		p := f.pending[k]
 		for _, v := range p.n {
-			requests += v
+			carried += v
 		}
 		r, c := &f.rows[i], &f.counts[i]
 		proto.Reset(r)
@@ -331,7 +331,7 @@ func (f *Flusher) freeze() error {
 	if err != nil {
 		// Not with names the control plane validated; the rows are
 		// lost, and counted as dropped.
-		f.droppedTotal.Add(requests)
+		f.droppedTotal.Add(carried)
 		return fmt.Errorf("usage: encode flush %d: %w", f.seq, err)
 	}
 	f.dropped = 0
