@@ -102,6 +102,7 @@ build() {
 start_servers() {
 	on_server_cpu "$WORK/bin/bench-nats" --store-dir "$WORK/nats" --port $PORT_NATS 2>"$WORK/nats.log" &
 	PIDS+=($!)
+	PID_OF[nats]=$!
 	on_server_cpu "$WORK/bin/bench-upstream" --addr 127.0.0.1:$PORT_UP 2>"$WORK/upstream.log" &
 	PIDS+=($!)
 	PID_OF[direct]=$!
@@ -269,20 +270,36 @@ cpu_ticks() {
 	awk '{sub(/.*\) /, ""); print $12 + $13}' "/proc/$1/stat" 2>/dev/null || echo 0
 }
 
-# measure target seconds [connections] -> "rps p50_us p99_us errors requests cpu_us_per_request loadavg1"
+# measure target seconds [connections] -> "rps p50_us p99_us errors requests cpu_us_per_request loadavg1 others_cpu_us_per_request"
 # CPU per request is the target process's own CPU time (utime+stime
 # from /proc/<pid>/stat) over the requests it answered: unlike req/s,
 # it hardly moves when other work shares the machine. For direct it is
-# the upstream's; a proxy's own figure leaves the upstream's out.
+# the upstream's; a proxy's own figure leaves the upstream's out. The
+# last figure is what the other processes on the server core (the
+# upstream, and NATS, which stores the gateway's usage flushes) spent per
+# request meanwhile: their CPU is taken from the proxy's core too.
 measure() {
 	local pin=(taskset -c "$CLIENT_CPU")
 	[ "${PIN:-1}" = 0 ] && pin=()
-	local pid=${PID_OF[$1]:-} t0 t1 res
+	local pid=${PID_OF[$1]:-} t0 t1 o0 o1 res
 	t0=$(cpu_ticks "$pid")
+	o0=$(others_ticks "$1")
 	res=$("${pin[@]}" wrk -t1 -c"${3:-$CONNS}" -d"$2"s --timeout 5s -s "$WORK/keys.lua" "$(url_of "$1")" -- "$WORK/keys.txt" "$HOST" |
 		awk '/^RESULT/ {print $2, $3, $4, $5, $6}')
 	t1=$(cpu_ticks "$pid")
-	echo "$res" | awk -v d=$((t1 - t0)) -v l="$(cut -d' ' -f1 /proc/loadavg)" '{printf "%s %.1f %s\n", $0, ($5 > 0 ? d * 10000 / $5 : 0), l}'
+	o1=$(others_ticks "$1")
+	echo "$res" | awk -v d=$((t1 - t0)) -v o=$((o1 - o0)) -v l="$(cut -d' ' -f1 /proc/loadavg)" \
+		'{printf "%s %.1f %s %.1f\n", $0, ($5 > 0 ? d * 10000 / $5 : 0), l, ($5 > 0 ? o * 10000 / $5 : 0)}'
+}
+
+# others_ticks target: the CPU ticks of the upstream and NATS, less the
+# target's own (direct is the upstream).
+others_ticks() {
+	local sum=0 p
+	for p in direct nats; do
+		[ "$p" = "$1" ] || sum=$((sum + $(cpu_ticks "${PID_OF[$p]:-}")))
+	done
+	echo "$sum"
 }
 
 # ports_free fails, saying so, when another run (or anything else) holds
@@ -310,7 +327,7 @@ main() {
 	for r in $(seq 1 "$ROUNDS"); do
 		for t in $TARGETS; do
 			res=$(measure "$t" "$DURATION")
-			log "round $r $t: $res (req/s p50_us p99_us errors requests cpu_us/req load1)"
+			log "round $r $t: $res (req/s p50_us p99_us errors requests cpu_us/req load1 others_cpu_us/req)"
 			echo "$t $res" >>"$WORK/results.txt"
 			if [ "$t" = gateway ] && [ "$r" = 1 ] && [ "${GATEWAY_PPROF:-0}" = 1 ]; then
 				log "profiling the gateway under load"
@@ -362,7 +379,7 @@ summarize() {
 		for (i = 2; i <= n; i++) { t = arr[i]; for (j = i - 1; j >= 1 && arr[j] > t; j--) arr[j + 1] = arr[j]; arr[j + 1] = t }
 		return (n % 2) ? arr[(n + 1) / 2] : (arr[n / 2] + arr[n / 2 + 1]) / 2
 	}
-	{ n[$1]++; rps[$1, n[$1]] = $2; p50[$1, n[$1]] = $3; p99[$1, n[$1]] = $4; errs[$1] += $5; all[$1] = all[$1] " " int($2); cpu[$1, n[$1]] = $7; loads[$1] = loads[$1] " " $8 }
+	{ n[$1]++; rps[$1, n[$1]] = $2; p50[$1, n[$1]] = $3; p99[$1, n[$1]] = $4; errs[$1] += $5; all[$1] = all[$1] " " int($2); cpu[$1, n[$1]] = $7; loads[$1] = loads[$1] " " $8; oth[$1, n[$1]] = $9 }
 	END {
 		split(order, ts, " ")
 		for (k in ts) { t = ts[k]
@@ -370,12 +387,13 @@ summarize() {
 			for (i = 1; i <= n[t]; i++) { a[i] = p50[t, i] } m50[t] = median(a, n[t])
 			for (i = 1; i <= n[t]; i++) { a[i] = p99[t, i] } m99[t] = median(a, n[t])
 			for (i = 1; i <= n[t]; i++) { a[i] = cpu[t, i] } mcpu[t] = median(a, n[t])
+			for (i = 1; i <= n[t]; i++) { a[i] = oth[t, i] } moth[t] = median(a, n[t])
 		}
-		print "| front door | req/s (median) | runs | p50 | p99 | throughput / direct | p99 added | CPU / request | errors | load average (1 min) |"
-		print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+		print "| front door | req/s (median) | runs | p50 | p99 | throughput / direct | p99 added | CPU / request | upstream + NATS CPU / request | errors | load average (1 min) |"
+		print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 		for (k = 1; k <= length(ts); k++) { t = ts[k]
-			printf "| %s | %d | %s | %.2f ms | %.2f ms | %.2f | %s | %.1f µs | %d | %s |\n", t, mr[t], substr(all[t], 2), m50[t] / 1000, m99[t] / 1000,
-				(mr["direct"] > 0) ? mr[t] / mr["direct"] : 0, (t == "direct") ? "—" : sprintf("%+.2f ms", (m99[t] - m99["direct"]) / 1000), mcpu[t], errs[t], substr(loads[t], 2)
+			printf "| %s | %d | %s | %.2f ms | %.2f ms | %.2f | %s | %.1f µs | %.1f µs | %d | %s |\n", t, mr[t], substr(all[t], 2), m50[t] / 1000, m99[t] / 1000,
+				(mr["direct"] > 0) ? mr[t] / mr["direct"] : 0, (t == "direct") ? "—" : sprintf("%+.2f ms", (m99[t] - m99["direct"]) / 1000), mcpu[t], moth[t], errs[t], substr(loads[t], 2)
 		}
 	}' "$1"
 }
