@@ -1,6 +1,7 @@
 package tally
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"testing"
 	"time"
@@ -55,16 +56,14 @@ func TestFlusherBound(t *testing.T) {
 	if in := inflight(t, f); in.GetSequence() != 1 || len(in.GetRows()) != 1 || in.GetRows()[0].GetCounts().GetOk() != 1 {
 		t.Errorf("the frozen message changed: %v", in)
 	}
-	a := f.pending[rowKey{"p", "a", "", minute(1) / int64(time.Minute) * 60}]
+	a := pendingRowOf(f, pairKey{"p", "a", ""}, minute(1))
 	if a == nil || a.n[usage.ClassOK] != 1 || a.n[usage.ClassRefused] != 1 || a.last != minute(2) {
 		t.Errorf("a's waiting row: %+v", a)
 	}
 	// The next message carries what was dropped.
 	f.inflight = nil
-	if err := f.freeze(); err != nil {
-		t.Fatal(err)
-	}
-	if in := inflight(t, f); in.GetSequence() != 2 || in.GetDropped() != 1 || len(in.GetRows()) != 2 || len(f.pending) != 0 {
+	f.freeze()
+	if in := inflight(t, f); in.GetSequence() != 2 || in.GetDropped() != 1 || len(in.GetRows()) != 2 || f.pending != 0 {
 		t.Errorf("next message: %v", in)
 	}
 }
@@ -82,52 +81,121 @@ func inflight(t *testing.T, f *Flusher) *usagev1.Flush {
 	return &msg
 }
 
-// pendingRows fills f with n pending rows of one minute, as a flush of n
-// pairs leaves them.
-func pendingRows(f *Flusher, n int) {
-	for i := range n {
-		k := rowKey{"p", "d", fmt.Sprintf("key-%06d", i), 28_000_000 * 60}
-		r := f.newRow()
-		r.n[usage.ClassOK] = 1
-		f.pending[k] = r
+// pendingRowOf is f's pending row of pair p in the minute of t (Unix ns);
+// nil when none.
+func pendingRowOf(f *Flusher, p pairKey, t int64) *pendingRow {
+	for i := range f.rows {
+		k := f.rows[i].key
+		if q, ok := f.names(k); ok && !f.rows[i].frozen && q == p && int64(k.minute) == t/int64(time.Minute) {
+			return &f.rows[i]
+		}
+	}
+	return nil
+}
+
+// keysMap is an auth map with one deployment, dep of project, and keys
+// of its project named names, created in that order, and the pair id of
+// each key at the deployment, in the same order.
+func keysMap(tb testing.TB, project, dep string, names []string) (*authmap.Map, []uint64) {
+	tb.Helper()
+	m := authmap.New()
+	agg := &eventv1.Aggregate{Type: eventv1.AggregateType_AGGREGATE_TYPE_DEPLOYMENT, Name: dep}
+	evs := []*eventv1.Event{{Project: project, Aggregate: agg, Payload: &eventv1.Event_DeploymentCreated{
+		DeploymentCreated: &eventv1.DeploymentCreated{DeploymentId: "d1", Name: dep, UpstreamUrl: "http://up"}}}}
+	for i, name := range names {
+		sum := sha256.Sum256([]byte(name))
+		evs = append(evs, &eventv1.Event{Project: project,
+			Aggregate: &eventv1.Aggregate{Type: eventv1.AggregateType_AGGREGATE_TYPE_KEY, Name: name},
+			Payload: &eventv1.Event_KeyCreated{KeyCreated: &eventv1.KeyCreated{
+				KeyId: fmt.Sprintf("id-%d", i), Name: name, SecretSha256: sum[:]}}})
+	}
+	m.Apply(1, evs)
+	d := m.Decide(project, dep, "", "", time.Now()).Deployment
+	ids := make([]uint64, len(names))
+	for i := range ids {
+		// Keys are numbered as they were created, from 1 in a decision.
+		ids[i] = uint64(d)<<32 | uint64(i+1)
+		if _, _, key, ok := m.Names(d, uint32(i+1)); !ok || key != names[i] {
+			tb.Fatalf("key %d is %q (%v)", i, key, ok)
+		}
+	}
+	return m, ids
+}
+
+// keyNames are n key names, "key-000000" on.
+func keyNames(n int) []string {
+	names := make([]string, n)
+	for i := range names {
+		names[i] = fmt.Sprintf("key-%06d", i)
+	}
+	return names
+}
+
+// addPairs adds a request of every pair of ids to f, in one minute, as
+// the drain of a flush of len(ids) pairs does.
+func addPairs(f *Flusher, m *authmap.Map, ids []uint64) {
+	for _, id := range ids {
+		c := counts{last: 28_000_000 * int64(time.Minute)}
+		c.n[usage.ClassOK] = 3
+		f.add(m, id, &c)
 	}
 }
 
-// BenchmarkFreezeAll: every message of a flush of 100,000 pairs (98 of
+// BenchmarkFreezeAll: every message of a flush of 100,000 pairs (391 of
 // maxRows), frozen one after the other as Flush does once each is
-// published.
+// published: the pending rows named and encoded.
 func BenchmarkFreezeAll(b *testing.B) {
-	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, authmap.New()), Map: authmap.New})
+	m, ids := keysMap(b, "team-a", "chat", keyNames(100_000))
+	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, m), Map: func() *authmap.Map { return m }})
+	f.pace.off = true // the work alone
 	for b.Loop() {
 		b.StopTimer()
-		pendingRows(f, 100_000)
+		addPairs(f, m, ids)
 		b.StartTimer()
-		for len(f.pending) > 0 {
+		for f.pending > 0 {
 			f.inflight = nil
-			if err := f.freeze(); err != nil {
-				b.Fatal(err)
-			}
+			f.freeze()
 		}
 	}
 }
 
 // BenchmarkFlushWork: what a flush of 100,000 pairs does besides
-// publishing: merge the drained rows, freeze the 49 messages, marshal
-// each.
+// draining the counter and publishing: merge the drained cells, freeze
+// the 391 messages, name and encode their rows.
 func BenchmarkFlushWork(b *testing.B) {
-	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, authmap.New()), Map: authmap.New})
-	rows := make([]Row, 100_000)
-	for i := range rows {
-		rows[i] = Row{Project: "team-a", Deployment: "chat", Key: fmt.Sprintf("key-%06d", i), Last: 28_000_000 * int64(time.Minute)}
-		rows[i].Counts[usage.ClassOK] = 3
-	}
+	m, ids := keysMap(b, "team-a", "chat", keyNames(100_000))
+	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, m), Map: func() *authmap.Map { return m }})
+	f.pace.off = true // the work alone
 	for b.Loop() {
-		f.merge(rows)
-		for len(f.pending) > 0 {
+		addPairs(f, m, ids)
+		for f.pending > 0 {
 			f.inflight = nil
-			if err := f.freeze(); err != nil {
-				b.Fatal(err)
-			}
+			f.freeze()
+		}
+	}
+}
+
+// BenchmarkFlush is a whole flush of 100,000 pairs but the publishing:
+// the counter's tables swapped and drained (the one taken out, and the
+// one taken out before, drained a second time and cleared), the cells
+// merged into pending rows, the 391 messages frozen.
+func BenchmarkFlush(b *testing.B) {
+	m, ids := keysMap(b, "team-a", "chat", keyNames(100_000))
+	c := NewCounter(MaxCells, m)
+	f := NewFlusher(FlusherConfig{Counter: c, Map: func() *authmap.Map { return m }})
+	f.pace.off = true // the work alone
+	now := time.Now().UnixNano()
+	c.Swap(m) // a table taken out before, as at every flush but the first
+	for b.Loop() {
+		b.StopTimer()
+		for _, id := range ids {
+			c.Count(m, uint32(id>>32), uint32(id), usage.ClassOK, now)
+		}
+		b.StartTimer()
+		c.swap(m, &f.pace, f.add)
+		for f.pending > 0 {
+			f.inflight = nil
+			f.freeze()
 		}
 	}
 }

@@ -14,7 +14,6 @@
 package tally
 
 import (
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -175,20 +174,36 @@ func (c *Counter) Tokens(m *authmap.Map, dep, key uint32, prompt, completion uin
 // against another auth map, since the start.
 func (c *Counter) Lost() (overflow, otherMap uint64) { return c.overflow.Load(), c.other.Load() }
 
-// yieldEvery is how many rows (16 times as many table cells) a flush
-// handles between two yields (~50 µs of work): with one P, a flush of
-// 100,000 pairs (a quarter of a second of work) would otherwise hold it
-// for the scheduler's 10 ms slices, and the requests waiting behind it
-// would see them.
-const yieldEvery = 64
-
-// yield lets other goroutines run every yieldEvery calls of a loop (i its
-// index).
-func yield(i int) {
-	if i%yieldEvery == yieldEvery-1 {
-		runtime.Gosched()
-	}
+// counts are what one cell counted in an interval, as a flush takes them,
+// and what a pending row sums.
+type counts struct {
+	n                  [usage.NumClasses]uint64
+	prompt, completion uint64
+	last               int64 // Unix ns of the last request
 }
+
+// add sums o into c.
+func (c *counts) add(o *counts) {
+	for k := range c.n {
+		c.n[k] += o.n[k]
+	}
+	c.prompt += o.prompt
+	c.completion += o.completion
+	c.last = max(c.last, o.last)
+}
+
+// requests is how many requests c counts.
+func (c *counts) requests() uint64 {
+	var n uint64
+	for _, v := range c.n {
+		n += v
+	}
+	return n
+}
+
+// drainFunc takes one drained cell: the pair's id (deployment<<32 | key)
+// in map m, the map its table was counted against, and its counts.
+type drainFunc func(m *authmap.Map, id uint64, c *counts)
 
 // Row is one drained cell, named.
 type Row struct {
@@ -201,8 +216,25 @@ type Row struct {
 
 // Swap starts a new interval counted against m and returns what the
 // previous intervals counted: the table taken out now, and what came late
-// into the one taken out at the previous swap.
+// into the one taken out at the previous swap. (The Flusher takes the
+// cells unnamed, with swap.)
 func (c *Counter) Swap(m *authmap.Map) []Row {
+	var rows []Row
+	var p pacer
+	p.begin()
+	c.swap(m, &p, func(m *authmap.Map, id uint64, n *counts) {
+		r := Row{Counts: n.n, Prompt: n.prompt, Completion: n.completion, Last: n.last}
+		var ok bool
+		if r.Project, r.Deployment, r.Key, ok = m.Names(uint32(id>>32), uint32(id)); ok {
+			rows = append(rows, r)
+		}
+	})
+	return rows
+}
+
+// swap is Swap passing fn each cell, unnamed, as it is drained, paced by
+// p.
+func (c *Counter) swap(m *authmap.Map, p *pacer, fn drainFunc) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// Requests found no free cell since the last swap: the interval's
@@ -220,50 +252,58 @@ func (c *Counter) Swap(m *authmap.Map) []Row {
 	c.spare = nil
 	next.m = m
 	old := c.cur.Swap(next)
-	var rows []Row
-	rows = drain(old, rows)
+	drain(old, p, fn, false)
 	if c.prev != nil {
-		rows = drain(c.prev, rows)
-		for i := range c.prev.cells {
-			c.prev.cells[i].id.Store(0)
-			c.prev.cells[i].last.Store(0)
-		}
+		drain(c.prev, p, fn, true)
 		c.prev.m = nil
 		c.spare = c.prev
 	}
 	c.prev = old
-	return rows
 }
 
 // drain takes t's counts (leaving zeros, so draining again takes only
-// what came since) and appends them as rows.
-func drain(t *table, rows []Row) []Row {
+// what came since) and passes each cell that counted something to fn,
+// paced by p. free: t is drained for the last time, and its cells are
+// freed for its next interval as the spare table (atomic stores, though a
+// request that loaded t before the last swap but one has long counted: a
+// plain store beside an atomic add would be a data race).
+func drain(t *table, p *pacer, fn drainFunc, free bool) {
+	var rows int
+	var c counts // one for every cell: fn's argument escapes
 	for i := range t.cells {
-		if i%(16*yieldEvery) == 16*yieldEvery-1 {
-			runtime.Gosched() // an empty cell costs little
-		}
+		p.at(i, 16*yieldEvery) // an empty cell costs little
 		cl := &t.cells[i]
 		id := cl.id.Load()
 		if id == 0 {
 			continue
 		}
-		var r Row
-		any := false
+		c = counts{}
+		var any uint64
 		for k := range cl.n {
-			if r.Counts[k] = cl.n[k].Swap(0); r.Counts[k] != 0 {
-				any = true
-			}
+			c.n[k] = take(&cl.n[k])
+			any |= c.n[k]
 		}
-		r.Prompt, r.Completion = cl.tok[0].Swap(0), cl.tok[1].Swap(0)
-		if !any && r.Prompt|r.Completion == 0 {
+		c.prompt, c.completion = take(&cl.tok[0]), take(&cl.tok[1])
+		c.last = cl.last.Load()
+		if free {
+			cl.id.Store(0)
+			cl.last.Store(0)
+		}
+		if any|c.prompt|c.completion == 0 {
 			continue
 		}
-		r.Last = cl.last.Load()
-		var ok bool
-		if r.Project, r.Deployment, r.Key, ok = t.m.Names(uint32(id>>32), uint32(id)); !ok {
-			continue
-		}
-		rows = append(rows, r)
+		fn(t.m, id, &c)
+		p.at(rows, yieldEvery)
+		rows++
 	}
-	return rows
+}
+
+// take swaps v's count for zero. A count that is zero is only loaded:
+// most of a cell's counts are (all of them, in the table drained a second
+// time), and a swap is a locked instruction.
+func take(v *atomic.Uint64) uint64 {
+	if v.Load() == 0 {
+		return 0
+	}
+	return v.Swap(0)
 }
