@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -14,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/infergate/infergate/services/gateway/internal/keepalive"
+	"github.com/infergate/infergate/services/gateway/internal/pace"
 	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
 )
 
@@ -89,7 +89,8 @@ type parked struct {
 // clientEvent marks the client socket's events (in the event's Pad).
 const clientEvent = 1 << 31
 
-// yieldEvery is how many events a busy loop carries between two yields.
+// yieldEvery is how many events a busy loop carries between two looks at
+// the clock (pace.Pacer).
 const yieldEvery = 256
 
 // loopHole is the room kept before a chunk's data for its size line.
@@ -244,19 +245,24 @@ func (l *loop) unparkLocked(c *Conn, slot int32, p parked) {
 // run waits for the parked streams' events and carries their chunks,
 // until the loop is closed.
 func (l *loop) run() {
-	// taken counts the events carried since the loop last let other
-	// goroutines run: a loop that always has work yields every
-	// yieldEvery events (a few milliseconds), so that with one P new
+	// A loop that always has work pauses once its slice is over (it looks
+	// at the clock every yieldEvery events), so that with one P new
 	// connections and the auth map's updates do not wait for its time
-	// slice to end.
-	taken := 0
+	// slice to end (package pace says why a pause and not a Gosched). A
+	// slice starts when the loop wakes up with events to carry.
+	var p pace.Pacer
+	taken, rested := 0, true
 	for {
 		closed := false
 		err := l.raw.Read(func(uintptr) bool {
+			if rested {
+				p.Begin()
+				rested = false
+			}
 			for {
 				if taken >= yieldEvery {
 					taken = 0
-					runtime.Gosched()
+					p.Check()
 				}
 				// Raw, as every socket call of the loop (sockprobe's
 				// rawio_linux.go says why): with a zero timeout it
@@ -269,6 +275,7 @@ func (l *loop) run() {
 				n := int(r)
 				if errno != 0 || n <= 0 {
 					// Nothing ready: wait in Go's poller for the set to be.
+					rested = true
 					return errno != 0
 				}
 				l.mu.Lock()

@@ -15,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/infergate/infergate/services/gateway/internal/pace"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/eventstore"
 	"github.com/infergate/infergate/services/internal/usage"
@@ -29,7 +30,7 @@ const (
 	// maxRows is the most rows one message carries: a row is at most
 	// ~280 bytes (three names of up to 63 bytes, eight numbers), so a
 	// message stays under 75 KB, within NATS's default 1 MB payload,
-	// and is named and encoded in ~50 µs (the flush yields every
+	// and is named and encoded in ~50 µs (the flush may pause every
 	// yieldEvery rows of it).
 	maxRows = 256
 	// publishTimeout bounds one attempt to publish a flush.
@@ -92,8 +93,8 @@ type Flusher struct {
 	// mu serializes flushes and guards the fields below.
 	mu  sync.Mutex
 	seq uint64
-	// pace slices a flush's work (pace.go).
-	pace pacer
+	// pace slices a flush's work.
+	pace pace.Pacer
 	// inflight is the frozen message, encoded: sent at least once, resent
 	// as is until acknowledged; nil: none. inflightSeq is its sequence.
 	inflight    []byte
@@ -176,7 +177,7 @@ func (f *Flusher) Run(ctx context.Context) error {
 func (f *Flusher) Flush(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pace.begin()
+	f.pace.Begin()
 	f.cfg.Counter.swap(f.cfg.Map(), &f.pace, f.add)
 	f.pendingRows.Store(int64(f.pending))
 	for {
@@ -210,7 +211,7 @@ func (f *Flusher) Flush(ctx context.Context) error {
 func (f *Flusher) MapChanged(m *authmap.Map) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pace.begin()
+	f.pace.Begin()
 	f.cfg.Counter.swap(m, &f.pace, f.add)
 	f.pendingRows.Store(int64(f.pending))
 }
@@ -343,7 +344,7 @@ func (f *Flusher) freeze() {
 	}
 	b := appendFlushHeader(f.buf[:0], f.cfg.ID, f.cfg.Region, f.boot, f.seq)
 	for i, o := range frozen {
-		f.pace.at(i, yieldEvery) // a row is named and encoded in ~0.2 µs
+		f.pace.At(i, yieldEvery) // a row is named and encoded in ~0.2 µs
 		r := &f.rows[uint32(o)]
 		r.frozen = true
 		f.pending--

@@ -147,7 +147,7 @@ func addPairs(f *Flusher, m *authmap.Map, ids []uint64) {
 func BenchmarkFreezeAll(b *testing.B) {
 	m, ids := keysMap(b, "team-a", "chat", keyNames(100_000))
 	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, m), Map: func() *authmap.Map { return m }})
-	f.pace.off = true // the work alone
+	f.pace.Off = true // the work alone
 	for b.Loop() {
 		b.StopTimer()
 		addPairs(f, m, ids)
@@ -165,7 +165,7 @@ func BenchmarkFreezeAll(b *testing.B) {
 func BenchmarkFlushWork(b *testing.B) {
 	m, ids := keysMap(b, "team-a", "chat", keyNames(100_000))
 	f := NewFlusher(FlusherConfig{Counter: NewCounter(0, m), Map: func() *authmap.Map { return m }})
-	f.pace.off = true // the work alone
+	f.pace.Off = true // the work alone
 	for b.Loop() {
 		addPairs(f, m, ids)
 		for f.pending > 0 {
@@ -183,7 +183,7 @@ func BenchmarkFlush(b *testing.B) {
 	m, ids := keysMap(b, "team-a", "chat", keyNames(100_000))
 	c := NewCounter(MaxCells, m)
 	f := NewFlusher(FlusherConfig{Counter: c, Map: func() *authmap.Map { return m }})
-	f.pace.off = true // the work alone
+	f.pace.Off = true // the work alone
 	now := time.Now().UnixNano()
 	c.Swap(m) // a table taken out before, as at every flush but the first
 	for b.Loop() {

@@ -18,6 +18,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/infergate/infergate/services/gateway/internal/pace"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/usage"
 )
@@ -174,6 +175,11 @@ func (c *Counter) Tokens(m *authmap.Map, dep, key uint32, prompt, completion uin
 // against another auth map, since the start.
 func (c *Counter) Lost() (overflow, otherMap uint64) { return c.overflow.Load(), c.other.Load() }
 
+// yieldEvery is how many rows (16 times as many table cells) a flush
+// handles between two looks at the clock (~50 µs of work): it pauses
+// when its slice is over (pace.Pacer).
+const yieldEvery = 64
+
 // counts are what one cell counted in an interval, as a flush takes them,
 // and what a pending row sums.
 type counts struct {
@@ -220,8 +226,8 @@ type Row struct {
 // cells unnamed, with swap.)
 func (c *Counter) Swap(m *authmap.Map) []Row {
 	var rows []Row
-	var p pacer
-	p.begin()
+	var p pace.Pacer
+	p.Begin()
 	c.swap(m, &p, func(m *authmap.Map, id uint64, n *counts) {
 		r := Row{Counts: n.n, Prompt: n.prompt, Completion: n.completion, Last: n.last}
 		var ok bool
@@ -234,7 +240,7 @@ func (c *Counter) Swap(m *authmap.Map) []Row {
 
 // swap is Swap passing fn each cell, unnamed, as it is drained, paced by
 // p.
-func (c *Counter) swap(m *authmap.Map, p *pacer, fn drainFunc) {
+func (c *Counter) swap(m *authmap.Map, p *pace.Pacer, fn drainFunc) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// Requests found no free cell since the last swap: the interval's
@@ -267,11 +273,11 @@ func (c *Counter) swap(m *authmap.Map, p *pacer, fn drainFunc) {
 // freed for its next interval as the spare table (atomic stores, though a
 // request that loaded t before the last swap but one has long counted: a
 // plain store beside an atomic add would be a data race).
-func drain(t *table, p *pacer, fn drainFunc, free bool) {
+func drain(t *table, p *pace.Pacer, fn drainFunc, free bool) {
 	var rows int
 	var c counts // one for every cell: fn's argument escapes
 	for i := range t.cells {
-		p.at(i, 16*yieldEvery) // an empty cell costs little
+		p.At(i, 16*yieldEvery) // an empty cell costs little
 		cl := &t.cells[i]
 		id := cl.id.Load()
 		if id == 0 {
@@ -293,7 +299,7 @@ func drain(t *table, p *pacer, fn drainFunc, free bool) {
 			continue
 		}
 		fn(t.m, id, &c)
-		p.at(rows, yieldEvery)
+		p.At(rows, yieldEvery)
 		rows++
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/infergate/infergate/services/gateway/internal/pace"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/usage"
 )
@@ -79,7 +80,7 @@ func BenchmarkFlushDelaysRequests(b *testing.B) {
 			m, ids := keysMap(b, "team-a", "chat", keyNames(100_000))
 			c := NewCounter(MaxCells, m)
 			f := NewFlusher(FlusherConfig{Counter: c, Map: func() *authmap.Map { return m }})
-			f.pace.off = !paced
+			f.pace.Off = !paced
 
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
@@ -100,14 +101,14 @@ func BenchmarkFlushDelaysRequests(b *testing.B) {
 			cmd.Stderr = os.Stderr
 
 			now := time.Now().UnixNano()
-			var p pacer // the counting is the benchmark's, and paced
+			var p pace.Pacer // the counting is the benchmark's, and paced
 			flush := func() {
-				p.begin()
+				p.Begin()
 				for i, id := range ids {
-					p.at(i, 1024)
+					p.At(i, 1024)
 					c.Count(m, uint32(id>>32), uint32(id), usage.ClassOK, now)
 				}
-				f.pace.begin()
+				f.pace.Begin()
 				c.swap(m, &f.pace, f.add)
 				for f.pending > 0 {
 					f.inflight = nil
