@@ -1,6 +1,6 @@
 // Package pace lets long work on the cores that serve requests give way
 // to them: the usage flush (tally) and a busy event loop (h1) work in
-// slices of about Slice and sleep a microsecond between them.
+// slices of about Slice and sleep between them.
 //
 // A sleep, not runtime.Gosched. Gosched puts the goroutine at the back of
 // the global run queue, and the scheduler takes it from there again
@@ -10,7 +10,15 @@
 // poll, every 10 ms. A sleeping goroutine leaves nothing runnable but the
 // others: the scheduler runs those that wait, polls the network, and takes
 // the sleeper back when its timer is due (it checks timers at every
-// schedule). tally.BenchmarkFlushDelaysRequests measures it.
+// schedule, and puts the sleeper first in line). tally.BenchmarkFlushDelaysRequests
+// measures it.
+//
+// How long the sleep is says whose turn comes next. Work that serves
+// requests itself (an event loop carrying streams) sleeps Share, the
+// shortest sleep there is: the poller runs, one goroutine waiting gets
+// the P, then the loop again. Background work (the usage flush) sleeps
+// Background: under load the requests get four fifths of the P while it
+// runs, and it takes longer.
 //
 // With nothing else to run, a sleep under a millisecond lasts up to one
 // (the poller waits in milliseconds), unless a socket wakes the poller
@@ -22,12 +30,17 @@ import "time"
 // Slice is how long work runs before it pauses.
 const Slice = 200 * time.Microsecond
 
-// pauseFor is the sleep between two slices: the shortest there is.
-const pauseFor = time.Microsecond
+// The sleeps between two slices.
+const (
+	Share      = time.Microsecond
+	Background = 4 * Slice
+)
 
-// Pacer slices one piece of work; its zero value is ready (its first
-// slice starts at Begin, or ends at the first At).
+// Pacer slices one piece of work; its zero value shares (Share) and is
+// ready (its first slice starts at Begin, or ends at the first Check).
 type Pacer struct {
+	// Pause is the sleep between two slices; 0: Share.
+	Pause time.Duration
 	// Off: never pause (benchmarks of the work alone).
 	Off   bool
 	start time.Time // of the current slice
@@ -48,7 +61,7 @@ func (p *Pacer) At(i, n int) {
 // few tens of µs of work, not more often.
 func (p *Pacer) Check() {
 	if !p.Off && time.Since(p.start) >= Slice {
-		time.Sleep(pauseFor)
+		time.Sleep(max(p.Pause, Share))
 		p.Begin()
 	}
 }

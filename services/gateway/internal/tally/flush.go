@@ -147,6 +147,8 @@ func NewFlusher(cfg FlusherConfig) *Flusher {
 	return &Flusher{
 		cfg: cfg, boot: hex.EncodeToString(b[:]), subject: usage.Subject(cfg.Region, cfg.ID),
 		index: map[rowKey]int32{},
+		// A flush is background work: it gives way to requests.
+		pace: pace.Pacer{Pause: pace.Background},
 	}
 }
 
