@@ -8,6 +8,7 @@ import (
 	"time"
 
 	eventv1 "github.com/infergate/infergate/gen/infergate/event/v1"
+	"github.com/infergate/infergate/services/gateway/internal/pace"
 	"github.com/infergate/infergate/services/internal/authmap"
 	"github.com/infergate/infergate/services/internal/usage"
 )
@@ -30,6 +31,30 @@ func counted(tb testing.TB) (*Counter, *authmap.Map, uint32, uint32) {
 	return NewCounter(0, m), m, d.Deployment, d.Key
 }
 
+// row is one drained cell, named: what the tests look at.
+type row struct {
+	Project, Deployment, Key string
+	Counts                   [usage.NumClasses]uint64
+	Prompt, Completion       uint64
+	// Last is the last use, Unix ns.
+	Last int64
+}
+
+// swapRows swaps c's tables as a flush does and returns the drained
+// cells, named.
+func swapRows(c *Counter, m *authmap.Map) []row {
+	var rows []row
+	var p pace.Pacer
+	c.swap(m, &p, func(m *authmap.Map, id uint64, n *counts) {
+		r := row{Counts: n.n, Prompt: n.prompt, Completion: n.completion, Last: n.last}
+		var ok bool
+		if r.Project, r.Deployment, r.Key, ok = m.Names(uint32(id>>32), uint32(id)); ok {
+			rows = append(rows, r)
+		}
+	})
+	return rows
+}
+
 // TestCount counts requests and drains them, named, once.
 func TestCount(t *testing.T) {
 	t.Parallel()
@@ -42,7 +67,7 @@ func TestCount(t *testing.T) {
 	c.Tokens(m, dep, key, 10, 20)
 	c.Count(m, 0, 0, usage.ClassOK, now)                 // no deployment: not counted
 	c.Count(authmap.New(), dep, key, usage.ClassOK, now) // another map
-	rows := c.Swap(m)
+	rows := swapRows(c, m)
 	if len(rows) != 1 {
 		t.Fatalf("rows %+v", rows)
 	}
@@ -55,7 +80,7 @@ func TestCount(t *testing.T) {
 		t.Errorf("lost %d, %d", o, other)
 	}
 	// Late counts into the table taken out come with the next swap.
-	if rows := c.Swap(m); len(rows) != 0 {
+	if rows := swapRows(c, m); len(rows) != 0 {
 		t.Errorf("second swap: %+v", rows)
 	}
 }
@@ -83,7 +108,7 @@ func TestCountOverflowIsBounded(t *testing.T) {
 			c.Count(m, i, 0, usage.ClassOK, 1)
 		}
 		after, _ := c.Lost()
-		c.Swap(m)
+		swapRows(c, m)
 		return after - before
 	}
 	c = NewCounter(16, m)

@@ -184,15 +184,15 @@ func TestCountLate(t *testing.T) {
 	now := time.Now().UnixNano()
 	c.Count(m, dep, key, usage.ClassOK, now)
 	old := c.cur.Load()
-	if rows := c.Swap(m); len(rows) != 1 || rows[0].Counts[usage.ClassOK] != 1 {
+	if rows := swapRows(c, m); len(rows) != 1 || rows[0].Counts[usage.ClassOK] != 1 {
 		t.Fatalf("first swap %+v", rows)
 	}
 	old.find(uint64(dep)<<32 | uint64(key)).n[usage.ClassServerError].Add(1) // as a request that loaded old before the swap
-	rows := c.Swap(m)
+	rows := swapRows(c, m)
 	if len(rows) != 1 || rows[0].Counts != [usage.NumClasses]uint64{usage.ClassServerError: 1} {
 		t.Errorf("second swap %+v", rows)
 	}
-	if rows := c.Swap(m); len(rows) != 0 {
+	if rows := swapRows(c, m); len(rows) != 0 {
 		t.Errorf("third swap %+v", rows)
 	}
 }

@@ -90,7 +90,7 @@ type Counter struct {
 	// stream: /metrics shows them.
 	overflow, other atomic.Uint64
 
-	// mu serializes Swap and guards the fields below.
+	// mu serializes swap and guards the fields below.
 	mu sync.Mutex
 	// size is the cells of the next new table; lost is overflow at the
 	// last swap.
@@ -101,7 +101,7 @@ type Counter struct {
 }
 
 // NewCounter returns a counter with tables of cells cells (0:
-// DefaultCells), counting against m until the first Swap.
+// DefaultCells), counting against m until the first swap.
 func NewCounter(cells int, m *authmap.Map) *Counter {
 	if cells <= 0 {
 		cells = DefaultCells
@@ -211,35 +211,10 @@ func (c *counts) requests() uint64 {
 // in map m, the map its table was counted against, and its counts.
 type drainFunc func(m *authmap.Map, id uint64, c *counts)
 
-// Row is one drained cell, named.
-type Row struct {
-	Project, Deployment, Key string
-	Counts                   [usage.NumClasses]uint64
-	Prompt, Completion       uint64
-	// Last is the last use, Unix ns.
-	Last int64
-}
-
-// Swap starts a new interval counted against m and returns what the
-// previous intervals counted: the table taken out now, and what came late
-// into the one taken out at the previous swap. (The Flusher takes the
-// cells unnamed, with swap.)
-func (c *Counter) Swap(m *authmap.Map) []Row {
-	var rows []Row
-	var p pace.Pacer
-	p.Begin()
-	c.swap(m, &p, func(m *authmap.Map, id uint64, n *counts) {
-		r := Row{Counts: n.n, Prompt: n.prompt, Completion: n.completion, Last: n.last}
-		var ok bool
-		if r.Project, r.Deployment, r.Key, ok = m.Names(uint32(id>>32), uint32(id)); ok {
-			rows = append(rows, r)
-		}
-	})
-	return rows
-}
-
-// swap is Swap passing fn each cell, unnamed, as it is drained, paced by
-// p.
+// swap starts a new interval counted against m and passes fn what the
+// previous intervals counted, cell by cell, unnamed, as it is drained
+// (paced by p): the table taken out now, and what came late into the one
+// taken out at the previous swap.
 func (c *Counter) swap(m *authmap.Map, p *pace.Pacer, fn drainFunc) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
