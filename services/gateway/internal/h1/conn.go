@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/infergate/infergate/services/gateway/internal/bounds"
 	"github.com/infergate/infergate/services/gateway/internal/sockprobe"
@@ -36,6 +37,12 @@ type Conn struct {
 	buf  []byte
 	bufp *[]byte // buf's pool entry
 	r, w int
+	// head is the current request's head, copied out of buf: req's
+	// strings point into it (buf is compacted between requests and given
+	// back while a response streams), and it is used again for the next
+	// request, so a request costs no allocation and req's strings are
+	// valid until the handler returns.
+	head []byte
 	req  Request
 	// headLen is the current request head's length at buf[r:].
 	headLen int
@@ -203,7 +210,8 @@ func (c *Conn) loop() bool {
 		if !c.state.CompareAndSwap(stateIdle, stateActive) {
 			return false // shutting down
 		}
-		if !c.req.parse(string(c.buf[:n]), MaxBody) {
+		c.head = append(c.head[:0], c.buf[:n]...)
+		if !c.req.parse(unsafe.String(unsafe.SliceData(c.head), n), MaxBody) {
 			return c.handoff()
 		}
 		c.headLen, c.taken = n, false

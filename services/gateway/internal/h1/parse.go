@@ -6,8 +6,10 @@ import (
 	"strings"
 )
 
-// Request is one request head, parsed strictly. Its strings slice one
-// copy of the head, made per request.
+// Request is one request head, parsed strictly. Its strings slice the
+// connection's copy of the head, which the next request on the connection
+// overwrites: they are valid until the handler returns, and a handler
+// that keeps one (beyond a log line) must copy it (strings.Clone).
 type Request struct {
 	Method string
 	// Path is the origin-form path: '/' then path characters, never a
