@@ -159,10 +159,7 @@ func flushDelays(b *testing.B, conns int, mode string) {
 		}
 		f.pace.Begin()
 		c.swap(m, &f.pace, f.add)
-		for f.pending > 0 {
-			f.inflight = nil
-			f.freeze()
-		}
+		freezeAll(f)
 	}
 	flush() // the tables and buffers grow once, in the first flushes
 	flush()

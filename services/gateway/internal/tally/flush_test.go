@@ -131,6 +131,15 @@ func keyNames(n int) []string {
 	return names
 }
 
+// freezeAll freezes every pending row into messages, each taken as
+// published once frozen (what Flush does while publishing succeeds).
+func freezeAll(f *Flusher) {
+	for f.pending > 0 {
+		f.inflight = nil
+		f.freeze()
+	}
+}
+
 // addPairs adds a request of every pair of ids to f, in one minute, as
 // the drain of a flush of len(ids) pairs does.
 func addPairs(f *Flusher, m *authmap.Map, ids []uint64) {
@@ -152,10 +161,7 @@ func BenchmarkFreezeAll(b *testing.B) {
 		b.StopTimer()
 		addPairs(f, m, ids)
 		b.StartTimer()
-		for f.pending > 0 {
-			f.inflight = nil
-			f.freeze()
-		}
+		freezeAll(f)
 	}
 }
 
@@ -168,10 +174,7 @@ func BenchmarkFlushWork(b *testing.B) {
 	f.pace.Off = true // the work alone
 	for b.Loop() {
 		addPairs(f, m, ids)
-		for f.pending > 0 {
-			f.inflight = nil
-			f.freeze()
-		}
+		freezeAll(f)
 	}
 }
 
@@ -193,9 +196,6 @@ func BenchmarkFlush(b *testing.B) {
 		}
 		b.StartTimer()
 		c.swap(m, &f.pace, f.add)
-		for f.pending > 0 {
-			f.inflight = nil
-			f.freeze()
-		}
+		freezeAll(f)
 	}
 }
