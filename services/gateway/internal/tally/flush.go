@@ -179,9 +179,7 @@ func (f *Flusher) Run(ctx context.Context) error {
 func (f *Flusher) Flush(ctx context.Context) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pace.Begin()
-	f.cfg.Counter.swap(f.cfg.Map(), &f.pace, f.add)
-	f.pendingRows.Store(int64(f.pending))
+	f.take(f.cfg.Map())
 	for {
 		if f.inflight == nil {
 			if f.pending == 0 && f.dropped == 0 {
@@ -213,6 +211,12 @@ func (f *Flusher) Flush(ctx context.Context) error {
 func (f *Flusher) MapChanged(m *authmap.Map) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.take(m)
+}
+
+// take swaps the counter onto m and adds what it drained to the pending
+// rows (f.mu held).
+func (f *Flusher) take(m *authmap.Map) {
 	f.pace.Begin()
 	f.cfg.Counter.swap(m, &f.pace, f.add)
 	f.pendingRows.Store(int64(f.pending))
