@@ -225,7 +225,11 @@ func TestReplicatedStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
+	// A 3-node cluster on a busy 2-core machine (make test runs every
+	// package at once, with -race) can take longer than the client's
+	// default 5 s to answer the first stream creation: wait as long as the
+	// replicas wait below.
+	js, err := jetstream.New(nc, jetstream.WithDefaultTimeout(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
