@@ -28,7 +28,12 @@
 # same gateway package plus net/http/pprof — and take a 10 s CPU profile of
 # it under load into $PPROF_OUT, default /tmp/gateway.pprof, and the CPU
 # per request it shows; INFERGATE_HTTP1_FASTPATH=false profiles the
-# net/http path instead).
+# net/http path instead). TARGETS may also name minimal-loop and
+# minimal-goroutines: services/bench/cmd/bench-loopproxy, a measuring
+# instrument — the least proxy this traffic needs (key check, forward,
+# relay; none of the gateway's other work) as one epoll event loop or as
+# a goroutine per connection, to measure what the front end's model
+# alone is worth on this machine.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -42,7 +47,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 TARGETS=${TARGETS:-direct haproxy nginx gateway}
 FORWARDED=${FORWARDED:-0}
 WORK=${WORK:-$(mktemp -d /tmp/infergate-load.XXXXXX)}
-PORT_UP=18001 PORT_HAPROXY=18002 PORT_NGINX=18003 PORT_GATEWAY=18004 PORT_NATS=14222 PORT_PPROF=18005 PORT_GATEWAY_NETHTTP=18006
+PORT_UP=18001 PORT_HAPROXY=18002 PORT_NGINX=18003 PORT_GATEWAY=18004 PORT_NATS=14222 PORT_PPROF=18005 PORT_GATEWAY_NETHTTP=18006 PORT_MIN_LOOP=18007 PORT_MIN_GOROUTINES=18008
 HOST=model-chat.bench.localhost
 
 log() { echo "load: $*" >&2; }
@@ -96,7 +101,8 @@ build() {
 	log "building the helpers and the gateway into $WORK/bin"
 	mkdir -p "$WORK/bin"
 	(cd "$ROOT" && go build -o "$WORK/bin/" ./services/bench/cmd/bench-upstream ./services/bench/cmd/bench-nats \
-		./services/bench/cmd/bench-seed ./services/bench/cmd/bench-gateway ./services/gateway/cmd/infergate-gateway)
+		./services/bench/cmd/bench-seed ./services/bench/cmd/bench-gateway ./services/bench/cmd/bench-loopproxy \
+		./services/gateway/cmd/infergate-gateway)
 }
 
 start_servers() {
@@ -129,6 +135,17 @@ start_servers() {
 		PIDS+=($!)
 		PID_OF[gateway-nethttp]=$!
 	fi
+
+	local m
+	for m in loop goroutines; do
+		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
+		local port=$PORT_MIN_LOOP mode=loop
+		[ $m = goroutines ] && port=$PORT_MIN_GOROUTINES mode=goroutine
+		on_server_cpu "$WORK/bin/bench-loopproxy" --addr 127.0.0.1:$port --upstream 127.0.0.1:$PORT_UP \
+			--keys "$WORK/keys.txt" --mode $mode 2>"$WORK/minimal-$m.log" &
+		PIDS+=($!)
+		PID_OF[minimal-$m]=$!
+	done
 
 	local haproxy_fwd="" nginx_fwd=""
 	if [ "$FORWARDED" = 1 ]; then
@@ -217,6 +234,13 @@ start_servers() {
 		wait_http "http://127.0.0.1:$PORT_GATEWAY_NETHTTP/readyz"
 		ports="$ports $PORT_GATEWAY_NETHTTP"
 	fi
+	for m in loop goroutines; do
+		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
+		local port=$PORT_MIN_LOOP
+		[ $m = goroutines ] && port=$PORT_MIN_GOROUTINES
+		wait_http "http://127.0.0.1:$port/readyz"
+		ports="$ports $port"
+	done
 	for port in $ports; do
 		local key code
 		key=$(head -1 "$WORK/keys.txt")
@@ -262,6 +286,8 @@ url_of() {
 	nginx) echo "http://127.0.0.1:$PORT_NGINX" ;;
 	gateway) echo "http://127.0.0.1:$PORT_GATEWAY" ;;
 	gateway-nethttp) echo "http://127.0.0.1:$PORT_GATEWAY_NETHTTP" ;;
+	minimal-loop) echo "http://127.0.0.1:$PORT_MIN_LOOP" ;;
+	minimal-goroutines) echo "http://127.0.0.1:$PORT_MIN_GOROUTINES" ;;
 	esac
 }
 
@@ -307,7 +333,7 @@ others_ticks() {
 # the first one's stream and measure its servers.
 ports_free() {
 	local p
-	for p in $PORT_UP $PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY $PORT_NATS $PORT_PPROF $PORT_GATEWAY_NETHTTP; do
+	for p in $PORT_UP $PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY $PORT_NATS $PORT_PPROF $PORT_GATEWAY_NETHTTP $PORT_MIN_LOOP $PORT_MIN_GOROUTINES; do
 		if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
 			log "port $p is in use (another bench-load still running?): stop it first"
 			exit 1
