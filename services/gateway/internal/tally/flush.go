@@ -90,7 +90,13 @@ type Flusher struct {
 	boot    string
 	subject string
 
-	// mu serializes flushes and guards the fields below.
+	// publishing serializes flushes: one message in flight, in order.
+	// It is held while a message is published (up to publishTimeout a
+	// try); mu is not, so MapChanged never waits for NATS.
+	publishing sync.Mutex
+	// mu guards the fields below. inflight and buf are also read by the
+	// flush that holds publishing, without mu: only that flush sets
+	// them (freeze) or clears inflight.
 	mu  sync.Mutex
 	seq uint64
 	// pace slices a flush's work.
@@ -175,39 +181,58 @@ func (f *Flusher) Run(ctx context.Context) error {
 
 // Flush takes what was counted and publishes everything pending, in
 // order, until done or an attempt fails (what is left waits for the next
-// flush).
+// flush). It publishes without holding the pending rows' lock: counts
+// taken meanwhile (MapChanged) wait for the next message, not for NATS.
 func (f *Flusher) Flush(ctx context.Context) error {
+	f.publishing.Lock()
+	defer f.publishing.Unlock()
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.take(f.cfg.Map())
+	f.mu.Unlock()
 	for {
-		if f.inflight == nil {
-			if f.pending == 0 && f.dropped == 0 {
-				return nil
-			}
-			f.freeze()
+		msg, seq, ok := f.next()
+		if !ok {
+			return nil
 		}
 		if f.cfg.JS == nil {
 			f.failures.Add(1)
 			return errors.New("usage: no NATS")
 		}
 		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
-		_, err := f.cfg.JS.Publish(pctx, f.subject, f.inflight,
-			jetstream.WithMsgID(usage.MsgID(f.cfg.Region, f.cfg.ID, f.boot, f.inflightSeq)),
+		_, err := f.cfg.JS.Publish(pctx, f.subject, msg,
+			jetstream.WithMsgID(usage.MsgID(f.cfg.Region, f.cfg.ID, f.boot, seq)),
 			jetstream.WithExpectStream(eventstore.UsageStream))
 		cancel()
 		if err != nil {
 			f.failures.Add(1)
-			return fmt.Errorf("usage: publish flush %d: %w", f.inflightSeq, err)
+			return fmt.Errorf("usage: publish flush %d: %w", seq, err)
 		}
 		f.published.Add(1)
+		f.mu.Lock()
 		f.inflight = nil
+		f.mu.Unlock()
 	}
+}
+
+// next is the message to publish: the one in flight, or the next one
+// frozen from the pending rows; false when nothing is left. The caller
+// holds publishing.
+func (f *Flusher) next() (msg []byte, seq uint64, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.inflight == nil {
+		if f.pending == 0 && f.dropped == 0 {
+			return nil, 0, false
+		}
+		f.freeze()
+	}
+	return f.inflight, f.inflightSeq, true
 }
 
 // MapChanged makes the counter count against m, the gateway's new auth
 // map, from now on; what was counted against the old one waits for the
-// next flush.
+// next flush. It waits for a flush's own work at most (the table's
+// drain, a message's freeze), never for a publish.
 func (f *Flusher) MapChanged(m *authmap.Map) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
