@@ -421,6 +421,22 @@ summarize() {
 			printf "| %s | %d | %s | %.2f ms | %.2f ms | %.2f | %s | %.1f µs | %.1f µs | %d | %s |\n", t, mr[t], substr(all[t], 2), m50[t] / 1000, m99[t] / 1000,
 				(mr["direct"] > 0) ? mr[t] / mr["direct"] : 0, (t == "direct") ? "—" : sprintf("%+.2f ms", (m99[t] - m99["direct"]) / 1000), mcpu[t], moth[t], errs[t], substr(loads[t], 2)
 		}
+		# Each front door against nginx and HAProxy round by round: the
+		# rounds alternate, so a ratio within a round leaves out most of
+		# the drift of the machine between rounds.
+		print ""
+		for (k = 1; k <= length(ts); k++) { t = ts[k]
+			if (t == "direct") continue
+			for (q = 1; q <= 2; q++) { peer = (q == 1) ? "nginx" : "haproxy"
+				if (t == peer || n[peer] == 0 || n[t] != n[peer]) continue
+				line = ""; ahead = 0
+				for (i = 1; i <= n[t]; i++) {
+					a[i] = (rps[peer, i] > 0) ? rps[t, i] / rps[peer, i] : 0
+					line = line sprintf(" %.2f", a[i]); if (a[i] > 1) ahead++
+				}
+				printf "- %s / %s by round:%s (median %.2f, ahead in %d of %d)\n", t, peer, line, median(a, n[t]), ahead, n[t]
+			}
+		}
 	}' "$1"
 }
 
