@@ -33,7 +33,8 @@
 # instrument — the least proxy this traffic needs (key check, forward,
 # relay; none of the gateway's other work) as one epoll event loop or as
 # a goroutine per connection, to measure what the front end's model
-# alone is worth on this machine.
+# alone is worth on this machine; minimal-splice is the goroutine one
+# relaying answers with splice(2).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -47,7 +48,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 TARGETS=${TARGETS:-direct haproxy nginx gateway}
 FORWARDED=${FORWARDED:-0}
 WORK=${WORK:-$(mktemp -d /tmp/infergate-load.XXXXXX)}
-PORT_UP=18001 PORT_HAPROXY=18002 PORT_NGINX=18003 PORT_GATEWAY=18004 PORT_NATS=14222 PORT_PPROF=18005 PORT_GATEWAY_NETHTTP=18006 PORT_MIN_LOOP=18007 PORT_MIN_GOROUTINES=18008
+PORT_UP=18001 PORT_HAPROXY=18002 PORT_NGINX=18003 PORT_GATEWAY=18004 PORT_NATS=14222 PORT_PPROF=18005 PORT_GATEWAY_NETHTTP=18006 PORT_MIN_LOOP=18007 PORT_MIN_GOROUTINES=18008 PORT_MIN_SPLICE=18009
 HOST=model-chat.bench.localhost
 
 log() { echo "load: $*" >&2; }
@@ -137,12 +138,13 @@ start_servers() {
 	fi
 
 	local m
-	for m in loop goroutines; do
+	for m in loop goroutines splice; do
 		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
-		local port=$PORT_MIN_LOOP mode=loop
+		local port=$PORT_MIN_LOOP mode=loop splice=false
 		[ $m = goroutines ] && port=$PORT_MIN_GOROUTINES mode=goroutine
+		[ $m = splice ] && port=$PORT_MIN_SPLICE mode=goroutine splice=true
 		on_server_cpu "$WORK/bin/bench-loopproxy" --addr 127.0.0.1:$port --upstream 127.0.0.1:$PORT_UP \
-			--keys "$WORK/keys.txt" --mode $mode 2>"$WORK/minimal-$m.log" &
+			--keys "$WORK/keys.txt" --mode $mode --splice=$splice 2>"$WORK/minimal-$m.log" &
 		PIDS+=($!)
 		PID_OF[minimal-$m]=$!
 	done
@@ -234,10 +236,11 @@ start_servers() {
 		wait_http "http://127.0.0.1:$PORT_GATEWAY_NETHTTP/readyz"
 		ports="$ports $PORT_GATEWAY_NETHTTP"
 	fi
-	for m in loop goroutines; do
+	for m in loop goroutines splice; do
 		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
 		local port=$PORT_MIN_LOOP
 		[ $m = goroutines ] && port=$PORT_MIN_GOROUTINES
+		[ $m = splice ] && port=$PORT_MIN_SPLICE
 		wait_http "http://127.0.0.1:$port/readyz"
 		ports="$ports $port"
 	done
@@ -288,6 +291,7 @@ url_of() {
 	gateway-nethttp) echo "http://127.0.0.1:$PORT_GATEWAY_NETHTTP" ;;
 	minimal-loop) echo "http://127.0.0.1:$PORT_MIN_LOOP" ;;
 	minimal-goroutines) echo "http://127.0.0.1:$PORT_MIN_GOROUTINES" ;;
+	minimal-splice) echo "http://127.0.0.1:$PORT_MIN_SPLICE" ;;
 	esac
 }
 
@@ -333,7 +337,7 @@ others_ticks() {
 # the first one's stream and measure its servers.
 ports_free() {
 	local p
-	for p in $PORT_UP $PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY $PORT_NATS $PORT_PPROF $PORT_GATEWAY_NETHTTP $PORT_MIN_LOOP $PORT_MIN_GOROUTINES; do
+	for p in $PORT_UP $PORT_HAPROXY $PORT_NGINX $PORT_GATEWAY $PORT_NATS $PORT_PPROF $PORT_GATEWAY_NETHTTP $PORT_MIN_LOOP $PORT_MIN_GOROUTINES $PORT_MIN_SPLICE; do
 		if (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null; then
 			log "port $p is in use (another bench-load still running?): stop it first"
 			exit 1

@@ -17,6 +17,10 @@
 // else (chunked bodies, pipelining, a partial write) closes the
 // connection: the benchmark never sends it.
 //
+// With --splice (goroutine mode) the answer goes from the upstream's
+// socket to the client's through a pipe (splice(2)), never through user
+// space: what splice for bodies would buy.
+//
 //	bench-loopproxy --addr 127.0.0.1:18006 --upstream 127.0.0.1:18001 --keys keys.txt --mode loop
 package main
 
@@ -36,6 +40,7 @@ func main() {
 	upstream := flag.String("upstream", "127.0.0.1:18001", "upstream address")
 	keysFile := flag.String("keys", "keys.txt", "the accepted keys, one per line")
 	mode := flag.String("mode", "loop", "loop (epoll, one goroutine) or goroutine (one per connection)")
+	splice := flag.Bool("splice", false, "goroutine mode: relay answers with splice(2) through a pipe per connection")
 	flag.Parse()
 	keys, err := readKeys(*keysFile)
 	if err != nil {
@@ -45,7 +50,7 @@ func main() {
 	if err != nil {
 		fail(err)
 	}
-	p := &proxy{keys: keys, upstream: *upstream}
+	p := &proxy{keys: keys, upstream: *upstream, splice: *splice}
 	fmt.Fprintf(os.Stderr, "bench-loopproxy: %s mode on %s, %d keys\n", *mode, ln.Addr(), len(keys))
 	switch *mode {
 	case "loop":
@@ -82,6 +87,7 @@ func readKeys(path string) (map[string]struct{}, error) {
 type proxy struct {
 	keys     map[string]struct{}
 	upstream string
+	splice   bool
 }
 
 const bufSize = 16 << 10
@@ -219,6 +225,14 @@ func (p *proxy) serveGoroutines(ln net.Listener) error {
 			in := make([]byte, 0, bufSize)
 			out := make([]byte, 0, bufSize)
 			resp := make([]byte, 0, bufSize)
+			var sp *splicer
+			if p.splice {
+				var err error
+				if sp, err = newSplicer(); err != nil {
+					return
+				}
+				defer sp.close()
+			}
 			for {
 				n, fwd, local := p.request(in, ip, out[:0])
 				if n < 0 {
@@ -246,6 +260,14 @@ func (p *proxy) serveGoroutines(ln net.Listener) error {
 				if _, err := uc.Write(fwd); err != nil {
 					uc.Close()
 					return
+				}
+				if sp != nil {
+					if err := sp.relay(c, uc, resp[:cap(resp)]); err != nil {
+						uc.Close()
+						return
+					}
+					put(uc)
+					continue
 				}
 				resp = resp[:0]
 				m := 0
