@@ -71,31 +71,27 @@ func (s *splicer) relay(client, up net.Conn, buf []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := ur.Read(func(fd uintptr) bool {
-		n, e := syscall.Splice(int(fd), nil, s.w, nil, m, spliceFlags)
-		if e == syscall.EAGAIN {
-			return false
-		}
-		if e == nil && int(n) != m {
-			e = errShort
-		}
-		ferr = e
-		return true
-	}); err != nil || ferr != nil {
+	// Into the pipe from the upstream's socket, out of it into the
+	// client's.
+	if err := ur.Read(func(fd uintptr) bool { return spliceAll(int(fd), s.w, m, &ferr) }); err != nil || ferr != nil {
 		return errors.Join(err, ferr)
 	}
-	if err := cr.Write(func(fd uintptr) bool {
-		n, e := syscall.Splice(s.r, nil, int(fd), nil, m, spliceFlags)
-		if e == syscall.EAGAIN {
-			return false
-		}
-		if e == nil && int(n) != m {
-			e = errShort
-		}
-		ferr = e
-		return true
-	}); err != nil || ferr != nil {
+	if err := cr.Write(func(fd uintptr) bool { return spliceAll(s.r, int(fd), m, &ferr) }); err != nil || ferr != nil {
 		return errors.Join(err, ferr)
 	}
 	return nil
+}
+
+// spliceAll moves m bytes from in to out in one splice(2), as a RawConn
+// callback: false to wait for the socket, else done with *err set.
+func spliceAll(in, out, m int, err *error) bool {
+	n, e := syscall.Splice(in, nil, out, nil, m, spliceFlags)
+	if e == syscall.EAGAIN {
+		return false
+	}
+	if e == nil && int(n) != m {
+		e = errShort
+	}
+	*err = e
+	return true
 }
