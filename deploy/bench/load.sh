@@ -140,10 +140,10 @@ start_servers() {
 	local m
 	for m in loop goroutines splice; do
 		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
-		local port=$PORT_MIN_LOOP mode=loop splice=false
-		[ $m = goroutines ] && port=$PORT_MIN_GOROUTINES mode=goroutine
-		[ $m = splice ] && port=$PORT_MIN_SPLICE mode=goroutine splice=true
-		on_server_cpu "$WORK/bin/bench-loopproxy" --addr 127.0.0.1:$port --upstream 127.0.0.1:$PORT_UP \
+		local mode=goroutine splice=false
+		[ $m = loop ] && mode=loop
+		[ $m = splice ] && splice=true
+		on_server_cpu "$WORK/bin/bench-loopproxy" --addr 127.0.0.1:$(minimal_port $m) --upstream 127.0.0.1:$PORT_UP \
 			--keys "$WORK/keys.txt" --mode $mode --splice=$splice 2>"$WORK/minimal-$m.log" &
 		PIDS+=($!)
 		PID_OF[minimal-$m]=$!
@@ -238,11 +238,8 @@ start_servers() {
 	fi
 	for m in loop goroutines splice; do
 		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
-		local port=$PORT_MIN_LOOP
-		[ $m = goroutines ] && port=$PORT_MIN_GOROUTINES
-		[ $m = splice ] && port=$PORT_MIN_SPLICE
-		wait_http "http://127.0.0.1:$port/readyz"
-		ports="$ports $port"
+		wait_http "http://127.0.0.1:$(minimal_port $m)/readyz"
+		ports="$ports $(minimal_port $m)"
 	done
 	for port in $ports; do
 		local key code
@@ -282,6 +279,16 @@ write_lua() {
 	LUA
 }
 
+# minimal_port m: the port of bench-loopproxy's mode m (loop, goroutines,
+# splice).
+minimal_port() {
+	case $1 in
+	loop) echo "$PORT_MIN_LOOP" ;;
+	goroutines) echo "$PORT_MIN_GOROUTINES" ;;
+	splice) echo "$PORT_MIN_SPLICE" ;;
+	esac
+}
+
 url_of() {
 	case $1 in
 	direct) echo "http://127.0.0.1:$PORT_UP" ;;
@@ -289,9 +296,7 @@ url_of() {
 	nginx) echo "http://127.0.0.1:$PORT_NGINX" ;;
 	gateway) echo "http://127.0.0.1:$PORT_GATEWAY" ;;
 	gateway-nethttp) echo "http://127.0.0.1:$PORT_GATEWAY_NETHTTP" ;;
-	minimal-loop) echo "http://127.0.0.1:$PORT_MIN_LOOP" ;;
-	minimal-goroutines) echo "http://127.0.0.1:$PORT_MIN_GOROUTINES" ;;
-	minimal-splice) echo "http://127.0.0.1:$PORT_MIN_SPLICE" ;;
+	minimal-*) echo "http://127.0.0.1:$(minimal_port "${1#minimal-}")" ;;
 	esac
 }
 
