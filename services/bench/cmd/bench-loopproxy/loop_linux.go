@@ -90,7 +90,10 @@ func (p *proxy) serveLoop(ln *net.TCPListener) error {
 		if err != nil {
 			return nil, err
 		}
-		// Loopback: a blocking connect returns at once.
+		// A blocking connect (on loopback it returns at once), bounded:
+		// on Linux the send timeout bounds a connect.
+		tv := syscall.NsecToTimeval(dialTimeout.Nanoseconds())
+		_ = syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_SNDTIMEO, &tv)
 		if err := syscall.Connect(fd, usa); err != nil {
 			_ = syscall.Close(fd)
 			return nil, err

@@ -33,6 +33,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"time"
 )
 
 func main() {
@@ -91,6 +92,9 @@ type proxy struct {
 }
 
 const bufSize = 16 << 10
+
+// dialTimeout bounds an upstream connect.
+const dialTimeout = 5 * time.Second
 
 var (
 	answer401 = []byte("HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n" +
@@ -207,7 +211,7 @@ func (p *proxy) serveGoroutines(ln net.Listener) error {
 			return c, nil
 		}
 		mu.Unlock()
-		return net.Dial("tcp", p.upstream)
+		return net.DialTimeout("tcp", p.upstream, dialTimeout)
 	}
 	put := func(c net.Conn) {
 		mu.Lock()

@@ -18,7 +18,7 @@ import (
 func TestModes(t *testing.T) {
 	up := httptest.NewServer(fastupstream.Handler())
 	defer up.Close()
-	want := get(t, http.DefaultClient, up.URL, "")
+	want := post(t, http.DefaultClient, up.URL, "")
 	for _, m := range []struct {
 		name         string
 		loop, splice bool
@@ -42,10 +42,10 @@ func TestModes(t *testing.T) {
 			defer client.CloseIdleConnections()
 			url := "http://" + ln.Addr().String()
 			for i := range 20 {
-				if got := get(t, client, url, "ig_good"); got != want {
+				if got := post(t, client, url, "ig_good"); got != want {
 					t.Fatalf("request %d with the key: %q, want %q", i, got, want)
 				}
-				if got := get(t, client, url, "ig_bad"); !strings.HasPrefix(got, "401 ") {
+				if got := post(t, client, url, "ig_bad"); !strings.HasPrefix(got, "401 ") {
 					t.Fatalf("request %d with another key: %q", i, got)
 				}
 			}
@@ -53,9 +53,9 @@ func TestModes(t *testing.T) {
 	}
 }
 
-// get posts a chat completion with key (none: "") and returns the status
+// post posts a chat completion with key (none: "") and returns the status
 // and the body.
-func get(t *testing.T, c *http.Client, url, key string) string {
+func post(t *testing.T, c *http.Client, url, key string) string {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, url+"/v1/chat/completions", strings.NewReader(`{"model":"m"}`))
 	if err != nil {
