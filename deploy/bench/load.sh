@@ -138,8 +138,7 @@ start_servers() {
 	fi
 
 	local m
-	for m in loop goroutines splice; do
-		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
+	for m in $(minimal_modes); do
 		local mode=goroutine splice=false
 		[ $m = loop ] && mode=loop
 		[ $m = splice ] && splice=true
@@ -236,8 +235,7 @@ start_servers() {
 		wait_http "http://127.0.0.1:$PORT_GATEWAY_NETHTTP/readyz"
 		ports="$ports $PORT_GATEWAY_NETHTTP"
 	fi
-	for m in loop goroutines splice; do
-		[[ " $TARGETS " == *" minimal-$m "* ]] || continue
+	for m in $(minimal_modes); do
 		wait_http "http://127.0.0.1:$(minimal_port $m)/readyz"
 		ports="$ports $(minimal_port $m)"
 	done
@@ -277,6 +275,16 @@ write_lua() {
 	    summary.requests))
 	end
 	LUA
+}
+
+# minimal_modes: the modes of bench-loopproxy that TARGETS names
+# (minimal-loop, minimal-goroutines, minimal-splice).
+minimal_modes() {
+	local m
+	for m in loop goroutines splice; do
+		[[ " $TARGETS " == *" minimal-$m "* ]] && echo "$m"
+	done
+	return 0
 }
 
 # minimal_port m: the port of bench-loopproxy's mode m (loop, goroutines,

@@ -32,17 +32,19 @@ func WriteFD(fd uintptr, b []byte) (int, syscall.Errno) { return rawWrite(fd, b)
 // MSG_NOSIGNAL: a peer gone is an EPIPE, never a SIGPIPE. A descriptor
 // that is not a socket is read and written as a file.
 func rawRead(fd uintptr, b []byte) (int, syscall.Errno) {
-	n, e := rawCall(syscall.SYS_RECVFROM, fd, b, 0)
-	if e == syscall.ENOTSOCK {
-		return rawCall(syscall.SYS_READ, fd, b, 0)
-	}
-	return n, e
+	return sockCall(syscall.SYS_RECVFROM, syscall.SYS_READ, fd, b, 0)
 }
 
 func rawWrite(fd uintptr, b []byte) (int, syscall.Errno) {
-	n, e := rawCall(syscall.SYS_SENDTO, fd, b, syscall.MSG_NOSIGNAL)
+	return sockCall(syscall.SYS_SENDTO, syscall.SYS_WRITE, fd, b, syscall.MSG_NOSIGNAL)
+}
+
+// sockCall is socket call sock with flags on fd and b, or file call file
+// when fd is not a socket.
+func sockCall(sock, file, fd uintptr, b []byte, flags uintptr) (int, syscall.Errno) {
+	n, e := rawCall(sock, fd, b, flags)
 	if e == syscall.ENOTSOCK {
-		return rawCall(syscall.SYS_WRITE, fd, b, 0)
+		return rawCall(file, fd, b, 0)
 	}
 	return n, e
 }
