@@ -419,7 +419,10 @@ func publish(subject string) func(context.Context, *client) error {
 // aggregate: what gateways and audit do.
 func readStream(t *testing.T, store *eventstore.Store, seq uint64) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	// As long as waitFor waits: under make test (every package at once,
+	// with -race, on 2 cores) 10 s was once not enough to follow a few
+	// records.
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	// Followers hear the stream's advisories (the caller checks that the
 	// subscription drew no violation).
