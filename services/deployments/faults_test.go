@@ -104,6 +104,9 @@ func TestAnswersLeaveOutDeletedKeys(t *testing.T) {
 		e.key(t, "team-a", k)
 	}
 	e.create(t, &deploymentv1.CreateDeploymentRequest{Name: "llama", AuthEnabled: true, ApiKeys: []string{"key-a", "key-b"}})
+	// Deployed first: the status check's change otherwise may land after
+	// LinkKey's answer, and the read model then never shows that answer.
+	e.waitStatus(t, "llama", deployed)
 	if _, err := e.keys.DeleteKey(ctx, connect.NewRequest(&keyv1.DeleteKeyRequest{Project: "team-a", Name: "key-a"})); err != nil {
 		t.Fatal(err)
 	}
